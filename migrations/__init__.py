@@ -1,0 +1,1 @@
+"""The two Alembic environments (``public/`` and ``tenant/``) and the MigrationManager."""

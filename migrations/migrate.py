@@ -1,0 +1,228 @@
+"""MigrationManager: the public and tenant migration operations, one schema at a time.
+
+Importable as ``from migrations.migrate import MigrationManager`` (as the original system did)
+and runnable as ``python migrations/migrate.py COMMAND`` with the original commands, which are
+spelled here as the ``tenantfleet`` commands they stand for.
+"""
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from tenantfleet import alembic_runtime as runtime
+from tenantfleet import config, db, registry
+from tenantfleet.errors import (
+    ConfigError,
+    DuplicateTenant,
+    MigrationFailed,
+    TenantStateError,
+    UsageError,
+)
+from tenantfleet.names import validate_schema_name
+
+
+@dataclass(frozen=True)
+class Status:
+    """Where one environment stands: current revision, head, and what lies between."""
+
+    schema: str
+    current: str | None
+    head: str | None
+    pending: list[str]
+    known: bool = True
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.known and not self.pending and self.current == self.head
+
+
+class MigrationManager:
+    """Public and single-tenant migrations; the fleet goes through ``tenantfleet migrate``."""
+
+    def __init__(self, settings: config.Settings | None = None, engine: Engine | None = None):
+        self.settings = settings or config.load_settings()
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = db.make_engine(config.database_url(self.settings))
+        return self._engine
+
+    # -- public schema -------------------------------------------------------------------
+
+    def init_public(self) -> Status:
+        """Create the registry and run tables on a new database; a no-op once they exist."""
+        current = self.status_public()
+        if current.current is not None:
+            return current
+        return self.upgrade_public()
+
+    def upgrade_public(self, revision: str = "head") -> Status:
+        runtime.resolve_revision(runtime.public_script(), revision)
+        with db.begin(self.engine) as connection:
+            command.upgrade(runtime.public_config(connection), revision)
+        return self.status_public()
+
+    def status_public(self) -> Status:
+        script = runtime.public_script()
+        with db.connect(self.engine) as connection:
+            current = _public_revision(connection)
+        head = script.get_current_head()
+        return Status("public", current, head, runtime.pending(script, current, head))
+
+    # -- tenants -------------------------------------------------------------------------
+
+    def init_tenant(
+        self,
+        schema: str,
+        tenant_name: str | None = None,
+        *,
+        revision: str = "head",
+        api_key: str | None = None,
+        **profile: str | None,
+    ) -> Status:
+        """Create the schema, register the tenant and migrate it, as one transaction."""
+        validate_schema_name(schema)
+        target = runtime.resolve_revision(runtime.tenant_script(), revision)
+        with db.begin(self.engine) as connection:
+            self._require_public(connection)
+            if _schema_exists(connection, schema):
+                raise DuplicateTenant(f"schema {schema!r} already exists")
+            registry.register(
+                connection, schema, tenant_name or schema, api_key=api_key, **profile
+            )
+            connection.execute(sa.schema.CreateSchema(schema))
+            self._migrate(connection, schema, target, downgrade=False)
+        return self.status_tenant(schema)
+
+    def upgrade_tenant(self, schema: str, revision: str = "head") -> runtime.Step:
+        target = runtime.resolve_revision(runtime.tenant_script(), revision)
+        return self._move(schema, target, downgrade=False)
+
+    def downgrade_tenant(self, schema: str, revision: str) -> runtime.Step:
+        target = runtime.resolve_revision(runtime.tenant_script(), revision)
+        return self._move(schema, target, downgrade=True)
+
+    def status_tenant(self, schema: str) -> Status:
+        validate_schema_name(schema)
+        script = runtime.tenant_script()
+        head = script.get_current_head()
+        with db.connect(self.engine) as connection:
+            self._require_public(connection)
+            registry.get(connection, schema)
+            current = _tenant_revision(connection, schema)
+        try:
+            return Status(schema, current, head, runtime.pending(script, current, head))
+        except TenantStateError:
+            return Status(schema, current, head, [], known=False)
+
+    def list_tenants(self) -> list[registry.Tenant]:
+        with db.connect(self.engine) as connection:
+            self._require_public(connection)
+            return registry.list_tenants(connection)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _move(self, schema: str, target: str | None, *, downgrade: bool) -> runtime.Step:
+        validate_schema_name(schema)
+        with db.begin(self.engine) as connection:
+            self._require_public(connection)
+            registry.get(connection, schema)
+            _tenant_revision(connection, schema)
+            return self._migrate(connection, schema, target, downgrade=downgrade)
+
+    def _migrate(
+        self, connection: Connection, schema: str, target: str | None, *, downgrade: bool
+    ) -> runtime.Step:
+        runtime.confine_to_schema(connection, schema, self.settings)
+        try:
+            step = runtime.migrate_tenant(connection, schema, target, downgrade=downgrade)
+        except DBAPIError as exc:
+            if db.is_transient(exc):
+                raise
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise MigrationFailed(f"tenant {schema!r} rolled back: {reason}") from None
+        registry.record_revision(connection, schema, target)
+        return step
+
+    def _require_public(self, connection: Connection) -> None:
+        current = _public_revision(connection)
+        head = runtime.public_script().get_current_head()
+        if current != head:
+            raise ConfigError(
+                f"the public schema is at {current or 'no revision'}, not at {head}: "
+                "run `tenantfleet public upgrade`"
+            )
+
+
+def _public_revision(connection: Connection) -> str | None:
+    exists = connection.execute(sa.text("SELECT to_regclass('public.alembic_version')")).scalar()
+    if exists is None:
+        return None
+    return connection.execute(
+        sa.text("SELECT version_num FROM public.alembic_version")
+    ).scalar_one_or_none()
+
+
+def _schema_exists(connection: Connection, schema: str) -> bool:
+    return bool(
+        connection.execute(
+            sa.text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
+        ).scalar()
+    )
+
+
+def _tenant_revision(connection: Connection, schema: str) -> str | None:
+    versions = runtime.read_versions(connection, [schema])
+    if schema not in versions:
+        raise TenantStateError(f"tenant {schema!r} is registered but its schema does not exist")
+    return versions[schema]
+
+
+# The original script's commands, as the tenantfleet commands they stand for.
+_LEGACY = {
+    "init-public": ["public", "init"],
+    "upgrade-public": ["public", "upgrade"],
+    "status-public": ["public", "status"],
+    "init-tenant": ["tenant", "create"],
+    "upgrade-tenant": ["tenant", "upgrade"],
+    "downgrade-tenant": ["tenant", "downgrade"],
+    "status": ["tenant", "status"],
+}
+
+
+def legacy_argv(argv: Sequence[str]) -> list[str]:
+    """``init-tenant --schema demo`` -> ``tenant create demo`` (and so on)."""
+    if not argv or argv[0] not in _LEGACY:
+        raise UsageError(f"usage: migrate.py {{{','.join(_LEGACY)}}} [--schema S] [--revision R]")
+    words = list(_LEGACY[argv[0]])
+    rest = list(argv[1:])
+    if "--schema" in rest:
+        at = rest.index("--schema")
+        if at + 1 >= len(rest):
+            raise UsageError("--schema needs a value")
+        words.append(rest[at + 1])
+        del rest[at : at + 2]
+    return words + rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tenantfleet import cli
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        translated = legacy_argv(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return cli.main(translated)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Alembic environment that owns the tables inside every tenant schema."""

@@ -1,0 +1,262 @@
+"""The Alembic layer: configs for both environments, the tenant run path, revision lookups.
+
+``migrations/*/alembic/env.py`` and the workers both go through here, so a tenant is confined to
+its schema, locked and configured the same way whether it is migrated by ``alembic -c ...``, by
+``MigrationManager`` or by a Celery task. The fast path (``migrate_tenant``) reuses one parsed
+``ScriptDirectory`` per process and skips env.py, which ``alembic.command`` re-runs on every call.
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+
+import migrations
+from migrations.public.models import PublicBase
+from migrations.tenant.models import TenantBase
+from tenantfleet import config as tf_config
+from tenantfleet import db
+from tenantfleet.errors import TenantStateError, UnknownRevision
+from tenantfleet.names import validate_schema_name
+
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+PUBLIC_INI = MIGRATIONS_DIR / "public" / "alembic.ini"
+TENANT_INI = MIGRATIONS_DIR / "tenant" / "alembic.ini"
+VERSION_TABLE = "alembic_version"
+PUBLIC_LOCK = "tenantfleet:public"
+VERSION_READ_CHUNK = 250
+
+CONFINE_SQL = sa.text(
+    "SELECT set_config('search_path', quote_ident(:schema), true),"
+    " set_config('lock_timeout', :lock_timeout, true),"
+    " set_config('statement_timeout', :statement_timeout, true);"
+    " SELECT pg_advisory_xact_lock(hashtextextended('tenantfleet:' || :schema, 0))"
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one tenant run did: from which revision to which."""
+
+    schema: str
+    from_revision: str | None
+    to_revision: str | None
+
+
+def public_config(connection: Connection | None = None) -> Config:
+    cfg = Config(str(PUBLIC_INI))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def tenant_config(schema: str, connection: Connection | None = None) -> Config:
+    cfg = Config(str(TENANT_INI))
+    cfg.attributes["schema"] = validate_schema_name(schema)
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+@cache
+def tenant_script() -> ScriptDirectory:
+    """The tenant revisions, parsed once per process."""
+    return ScriptDirectory.from_config(Config(str(TENANT_INI)))
+
+
+@cache
+def public_script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(Config(str(PUBLIC_INI)))
+
+
+def resolve_revision(script: ScriptDirectory, revision: str) -> str | None:
+    """The full id of ``revision`` (``head``, ``base``, an id or a unique prefix)."""
+    if revision == "base":
+        return None
+    try:
+        found = script.get_revision(revision)
+    except CommandError:
+        found = None
+    if found is None:
+        known = ", ".join(r.revision for r in script.walk_revisions()) or "none"
+        raise UnknownRevision(f"unknown revision {revision!r} (known: {known}, head, base)")
+    return found.revision
+
+
+def revisions_below(script: ScriptDirectory, target: str) -> frozenset[str | None]:
+    """Every state a tenant can be in that an upgrade to ``target`` moves forward (base too)."""
+    below: set[str | None] = {None}
+    below.update(r.revision for r in script.iterate_revisions(target, "base"))
+    below.discard(target)
+    return frozenset(below)
+
+
+def pending(script: ScriptDirectory, current: str | None, target: str | None) -> list[str]:
+    """Revision ids between ``current`` and ``target``, oldest first."""
+    if target is None or current == target:
+        return []
+    try:
+        revs = list(script.iterate_revisions(target, current or "base"))
+    except RevisionError:
+        raise TenantStateError(f"revision {current!r} is unknown to the migration scripts") from None
+    return [r.revision for r in reversed(revs)]
+
+
+def tenant_context_options() -> dict[str, Any]:
+    """``context.configure`` options for the tenant environment (env.py and the fast path)."""
+    return {
+        "target_metadata": TenantBase.metadata,
+        "version_table": VERSION_TABLE,
+        "transaction_per_migration": False,
+        "compare_type": True,
+    }
+
+
+def public_context_options() -> dict[str, Any]:
+    return {
+        "target_metadata": PublicBase.metadata,
+        "version_table": VERSION_TABLE,
+        "transaction_per_migration": False,
+        "compare_type": True,
+    }
+
+
+def confine_to_schema(
+    connection: Connection, schema: str, settings: tf_config.Settings | None = None
+) -> None:
+    """Inside the current transaction: search_path = the schema alone, timeouts, per-schema lock.
+
+    The advisory lock key is derived from the schema name, so different schemas migrate in
+    parallel while two runs of the same schema (a duplicate delivery, a manual ``alembic``
+    call) wait for each other, up to ``lock_timeout``.
+    """
+    settings = settings or tf_config.load_settings()
+    connection.execute(
+        CONFINE_SQL,
+        {
+            "schema": validate_schema_name(schema),
+            "lock_timeout": f"{int(settings.lock_timeout * 1000)}ms",
+            "statement_timeout": f"{int(settings.statement_timeout * 1000)}ms",
+        },
+    )
+
+
+def lock_public(connection: Connection) -> None:
+    """Serialise public-schema upgrades between racing producers."""
+    connection.execute(
+        sa.text(
+            "SELECT set_config('search_path', 'public', true),"
+            " pg_advisory_xact_lock(hashtextextended(:key, 0))"
+        ),
+        {"key": PUBLIC_LOCK},
+    )
+
+
+@contextmanager
+def env_connection(cfg: Config, schema: str | None = None) -> Iterator[Connection]:
+    """The connection env.py runs on: the caller's (``attributes``) or a fresh one.
+
+    A fresh engine for a tenant starts its sessions with the tenant schema as search_path, so
+    that autogenerate reflects that schema as the default one.
+    """
+    given = cfg.attributes.get("connection")
+    if given is not None:
+        yield given
+        return
+    url = cfg.get_main_option("sqlalchemy.url") or tf_config.database_url(
+        tf_config.load_settings()
+    )
+    connect_args = {"options": f"-c search_path={schema}"} if schema else {}
+    engine = db.make_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with db.connect(engine) as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def schema_from_config(cfg: Config) -> str:
+    """The target tenant schema: ``config.attributes['schema']`` or ``-x schema=NAME``."""
+    schema = cfg.attributes.get("schema")
+    if schema is None:
+        x_args = dict(arg.split("=", 1) for arg in (cfg.cmd_opts.x or []) if "=" in arg)  # type: ignore[union-attr]
+        schema = x_args.get("schema")
+    if not schema:
+        raise CommandError("the tenant environment needs a schema: pass -x schema=NAME")
+    return validate_schema_name(schema)
+
+
+def migrate_tenant(
+    connection: Connection, schema: str, destination: str | None, *, downgrade: bool = False
+) -> Step:
+    """Move one tenant to ``destination`` (an id, or None for base) inside the caller's transaction.
+
+    The caller has begun a transaction and called ``confine_to_schema``; nothing is committed
+    here, so the caller can record the outcome atomically with the schema change.
+    """
+    script = tenant_script()
+    seen: dict[str, tuple[str, ...]] = {}
+
+    def steps(rev: Sequence[str], _context: Any) -> Any:
+        seen["from"] = tuple(rev)
+        if downgrade:
+            return script._downgrade_revs(destination or "base", rev)
+        return script._upgrade_revs(destination, rev)
+
+    cfg = _process_tenant_config()
+    cfg.attributes["schema"] = schema
+    cfg.attributes["connection"] = connection
+    try:
+        with EnvironmentContext(cfg, script, fn=steps, destination_rev=destination) as env:
+            env.configure(connection=connection, **tenant_context_options())
+            env.run_migrations()
+    except CommandError as exc:
+        raise TenantStateError(f"tenant {schema!r}: {exc}") from None
+    return Step(schema, ",".join(seen.get("from", ())) or None, destination)
+
+
+@cache
+def _process_tenant_config() -> Config:
+    return Config(str(TENANT_INI))
+
+
+def read_versions(connection: Connection, schemas: Iterable[str]) -> dict[str, str | None]:
+    """The revision of every schema given, in a few statements (not one query per schema).
+
+    Schemas without an ``alembic_version`` table map to None; schemas that do not exist are
+    left out of the result.
+    """
+    wanted = [validate_schema_name(s) for s in schemas]
+    found = connection.execute(
+        sa.text(
+            "SELECT n.nspname, c.oid IS NOT NULL FROM pg_namespace n"
+            " LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = :table"
+            " AND c.relkind IN ('r', 'p') WHERE n.nspname = ANY(:schemas)"
+        ),
+        {"table": VERSION_TABLE, "schemas": wanted},
+    ).all()
+    versions: dict[str, str | None] = {name: None for name, _ in found}
+    versioned = [name for name, has_table in found if has_table]
+    quote = connection.dialect.identifier_preparer.quote_identifier
+    for start in range(0, len(versioned), VERSION_READ_CHUNK):
+        chunk = versioned[start : start + VERSION_READ_CHUNK]
+        parts = [
+            f"SELECT CAST(:s{i} AS text), version_num FROM {quote(name)}.{VERSION_TABLE}"
+            for i, name in enumerate(chunk)
+        ]
+        rows = connection.execute(
+            sa.text(" UNION ALL ".join(parts)), {f"s{i}": name for i, name in enumerate(chunk)}
+        )
+        for name, version in rows:
+            previous = versions.get(name)
+            versions[name] = f"{previous},{version}" if previous else version
+    return versions

@@ -1,0 +1,208 @@
+"""The ``tenantfleet`` command line: parses arguments, calls the modules that do the work, prints.
+
+Exit codes (README, "Exit codes"): 0 done, 1 tenants failed or were skipped, 2 usage,
+configuration or connection error, 3 ``--timeout`` reached while the run goes on.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from sqlalchemy.exc import DBAPIError
+
+from migrations.migrate import MigrationManager, Status
+from tenantfleet import config, embedded, output
+from tenantfleet.errors import EXIT_OK, EXIT_USAGE, TenantfleetError
+from tenantfleet.registry import PROFILE_FIELDS
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _print_status(status: Status, as_json: bool) -> None:
+    if as_json:
+        _print_json(output.status_dict(status))
+    else:
+        print(output.status_text(status))
+
+
+# -- public ------------------------------------------------------------------------------
+
+
+def cmd_public_init(args: argparse.Namespace) -> int:
+    _print_status(MigrationManager().init_public(), args.json)
+    return EXIT_OK
+
+
+def cmd_public_upgrade(args: argparse.Namespace) -> int:
+    _print_status(MigrationManager().upgrade_public(args.revision), args.json)
+    return EXIT_OK
+
+
+def cmd_public_status(args: argparse.Namespace) -> int:
+    _print_status(MigrationManager().status_public(), args.json)
+    return EXIT_OK
+
+
+# -- one tenant --------------------------------------------------------------------------
+
+
+def cmd_tenant_create(args: argparse.Namespace) -> int:
+    profile = {name: getattr(args, name) for name in PROFILE_FIELDS}
+    status = MigrationManager().init_tenant(
+        args.schema, args.name, revision=args.revision, api_key=args.api_key, **profile
+    )
+    _print_status(status, args.json)
+    return EXIT_OK
+
+
+def cmd_tenant_upgrade(args: argparse.Namespace) -> int:
+    step = MigrationManager().upgrade_tenant(args.schema, args.revision)
+    print(output.step_text(step))
+    return EXIT_OK
+
+
+def cmd_tenant_downgrade(args: argparse.Namespace) -> int:
+    step = MigrationManager().downgrade_tenant(args.schema, args.revision)
+    print(output.step_text(step))
+    return EXIT_OK
+
+
+def cmd_tenant_status(args: argparse.Namespace) -> int:
+    _print_status(MigrationManager().status_tenant(args.schema), args.json)
+    return EXIT_OK
+
+
+def cmd_tenants_list(args: argparse.Namespace) -> int:
+    tenants = MigrationManager().list_tenants()
+    if args.json:
+        _print_json([output.tenant_dict(t) for t in tenants])
+    else:
+        print(output.tenants_table(tenants))
+    return EXIT_OK
+
+
+# -- the embedded stack ------------------------------------------------------------------
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    settings = config.load_settings()
+    print(f"export TENANTFLEET_DATABASE_URL='{config.database_url(settings)}'")
+    print(f"export TENANTFLEET_BROKER_URL='{config.broker_url(settings)}'")
+    return EXIT_OK
+
+
+def cmd_dev_status(args: argparse.Namespace) -> int:
+    state = embedded.status(config.load_settings().state_dir)
+    for name, url in state.items():
+        print(f"{name}: {url or 'stopped'}")
+    return EXIT_OK
+
+
+def cmd_dev_down(args: argparse.Namespace) -> int:
+    stopped = embedded.stop(config.load_settings().state_dir)
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return EXIT_OK
+
+
+# -- the parser --------------------------------------------------------------------------
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _command(
+    group: Any, name: str, handler: Handler, help_text: str, json_flag: bool = True
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(func=handler)
+    if json_flag:
+        _add_json(parser)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tenantfleet",
+        description="Migration workers for schema-per-tenant PostgreSQL.",
+        epilog="Exit codes: 0 ok, 1 tenants failed or skipped, 2 usage/config/connection error,"
+        " 3 --timeout reached.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    public = commands.add_parser("public", help="the public schema (registry, run tables)")
+    public_cmds = public.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    _command(public_cmds, "init", cmd_public_init, "create the registry and run tables")
+    upgrade = _command(public_cmds, "upgrade", cmd_public_upgrade, "upgrade the public schema")
+    upgrade.add_argument("--revision", default="head")
+    _command(public_cmds, "status", cmd_public_status, "current, head and pending revisions")
+
+    tenant = commands.add_parser("tenant", help="one tenant schema")
+    tenant_cmds = tenant.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    create = _command(
+        tenant_cmds, "create", cmd_tenant_create,
+        "create a schema, register it and migrate it, as one unit",
+    )
+    create.add_argument("schema")
+    create.add_argument("--name", help="tenant_name (default: the schema name)")
+    create.add_argument("--revision", default="head")
+    create.add_argument("--api-key", dest="api_key")
+    for name in PROFILE_FIELDS:
+        create.add_argument(f"--{name.removeprefix('tenant_').replace('_', '-')}", dest=name)
+    t_upgrade = _command(
+        tenant_cmds, "upgrade", cmd_tenant_upgrade, "upgrade one tenant", json_flag=False
+    )
+    t_upgrade.add_argument("schema")
+    t_upgrade.add_argument("--revision", default="head")
+    t_down = _command(
+        tenant_cmds, "downgrade", cmd_tenant_downgrade, "downgrade one tenant", json_flag=False
+    )
+    t_down.add_argument("schema")
+    t_down.add_argument("--revision", required=True)
+    t_status = _command(tenant_cmds, "status", cmd_tenant_status, "one tenant's revisions")
+    t_status.add_argument("schema")
+
+    tenants = commands.add_parser("tenants", help="the registry")
+    tenants_cmds = tenants.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    _command(tenants_cmds, "list", cmd_tenants_list, "list registered tenants")
+
+    dev = commands.add_parser("dev", help="the embedded default stack")
+    dev_cmds = dev.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    _command(dev_cmds, "up", cmd_dev_up, "start it and print its URLs", json_flag=False)
+    _command(dev_cmds, "status", cmd_dev_status, "show what runs", json_flag=False)
+    _command(dev_cmds, "down", cmd_dev_down, "stop it", json_flag=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TenantfleetError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except DBAPIError as exc:
+        if args.debug:
+            raise
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        print(f"error: database: {reason}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,87 @@
+"""The database adapter: engines, connection checks, and the translation of driver errors.
+
+The rest of the code never inspects psycopg2 exceptions; it asks ``is_transient`` or catches the
+``tenantfleet.errors`` classes raised here.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from tenantfleet.errors import ConfigError, ConnectionFailed
+
+CONNECT_TIMEOUT_S = 5
+
+# SQLSTATEs worth another attempt: the same SQL can succeed once the condition passes.
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "55P03",  # lock_not_available (lock_timeout)
+        "40P01",  # deadlock_detected
+        "40001",  # serialization_failure
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+        "53300",  # too_many_connections
+    }
+)
+
+
+def make_engine(url: str, **options: Any) -> Engine:
+    """An engine whose connection attempts give up after a bounded time."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except ArgumentError:
+        raise ConfigError("TENANTFLEET_DATABASE_URL is not a valid database URL") from None
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
+    return sa.create_engine(parsed, connect_args=connect_args, **options)
+
+
+def describe(engine: Engine) -> str:
+    """The engine's URL without its password, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def connection_error(engine: Engine, exc: DBAPIError) -> ConnectionFailed:
+    """A one-line ``ConnectionFailed`` for a failed connect, naming the server, never a password."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    if engine.url.password:
+        reason = reason.replace(str(engine.url.password), "***")
+    return ConnectionFailed(f"cannot connect to the database at {describe(engine)}: {reason}")
+
+
+@contextmanager
+def connect(engine: Engine) -> Iterator[Connection]:
+    """A connection, with a failed connect turned into ``ConnectionFailed``."""
+    try:
+        connection = engine.connect()
+    except OperationalError as exc:
+        raise connection_error(engine, exc) from None
+    with connection:
+        yield connection
+
+
+@contextmanager
+def begin(engine: Engine) -> Iterator[Connection]:
+    """A connection inside one transaction, committed on success, rolled back on error."""
+    with connect(engine) as connection, connection.begin():
+        yield connection
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind ``exc``, if it carries one."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return getattr(orig, "pgcode", None)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same work may succeed if tried again: lost connections, lock waits, ..."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    code = sqlstate(exc)
+    if code is None:
+        return isinstance(exc, OperationalError)
+    return code in TRANSIENT_SQLSTATES or code.startswith("08")

@@ -1,0 +1,54 @@
+"""Every error a user can cause, each with a one-line message and an exit code.
+
+Driver exceptions are translated into these at the adapter boundary (``db.py``, ``embedded.py``),
+so the CLI prints ``str(error)`` and exits with ``error.exit_code``.
+"""
+
+EXIT_OK = 0
+EXIT_TENANT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+
+
+class TenantfleetError(Exception):
+    """Base of every error the CLI turns into a one-line message."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(TenantfleetError):
+    """The command line asks for something that cannot be done."""
+
+
+class ConfigError(TenantfleetError):
+    """A ``TENANTFLEET_*`` setting is malformed or inconsistent."""
+
+
+class ConnectionFailed(TenantfleetError):
+    """The database or the broker cannot be reached."""
+
+
+class InvalidSchemaName(UsageError):
+    """A schema name that tenantfleet refuses to touch."""
+
+
+class UnknownRevision(UsageError):
+    """A revision that the migration scripts do not define."""
+
+
+class UnknownTenant(UsageError):
+    """A schema that is not in ``public.tenant_registry``."""
+
+
+class DuplicateTenant(UsageError):
+    """A schema name or api_key that is already registered."""
+
+
+class TenantStateError(UsageError):
+    """A tenant whose schema is missing or holds a revision the scripts do not know."""
+
+
+class MigrationFailed(TenantfleetError):
+    """A revision's SQL failed; the tenant was rolled back to where it was."""
+
+    exit_code = EXIT_TENANT_FAILURES

@@ -1,0 +1,23 @@
+"""Validation of the schema names tenantfleet accepts."""
+
+import re
+
+from tenantfleet.errors import InvalidSchemaName
+
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+RESERVED = frozenset({"public", "information_schema"})
+
+
+def validate_schema_name(name: str) -> str:
+    """Return ``name`` if it is a safe tenant schema name, else raise ``InvalidSchemaName``.
+
+    Checked before any SQL runs; names are still always quoted as identifiers afterwards.
+    """
+    if not isinstance(name, str) or not SCHEMA_NAME.fullmatch(name):
+        raise InvalidSchemaName(
+            f"invalid schema name {name!r}: use 1-63 characters of a-z, 0-9 and _, "
+            "not starting with a digit"
+        )
+    if name in RESERVED or name.startswith("pg_"):
+        raise InvalidSchemaName(f"invalid schema name {name!r}: reserved by PostgreSQL")
+    return name

@@ -1,0 +1,143 @@
+"""``public.tenant_registry``: the only module that writes it."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from tenantfleet.errors import DuplicateTenant, UnknownTenant
+from tenantfleet.names import validate_schema_name
+from tenantfleet.public_tables import migration_run_tenants, tenant_registry
+
+PROFILE_FIELDS = (
+    "email",
+    "phone",
+    "tenant_address",
+    "tenant_city",
+    "tenant_state",
+    "tenant_country",
+    "tenant_country_code",
+    "zip",
+    "tenant_timezone",
+)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A registry row as the CLI shows it (``api_key`` is never read back)."""
+
+    schema_name: str
+    tenant_name: str
+    is_active: bool
+    email: str | None
+    current_revision: str | None
+    last_migration_status: str | None
+    last_migrated_at: datetime | None
+    last_run_id: int | None
+
+
+_TENANT_COLUMNS = [tenant_registry.c[f.name] for f in fields(Tenant)]
+
+
+def register(
+    connection: Connection,
+    schema: str,
+    tenant_name: str,
+    *,
+    api_key: str | None = None,
+    **profile: str | None,
+) -> None:
+    """Insert a tenant; ``DuplicateTenant`` if its schema or api_key is taken."""
+    unknown = set(profile) - set(PROFILE_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown registry fields: {sorted(unknown)}")
+    values: dict[str, Any] = {
+        "schema_name": validate_schema_name(schema),
+        "tenant_name": tenant_name,
+        "api_key": api_key,
+        **profile,
+    }
+    try:
+        with connection.begin_nested():
+            connection.execute(tenant_registry.insert().values(**values))
+    except IntegrityError as exc:
+        what = "api_key" if "api_key" in str(exc.orig) else f"schema {schema!r}"
+        raise DuplicateTenant(f"{what} is already registered") from None
+
+
+def get(connection: Connection, schema: str) -> Tenant:
+    row = connection.execute(
+        sa.select(*_TENANT_COLUMNS).where(tenant_registry.c.schema_name == schema)
+    ).first()
+    if row is None:
+        raise UnknownTenant(f"no tenant with schema {schema!r} in public.tenant_registry")
+    return Tenant(*row)
+
+
+def list_tenants(connection: Connection, *, active_only: bool = False) -> list[Tenant]:
+    query = sa.select(*_TENANT_COLUMNS).order_by(tenant_registry.c.schema_name)
+    if active_only:
+        query = query.where(tenant_registry.c.is_active)
+    return [Tenant(*row) for row in connection.execute(query)]
+
+
+def select_for_migration(
+    connection: Connection, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[str]:
+    """Active tenant schemas, in schema-name order, narrowed by ``include``/``exclude``.
+
+    Every name in ``include`` must be a registered, active tenant.
+    """
+    query = (
+        sa.select(tenant_registry.c.schema_name, tenant_registry.c.is_active)
+        .order_by(tenant_registry.c.schema_name)
+    )
+    if include:
+        query = query.where(tenant_registry.c.schema_name.in_(list(include)))
+    rows = connection.execute(query).all()
+    if include:
+        found = {name: active for name, active in rows}
+        missing = [s for s in include if s not in found]
+        if missing:
+            raise UnknownTenant(f"not in public.tenant_registry: {', '.join(missing)}")
+        inactive = [s for s in include if not found[s]]
+        if inactive:
+            raise UnknownTenant(f"tenant is not active: {', '.join(inactive)}")
+    excluded = set(exclude)
+    return [name for name, active in rows if active and name not in excluded]
+
+
+def record_revision(connection: Connection, schema: str, revision: str | None) -> None:
+    """Note the revision a single-tenant command left ``schema`` at."""
+    connection.execute(
+        tenant_registry.update()
+        .where(tenant_registry.c.schema_name == schema)
+        .values(current_revision=revision, updated_at=sa.func.now())
+    )
+
+
+def apply_run_outcomes(connection: Connection, run_id: int) -> int:
+    """Copy each finished tenant's outcome in run ``run_id`` onto its registry row, in one statement."""
+    rt = migration_run_tenants
+    succeeded = rt.c.status == "succeeded"
+    result = connection.execute(
+        tenant_registry.update()
+        .where(
+            tenant_registry.c.schema_name == rt.c.schema_name,
+            rt.c.run_id == run_id,
+            rt.c.status.in_(("succeeded", "failed", "skipped")),
+        )
+        .values(
+            current_revision=sa.case((succeeded, rt.c.to_revision), else_=rt.c.from_revision),
+            last_migration_status=rt.c.status,
+            last_migrated_at=sa.func.coalesce(rt.c.finished_at, sa.func.now()),
+            last_run_id=run_id,
+            updated_at=sa.func.now(),
+        )
+    )
+    return result.rowcount
+

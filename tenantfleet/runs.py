@@ -1,0 +1,270 @@
+"""``public.migration_runs`` and ``public.migration_run_tenants``: the only module that writes them.
+
+These rows are the truth about a run. The broker may forget tasks and the chord may fire early
+or never; every reader (the chord callback, ``--wait``, ``status``) reconciles from here.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tenantfleet import registry
+from tenantfleet.errors import UsageError
+from tenantfleet.public_tables import migration_run_tenants as run_tenants
+from tenantfleet.public_tables import migration_runs as runs
+
+FINAL = ("succeeded", "failed", "skipped")
+PENDING = ("queued", "running", "retrying")
+ERROR_MESSAGE_MAX = 2000
+
+
+@dataclass(frozen=True)
+class Counts:
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    queued: int = 0
+    running: int = 0
+    retrying: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.queued + self.running + self.retrying
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed + self.skipped
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    parent_run_id: int | None
+    target_revision: str
+    status: str
+    total: int
+    up_to_date: int
+    succeeded: int
+    failed: int
+    skipped: int
+    options: dict[str, Any]
+    producer: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RunTenant:
+    schema_name: str
+    status: str
+    from_revision: str | None
+    to_revision: str
+    attempts: int
+    worker: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    error_class: str | None
+    error_message: str | None
+
+
+_RUN_COLUMNS = [runs.c[f.name] for f in fields(Run)]
+_TENANT_COLUMNS = [run_tenants.c[f.name] for f in fields(RunTenant)]
+
+
+def create_run(
+    connection: Connection,
+    target_revision: str,
+    behind: Sequence[tuple[str, str | None]],
+    *,
+    up_to_date: int = 0,
+    options: dict[str, Any] | None = None,
+    producer: str | None = None,
+    parent_run_id: int | None = None,
+) -> int:
+    """Write the run and one ``queued`` row per tenant in ``behind`` (schema, from revision).
+
+    A run with no tenant is born finished, as ``nothing_to_do``.
+    """
+    empty = not behind
+    run_id: int = connection.execute(
+        runs.insert()
+        .values(
+            target_revision=target_revision,
+            status="nothing_to_do" if empty else "running",
+            total=len(behind),
+            up_to_date=up_to_date,
+            options=options or {},
+            producer=producer,
+            parent_run_id=parent_run_id,
+            finished_at=sa.func.now() if empty else None,
+        )
+        .returning(runs.c.id)
+    ).scalar_one()
+    if behind:
+        connection.execute(
+            sa.text(
+                "INSERT INTO public.migration_run_tenants (run_id, schema_name, from_revision,"
+                " to_revision) SELECT :run_id, s, f, :target"
+                " FROM unnest(CAST(:schemas AS text[]), CAST(:froms AS text[])) AS u(s, f)"
+            ),
+            {
+                "run_id": run_id,
+                "target": target_revision,
+                "schemas": [schema for schema, _ in behind],
+                "froms": [from_revision for _, from_revision in behind],
+            },
+        )
+    return run_id
+
+
+def mark_running(connection: Connection, run_id: int, schema: str, worker: str) -> str | None:
+    """Mark a tenant as running (one more attempt); None when it is already final or unknown.
+
+    Committed without waiting for the WAL flush: this row is progress information, and the
+    outcome row written with the migration itself is durable.
+    """
+    connection.execute(sa.text("SET LOCAL synchronous_commit TO off"))
+    return connection.execute(
+        run_tenants.update()
+        .where(
+            run_tenants.c.run_id == run_id,
+            run_tenants.c.schema_name == schema,
+            run_tenants.c.status.in_(PENDING),
+        )
+        .values(
+            status="running",
+            attempts=run_tenants.c.attempts + 1,
+            started_at=sa.func.coalesce(run_tenants.c.started_at, sa.func.now()),
+            worker=worker,
+        )
+        .returning(run_tenants.c.status)
+    ).scalar_one_or_none()
+
+
+def status_of(connection: Connection, run_id: int, schema: str) -> str | None:
+    """The tenant's status, locking its row until the transaction ends."""
+    return connection.execute(
+        sa.select(run_tenants.c.status)
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.schema_name == schema)
+        .with_for_update()
+    ).scalar_one_or_none()
+
+
+def _finish(
+    connection: Connection, run_id: int, schema: str, status: str, duration_ms: int, **values: Any
+) -> None:
+    connection.execute(
+        run_tenants.update()
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.schema_name == schema)
+        .values(status=status, finished_at=sa.func.now(), duration_ms=duration_ms, **values)
+    )
+
+
+def mark_succeeded(
+    connection: Connection, run_id: int, schema: str, from_revision: str | None, duration_ms: int
+) -> None:
+    """Record success; called inside the tenant's migration transaction, so both commit as one."""
+    _finish(
+        connection, run_id, schema, "succeeded", duration_ms,
+        from_revision=from_revision, error_class=None, error_message=None,
+    )
+
+
+def mark_failed(
+    connection: Connection, run_id: int, schema: str, error: BaseException, duration_ms: int
+) -> None:
+    _finish(connection, run_id, schema, "failed", duration_ms, **_error_values(error))
+
+
+def mark_retrying(connection: Connection, run_id: int, schema: str, error: BaseException) -> None:
+    connection.execute(
+        run_tenants.update()
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.schema_name == schema)
+        .values(status="retrying", **_error_values(error))
+    )
+
+
+def _error_values(error: BaseException) -> dict[str, str]:
+    message = str(error).strip() or type(error).__name__
+    return {
+        "error_class": type(error).__name__,
+        "error_message": message[:ERROR_MESSAGE_MAX],
+    }
+
+
+def counts(connection: Connection, run_id: int) -> Counts:
+    """How many tenants of the run sit in each state, in one aggregate query."""
+    rows = connection.execute(
+        sa.select(run_tenants.c.status, sa.func.count())
+        .where(run_tenants.c.run_id == run_id)
+        .group_by(run_tenants.c.status)
+    ).all()
+    by_status = {status: int(n) for status, n in rows}
+    return Counts(total=sum(by_status.values()), **by_status)
+
+
+def get_run(connection: Connection, run_id: int) -> Run:
+    row = connection.execute(sa.select(*_RUN_COLUMNS).where(runs.c.id == run_id)).first()
+    if row is None:
+        raise UsageError(f"no run with id {run_id}")
+    return Run(*row)
+
+
+def tenants_of(
+    connection: Connection, run_id: int, statuses: Sequence[str] | None = None
+) -> list[RunTenant]:
+    query = (
+        sa.select(*_TENANT_COLUMNS)
+        .where(run_tenants.c.run_id == run_id)
+        .order_by(run_tenants.c.schema_name)
+    )
+    if statuses is not None:
+        query = query.where(run_tenants.c.status.in_(list(statuses)))
+    return [RunTenant(*row) for row in connection.execute(query)]
+
+
+def run_status(tally: Counts) -> str:
+    if tally.total == 0:
+        return "nothing_to_do"
+    if tally.failed == 0 and tally.skipped == 0:
+        return "succeeded"
+    if tally.succeeded == 0:
+        return "failed"
+    return "partial"
+
+
+def finalize(connection: Connection, run_id: int) -> Run | None:
+    """Close the run from its tenant rows once none is pending; idempotent.
+
+    Returns the closed run, or None while tenants are still pending. Holding the run row's lock
+    makes the chord callback, its errback and a waiting producer agree on one close.
+    """
+    locked = connection.execute(
+        sa.select(runs.c.finished_at).where(runs.c.id == run_id).with_for_update()
+    ).first()
+    if locked is None:
+        raise UsageError(f"no run with id {run_id}")
+    if locked.finished_at is not None:
+        return get_run(connection, run_id)
+    tally = counts(connection, run_id)
+    if tally.pending:
+        return None
+    registry.apply_run_outcomes(connection, run_id)
+    connection.execute(
+        runs.update()
+        .where(runs.c.id == run_id)
+        .values(
+            status=run_status(tally),
+            succeeded=tally.succeeded,
+            failed=tally.failed,
+            skipped=tally.skipped,
+            finished_at=sa.func.now(),
+        )
+    )
+    return get_run(connection, run_id)
