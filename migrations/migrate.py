@@ -91,12 +91,10 @@ class MigrationManager:
         validate_schema_name(schema)
         target = runtime.resolve_revision(runtime.tenant_script(), revision)
         with db.begin(self.engine) as connection:
-            self._require_public(connection)
+            self.require_public(connection)
             if _schema_exists(connection, schema):
                 raise DuplicateTenant(f"schema {schema!r} already exists")
-            registry.register(
-                connection, schema, tenant_name or schema, api_key=api_key, **profile
-            )
+            registry.register(connection, schema, tenant_name or schema, api_key=api_key, **profile)
             connection.execute(sa.schema.CreateSchema(schema))
             self._migrate(connection, schema, target, downgrade=False)
         return self.status_tenant(schema)
@@ -114,7 +112,7 @@ class MigrationManager:
         script = runtime.tenant_script()
         head = script.get_current_head()
         with db.connect(self.engine) as connection:
-            self._require_public(connection)
+            self.require_public(connection)
             registry.get(connection, schema)
             current = _tenant_revision(connection, schema)
         try:
@@ -124,7 +122,7 @@ class MigrationManager:
 
     def list_tenants(self) -> list[registry.Tenant]:
         with db.connect(self.engine) as connection:
-            self._require_public(connection)
+            self.require_public(connection)
             return registry.list_tenants(connection)
 
     # -- internals -----------------------------------------------------------------------
@@ -132,7 +130,7 @@ class MigrationManager:
     def _move(self, schema: str, target: str | None, *, downgrade: bool) -> runtime.Step:
         validate_schema_name(schema)
         with db.begin(self.engine) as connection:
-            self._require_public(connection)
+            self.require_public(connection)
             registry.get(connection, schema)
             _tenant_revision(connection, schema)
             return self._migrate(connection, schema, target, downgrade=downgrade)
@@ -146,12 +144,13 @@ class MigrationManager:
         except DBAPIError as exc:
             if db.is_transient(exc):
                 raise
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            reason = db.describe_error(exc)[1].splitlines()[0]
             raise MigrationFailed(f"tenant {schema!r} rolled back: {reason}") from None
         registry.record_revision(connection, schema, target)
         return step
 
-    def _require_public(self, connection: Connection) -> None:
+    def require_public(self, connection: Connection) -> None:
+        """Refuse to work on a database whose public schema is not at head."""
         current = _public_revision(connection)
         head = runtime.public_script().get_current_head()
         if current != head:

@@ -107,7 +107,9 @@ def pending(script: ScriptDirectory, current: str | None, target: str | None) ->
     try:
         revs = list(script.iterate_revisions(target, current or "base"))
     except RevisionError:
-        raise TenantStateError(f"revision {current!r} is unknown to the migration scripts") from None
+        raise TenantStateError(
+            f"revision {current!r} is unknown to the migration scripts"
+        ) from None
     return [r.revision for r in reversed(revs)]
 
 
@@ -172,9 +174,7 @@ def env_connection(cfg: Config, schema: str | None = None) -> Iterator[Connectio
     if given is not None:
         yield given
         return
-    url = cfg.get_main_option("sqlalchemy.url") or tf_config.database_url(
-        tf_config.load_settings()
-    )
+    url = cfg.get_main_option("sqlalchemy.url") or tf_config.database_url(tf_config.load_settings())
     connect_args = {"options": f"-c search_path={schema}"} if schema else {}
     engine = db.make_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:
@@ -206,11 +206,12 @@ def migrate_tenant(
     script = tenant_script()
     seen: dict[str, tuple[str, ...]] = {}
 
-    def steps(rev: Sequence[str], _context: Any) -> Any:
+    def steps(rev: Any, _context: Any) -> Any:
+        """Alembic's own step planning (what ``command.upgrade``/``downgrade`` hand it)."""
         seen["from"] = tuple(rev)
         if downgrade:
             return script._downgrade_revs(destination or "base", rev)
-        return script._upgrade_revs(destination, rev)
+        return script._upgrade_revs(destination or "heads", rev)
 
     cfg = _process_tenant_config()
     cfg.attributes["schema"] = schema

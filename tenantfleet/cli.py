@@ -6,15 +6,25 @@ configuration or connection error, 3 ``--timeout`` reached while the run goes on
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from sqlalchemy.exc import DBAPIError
 
 from migrations.migrate import MigrationManager, Status
-from tenantfleet import config, embedded, output
-from tenantfleet.errors import EXIT_OK, EXIT_USAGE, TenantfleetError
+from tenantfleet import config, db, demo, embedded, output, processes, producer
+from tenantfleet.errors import (
+    EXIT_OK,
+    EXIT_TENANT_FAILURES,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    TenantfleetError,
+    UsageError,
+)
+from tenantfleet.progress import Progress
 from tenantfleet.registry import PROFILE_FIELDS
 
 Handler = Callable[[argparse.Namespace], int]
@@ -94,6 +104,101 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- the fleet ---------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout goes with --wait")
+    manager = MigrationManager()
+    options = producer.MigrateOptions(
+        revision=args.revision,
+        include=tuple(args.tenant or ()),
+        exclude=tuple(args.exclude or ()),
+        upgrade_public=not args.no_public,
+    )
+    started = time.monotonic()
+    run_id = producer.start(manager, options)
+    return _follow(
+        manager, run_id, wait=args.wait, timeout=args.timeout, as_json=args.json, started=started
+    )
+
+
+def _follow(
+    manager: MigrationManager,
+    run_id: int,
+    *,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    started: float,
+) -> int:
+    """Print the run id (no --wait), or follow the run to its end and print its summary."""
+    if not wait:
+        if as_json:
+            _print_json(producer.report(manager.engine, run_id))
+        else:
+            print(f"run {run_id} enqueued; follow it with `tenantfleet status {run_id}`")
+        return EXIT_OK
+    progress = Progress()
+    run = producer.wait(
+        manager.engine,
+        run_id,
+        timeout=timeout,
+        poll_interval=manager.settings.poll_interval,
+        on_progress=progress,
+        started=started,
+    )
+    progress.close()
+    report = producer.report(manager.engine, run_id)
+    if as_json:
+        _print_json(report)
+    else:
+        print(output.run_summary(report))
+    if run is None:
+        print(f"error: --timeout of {timeout:g} s reached; run {run_id} goes on", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return EXIT_OK if run.status in ("succeeded", "nothing_to_do") else EXIT_TENANT_FAILURES
+
+
+def cmd_worker(args: argparse.Namespace) -> NoReturn:
+    settings = config.load_settings()
+    argv = processes.worker_argv(args.concurrency, loglevel=args.loglevel)
+    os.execve(sys.executable, argv, processes.child_env(settings))
+
+
+def cmd_flower(args: argparse.Namespace) -> NoReturn:
+    settings = config.load_settings()
+    extra = {}
+    if not os.environ.get("FLOWER_BASIC_AUTH") and args.address in ("127.0.0.1", "localhost"):
+        extra["FLOWER_UNAUTHENTICATED_API"] = "true"
+    argv = processes.flower_argv(args.address, args.port)
+    os.execve(sys.executable, argv, processes.child_env(settings, **extra))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = config.load_settings()
+    manager = MigrationManager(settings)
+    schemas = demo.provision(manager, args.tenants, print)
+    worker = demo.start_workers(settings, args.workers, print)
+    flower = demo.start_flower(settings, args.port, print) if args.flower else None
+    try:
+        print(f"migrating {len(schemas)} tenants to head with `tenantfleet migrate --wait`")
+        started = time.monotonic()
+        run_id = producer.start(manager, producer.MigrateOptions(include=tuple(schemas)))
+        code = _follow(manager, run_id, wait=True, timeout=None, as_json=False, started=started)
+        if flower is not None:
+            print(f"Flower: http://127.0.0.1:{args.port}/tasks  (Ctrl-C to stop)")
+            flower.wait()
+        return code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        for proc in (flower, worker):
+            if proc is not None:
+                processes.stop(proc)
+
+
 # -- the embedded stack ------------------------------------------------------------------
 
 
@@ -154,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     tenant = commands.add_parser("tenant", help="one tenant schema")
     tenant_cmds = tenant.add_subparsers(dest="action", required=True, parser_class=_Parser)
     create = _command(
-        tenant_cmds, "create", cmd_tenant_create,
+        tenant_cmds,
+        "create",
+        cmd_tenant_create,
         "create a schema, register it and migrate it, as one unit",
     )
     create.add_argument("schema")
@@ -180,6 +287,38 @@ def build_parser() -> argparse.ArgumentParser:
     tenants_cmds = tenants.add_subparsers(dest="action", required=True, parser_class=_Parser)
     _command(tenants_cmds, "list", cmd_tenants_list, "list registered tenants")
 
+    migrate = _command(
+        commands, "migrate", cmd_migrate, "upgrade every active tenant through the workers"
+    )
+    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
+    migrate.add_argument("--tenant", action="append", metavar="S", help="only this schema")
+    migrate.add_argument("--exclude", action="append", metavar="S", help="skip this schema")
+    migrate.add_argument("--wait", action="store_true", help="follow the run to its end")
+    migrate.add_argument("--timeout", type=float, metavar="SECONDS", help="exit 3 after")
+    migrate.add_argument("--no-public", action="store_true", help="do not upgrade public first")
+
+    worker = _command(
+        commands,
+        "worker",
+        cmd_worker,
+        "run a Celery worker (celery -A workers worker)",
+        json_flag=False,
+    )
+    worker.add_argument("--concurrency", "-c", type=int, default=os.cpu_count() or 2)
+    worker.add_argument("--loglevel", default="INFO")
+    flower = _command(
+        commands, "flower", cmd_flower, "run Flower (celery -A workers flower)", json_flag=False
+    )
+    flower.add_argument("--address", default="127.0.0.1")
+    flower.add_argument("--port", type=int, default=5555)
+    demo_cmd = _command(
+        commands, "demo", cmd_demo, "a fleet migration on the embedded stack", json_flag=False
+    )
+    demo_cmd.add_argument("--tenants", type=int, default=200)
+    demo_cmd.add_argument("--workers", type=int, default=2)
+    demo_cmd.add_argument("--flower", action="store_true", help="keep Flower up until Ctrl-C")
+    demo_cmd.add_argument("--port", type=int, default=5555)
+
     dev = commands.add_parser("dev", help="the embedded default stack")
     dev_cmds = dev.add_subparsers(dest="action", required=True, parser_class=_Parser)
     _command(dev_cmds, "up", cmd_dev_up, "start it and print its URLs", json_flag=False)
@@ -200,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DBAPIError as exc:
         if args.debug:
             raise
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        reason = db.describe_error(exc)[1].splitlines()[0]
         print(f"error: database: {reason}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

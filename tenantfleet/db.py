@@ -47,7 +47,7 @@ def describe(engine: Engine) -> str:
 
 def connection_error(engine: Engine, exc: DBAPIError) -> ConnectionFailed:
     """A one-line ``ConnectionFailed`` for a failed connect, naming the server, never a password."""
-    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    reason = describe_error(exc)[1].splitlines()[0]
     if engine.url.password:
         reason = reason.replace(str(engine.url.password), "***")
     return ConnectionFailed(f"cannot connect to the database at {describe(engine)}: {reason}")
@@ -79,9 +79,18 @@ def sqlstate(exc: BaseException) -> str | None:
 
 def is_transient(exc: BaseException) -> bool:
     """True when the same work may succeed if tried again: lost connections, lock waits, ..."""
+    if isinstance(exc, ConnectionFailed):
+        return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     code = sqlstate(exc)
     if code is None:
         return isinstance(exc, OperationalError)
     return code in TRANSIENT_SQLSTATES or code.startswith("08")
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """(class, message) of an error as people want to read it: the driver's, not the wrapper's."""
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    message = str(orig).strip() or type(orig).__name__
+    return type(orig).__name__, message

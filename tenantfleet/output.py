@@ -49,8 +49,46 @@ def tenants_table(tenants: list[Tenant]) -> str:
     return table(
         ["schema", "name", "active", "revision", "last status", "last run"],
         [
-            [t.schema_name, t.tenant_name, t.is_active, t.current_revision,
-             t.last_migration_status, t.last_run_id]
+            [
+                t.schema_name,
+                t.tenant_name,
+                t.is_active,
+                t.current_revision,
+                t.last_migration_status,
+                t.last_run_id,
+            ]
             for t in tenants
         ],
     )
+
+
+ERROR_WIDTH = 100
+
+
+def run_summary(report: dict[str, Any]) -> str:
+    """The end-of-run text: one status line, then the failed tenants with their errors."""
+    counts = report["counts"]
+    lines = [
+        f"run {report['run_id']}: {report['status']} - {counts['succeeded']} succeeded, "
+        f"{counts['failed']} failed, {counts['skipped']} skipped, {counts['pending']} pending "
+        f"of {counts['total']} (already at target: {counts['up_to_date']}); "
+        f"target {report['target_revision']}"
+    ]
+    failed = [t for t in report["tenants"] if t["status"] in ("failed", "skipped")]
+    if failed:
+        lines.append("")
+        lines.append(
+            table(
+                ["schema", "status", "attempts", "error"],
+                [
+                    [t["schema"], t["status"], t["attempts"], _clip(t["error"] or "")]
+                    for t in failed
+                ],
+            )
+        )
+    return "\n".join(lines)
+
+
+def _clip(text: str) -> str:
+    first = text.splitlines()[0] if text else ""
+    return first if len(first) <= ERROR_WIDTH else first[: ERROR_WIDTH - 3] + "..."

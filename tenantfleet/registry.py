@@ -78,6 +78,11 @@ def get(connection: Connection, schema: str) -> Tenant:
     return Tenant(*row)
 
 
+def is_registered(connection: Connection, schema: str) -> bool:
+    query = sa.select(tenant_registry.c.id).where(tenant_registry.c.schema_name == schema)
+    return connection.execute(query).first() is not None
+
+
 def list_tenants(connection: Connection, *, active_only: bool = False) -> list[Tenant]:
     query = sa.select(*_TENANT_COLUMNS).order_by(tenant_registry.c.schema_name)
     if active_only:
@@ -92,9 +97,8 @@ def select_for_migration(
 
     Every name in ``include`` must be a registered, active tenant.
     """
-    query = (
-        sa.select(tenant_registry.c.schema_name, tenant_registry.c.is_active)
-        .order_by(tenant_registry.c.schema_name)
+    query = sa.select(tenant_registry.c.schema_name, tenant_registry.c.is_active).order_by(
+        tenant_registry.c.schema_name
     )
     if include:
         query = query.where(tenant_registry.c.schema_name.in_(list(include)))
@@ -121,7 +125,7 @@ def record_revision(connection: Connection, schema: str, revision: str | None) -
 
 
 def apply_run_outcomes(connection: Connection, run_id: int) -> int:
-    """Copy each finished tenant's outcome in run ``run_id`` onto its registry row, in one statement."""
+    """Copy each finished tenant's outcome in run ``run_id`` onto its registry row, at once."""
     rt = migration_run_tenants
     succeeded = rt.c.status == "succeeded"
     result = connection.execute(
@@ -140,4 +144,3 @@ def apply_run_outcomes(connection: Connection, run_id: int) -> int:
         )
     )
     return result.rowcount
-

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantfleet import registry
+from tenantfleet import db, registry
 from tenantfleet.errors import UsageError
 from tenantfleet.public_tables import migration_run_tenants as run_tenants
 from tenantfleet.public_tables import migration_runs as runs
@@ -131,12 +131,7 @@ def mark_running(connection: Connection, run_id: int, schema: str, worker: str) 
     """
     connection.execute(sa.text("SET LOCAL synchronous_commit TO off"))
     return connection.execute(
-        run_tenants.update()
-        .where(
-            run_tenants.c.run_id == run_id,
-            run_tenants.c.schema_name == schema,
-            run_tenants.c.status.in_(PENDING),
-        )
+        _pending_row(run_id, schema)
         .values(
             status="running",
             attempts=run_tenants.c.attempts + 1,
@@ -160,9 +155,9 @@ def _finish(
     connection: Connection, run_id: int, schema: str, status: str, duration_ms: int, **values: Any
 ) -> None:
     connection.execute(
-        run_tenants.update()
-        .where(run_tenants.c.run_id == run_id, run_tenants.c.schema_name == schema)
-        .values(status=status, finished_at=sa.func.now(), duration_ms=duration_ms, **values)
+        _pending_row(run_id, schema).values(
+            status=status, finished_at=sa.func.now(), duration_ms=duration_ms, **values
+        )
     )
 
 
@@ -171,8 +166,14 @@ def mark_succeeded(
 ) -> None:
     """Record success; called inside the tenant's migration transaction, so both commit as one."""
     _finish(
-        connection, run_id, schema, "succeeded", duration_ms,
-        from_revision=from_revision, error_class=None, error_message=None,
+        connection,
+        run_id,
+        schema,
+        "succeeded",
+        duration_ms,
+        from_revision=from_revision,
+        error_class=None,
+        error_message=None,
     )
 
 
@@ -184,18 +185,22 @@ def mark_failed(
 
 def mark_retrying(connection: Connection, run_id: int, schema: str, error: BaseException) -> None:
     connection.execute(
-        run_tenants.update()
-        .where(run_tenants.c.run_id == run_id, run_tenants.c.schema_name == schema)
-        .values(status="retrying", **_error_values(error))
+        _pending_row(run_id, schema).values(status="retrying", **_error_values(error))
+    )
+
+
+def _pending_row(run_id: int, schema: str) -> sa.Update:
+    """An UPDATE of the tenant's row that leaves a final row as it is."""
+    return run_tenants.update().where(
+        run_tenants.c.run_id == run_id,
+        run_tenants.c.schema_name == schema,
+        run_tenants.c.status.in_(PENDING),
     )
 
 
 def _error_values(error: BaseException) -> dict[str, str]:
-    message = str(error).strip() or type(error).__name__
-    return {
-        "error_class": type(error).__name__,
-        "error_message": message[:ERROR_MESSAGE_MAX],
-    }
+    error_class, message = db.describe_error(error)
+    return {"error_class": error_class, "error_message": message[:ERROR_MESSAGE_MAX]}
 
 
 def counts(connection: Connection, run_id: int) -> Counts:

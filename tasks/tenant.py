@@ -1,0 +1,83 @@
+"""The tenant task: migrate one schema in one transaction, and record how it went.
+
+Each attempt:
+1. marks the tenant ``running`` in the run table (a finished tenant is never touched again);
+2. in one transaction: confines the session to the schema, takes the per-schema advisory lock
+   (waiting at most ``lock_timeout``), re-checks the tenant's row under lock, runs the Alembic
+   upgrade, and marks the tenant ``succeeded`` - so the schema change and its record commit
+   together, or neither does;
+3. on a transient error (lost connection, lock timeout, deadlock, serialization failure) marks
+   it ``retrying`` and retries with exponential backoff and jitter; on anything else, or when
+   retries run out, marks it ``failed`` and raises, so Flower shows the task as FAILURE.
+"""
+
+import random
+import socket
+import time
+from collections.abc import Callable
+
+from celery import Task
+from celery.exceptions import Retry
+from sqlalchemy.engine import Connection, Engine
+
+from tenantfleet import alembic_runtime, db, runs
+from workers import app, resources
+
+
+class TenantMigrationFailed(Exception):
+    """Raised for good when a tenant's migration fails; its message names schema and cause."""
+
+
+def backoff_seconds(retries: int) -> float:
+    """Exponential backoff with full jitter around the nominal delay."""
+    cfg = resources.settings()
+    nominal = min(cfg.retry_backoff_max, cfg.retry_backoff * (2**retries))
+    return nominal * random.uniform(0.5, 1.5)
+
+
+@app.task(name="tenantfleet.migrate_tenant", bind=True, max_retries=None)
+def migrate_tenant(self: Task, run_id: int, schema: str, target: str) -> str:
+    """Bring ``schema`` to ``target`` for run ``run_id``; returns the tenant's final status."""
+    engine = resources.engine()
+    worker = self.request.hostname or socket.gethostname()
+    started = time.monotonic()
+    try:
+        with db.begin(engine) as connection:
+            if runs.mark_running(connection, run_id, schema, worker) is None:
+                return "duplicate"
+        with db.begin(engine) as connection:
+            alembic_runtime.confine_to_schema(connection, schema, resources.settings())
+            if runs.status_of(connection, run_id, schema) in runs.FINAL:
+                return "duplicate"
+            step = alembic_runtime.migrate_tenant(connection, schema, target)
+            elapsed = int((time.monotonic() - started) * 1000)
+            runs.mark_succeeded(connection, run_id, schema, step.from_revision, elapsed)
+        return "succeeded"
+    except Retry:
+        raise
+    except Exception as exc:
+        raise _fail_or_retry(self, run_id, schema, exc, started) from None
+
+
+def _fail_or_retry(
+    task: Task, run_id: int, schema: str, exc: Exception, started: float
+) -> BaseException:
+    """Record the error and return what the task should raise: a retry or the final failure."""
+    engine = resources.engine()
+    if db.is_transient(exc) and task.request.retries < resources.settings().max_retries:
+        _record(lambda c: runs.mark_retrying(c, run_id, schema, exc), engine)
+        return task.retry(exc=exc, countdown=backoff_seconds(task.request.retries), throw=False)
+    elapsed = int((time.monotonic() - started) * 1000)
+    _record(lambda c: runs.mark_failed(c, run_id, schema, exc, elapsed), engine)
+    error_class, message = db.describe_error(exc)
+    return TenantMigrationFailed(f"{schema}: {error_class}: {message.splitlines()[0]}")
+
+
+def _record(write: Callable[[Connection], None], engine: Engine) -> None:
+    """Best effort: while the database is down, the row keeps its last state for ``resume``."""
+    try:
+        with db.begin(engine) as connection:
+            write(connection)
+    except Exception as exc:
+        if not db.is_transient(exc):
+            raise

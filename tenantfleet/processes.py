@@ -1,0 +1,95 @@
+"""Starting and stopping ``celery worker`` and Flower processes for the demo, bench and tests."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from tenantfleet import config
+from tenantfleet.config import CONTROL_QUEUE, TENANT_QUEUE
+from tenantfleet.errors import ConnectionFailed
+
+READY_TIMEOUT_S = 60.0
+
+
+def child_env(settings: config.Settings, **extra: str) -> dict[str, str]:
+    """The environment for a child: the resolved URLs, so every process uses the same stack."""
+    env = dict(os.environ)
+    env["TENANTFLEET_DATABASE_URL"] = config.database_url(settings)
+    env["TENANTFLEET_BROKER_URL"] = config.broker_url(settings)
+    env["TENANTFLEET_RESULT_BACKEND"] = config.result_backend(settings)
+    env["TENANTFLEET_STATE_DIR"] = str(settings.state_dir)
+    env.update(extra)
+    return env
+
+
+def worker_argv(
+    concurrency: int, hostname: str = "tenantfleet@%h", loglevel: str = "INFO"
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "-Q",
+        f"{TENANT_QUEUE},{CONTROL_QUEUE}",
+        "--concurrency",
+        str(concurrency),
+        "--hostname",
+        hostname,
+        "--loglevel",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
+    ]
+
+
+def flower_argv(address: str, port: int, extra: Sequence[str] = ()) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+        *extra,
+    ]
+
+
+def spawn(argv: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group, its output to ``log`` (or discarded)."""
+    sink: IO[Any] | int = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        argv, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_for_workers(app: Any, count: int = 1, timeout: float = READY_TIMEOUT_S) -> None:
+    """Block until ``count`` workers answer a ping."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(app.control.ping(timeout=0.5) or []) >= count:
+            return
+    raise ConnectionFailed(f"no Celery worker answered within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Warm shutdown (SIGTERM to the group), then SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
