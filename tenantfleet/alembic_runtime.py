@@ -6,7 +6,7 @@ its schema, locked and configured the same way whether it is migrated by ``alemb
 ``ScriptDirectory`` per process and skips env.py, which ``alembic.command`` re-runs on every call.
 """
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
