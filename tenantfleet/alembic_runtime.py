@@ -27,7 +27,7 @@ from migrations.public.models import PublicBase
 from migrations.tenant.models import TenantBase
 from tenantfleet import config as tf_config
 from tenantfleet import db
-from tenantfleet.errors import TenantStateError, UnknownRevision
+from tenantfleet.errors import InvalidSchemaName, TenantStateError, UnknownRevision
 from tenantfleet.names import validate_schema_name
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
@@ -192,7 +192,10 @@ def schema_from_config(cfg: Config) -> str:
         schema = x_args.get("schema")
     if not schema:
         raise CommandError("the tenant environment needs a schema: pass -x schema=NAME")
-    return validate_schema_name(schema)
+    try:
+        return validate_schema_name(schema)
+    except InvalidSchemaName as exc:  # Alembic prints a CommandError as one clean line
+        raise CommandError(str(exc)) from None
 
 
 def migrate_tenant(

@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--revision", default="head")
     create.add_argument("--api-key", dest="api_key")
     for name in PROFILE_FIELDS:
-        create.add_argument(f"--{name.removeprefix('tenant_').replace('_', '-')}", dest=name)
+        create.add_argument(f"--{name.replace('_', '-')}", dest=name)
     t_upgrade = _command(
         tenant_cmds, "upgrade", cmd_tenant_upgrade, "upgrade one tenant", json_flag=False
     )

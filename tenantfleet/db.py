@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from tenantfleet.errors import ConfigError, ConnectionFailed
 
 CONNECT_TIMEOUT_S = 5
+DRIVER = "postgresql+psycopg2"
 
 # SQLSTATEs worth another attempt: the same SQL can succeed once the condition passes.
 TRANSIENT_SQLSTATES = frozenset(
@@ -31,11 +32,21 @@ TRANSIENT_SQLSTATES = frozenset(
 
 
 def make_engine(url: str, **options: Any) -> Engine:
-    """An engine whose connection attempts give up after a bounded time."""
+    """A psycopg2 engine whose connection attempts give up after a bounded time.
+
+    Plain ``postgresql://`` URLs get the psycopg2 driver (SQLAlchemy 2.1 would pick psycopg 3).
+    """
     try:
         parsed = sa.engine.make_url(url)
     except ArgumentError:
         raise ConfigError("TENANTFLEET_DATABASE_URL is not a valid database URL") from None
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername=DRIVER)
+    if parsed.drivername != DRIVER:
+        raise ConfigError(
+            f"TENANTFLEET_DATABASE_URL must be a PostgreSQL URL (postgresql:// or {DRIVER}://),"
+            f" not {parsed.drivername}://"
+        )
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
     return sa.create_engine(parsed, connect_args=connect_args, **options)
 

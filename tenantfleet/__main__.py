@@ -1,0 +1,5 @@
+import sys
+
+from tenantfleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""Helpers shared by the tests: databases, the CLI as a subprocess, catalog snapshots."""
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from tenantfleet import db
+
+
+def admin_engine(url: str) -> Engine:
+    return db.make_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+
+
+def create_database(admin_url: str, template: str | None = None, prefix: str = "tf") -> str:
+    """A new database (cloned from ``template`` if given); its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = admin_engine(admin_url)
+    with engine.connect() as connection:
+        quoted = connection.dialect.identifier_preparer.quote
+        clause = f" TEMPLATE {quoted(template)}" if template else ""
+        connection.execute(sa.text(f"CREATE DATABASE {quoted(name)}{clause}"))
+    engine.dispose()
+    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    name = sa.engine.make_url(url).database
+    engine = admin_engine(admin_url)
+    with engine.connect() as connection:
+        quoted = connection.dialect.identifier_preparer.quote(name)
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    engine.dispose()
+
+
+def database_name(url: str) -> str:
+    return str(sa.engine.make_url(url).database)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> Result:
+    """``tenantfleet ARGS`` as a real subprocess, as a deploy hook would run it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tenantfleet", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def snapshot(engine: Engine, schemas: Iterable[str]) -> set[tuple[str, ...]]:
+    """Tables, columns, indexes and constraints of ``schemas``, as the catalog shows them."""
+    wanted = list(schemas)
+    with engine.connect() as connection:
+        columns = connection.execute(
+            sa.text(
+                "SELECT table_schema, table_name, column_name, data_type, is_nullable"
+                " FROM information_schema.columns WHERE table_schema = ANY(:s)"
+            ),
+            {"s": wanted},
+        ).all()
+        indexes = connection.execute(
+            sa.text(
+                "SELECT schemaname, tablename, indexname FROM pg_indexes"
+                " WHERE schemaname = ANY(:s)"
+            ),
+            {"s": wanted},
+        ).all()
+        sequences = [
+            ("sequence", schema, name)
+            for schema, name in connection.execute(
+                sa.text(
+                    "SELECT n.nspname, c.relname FROM pg_class c"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = ANY(:s) AND c.relkind = 'S'"
+                ),
+                {"s": wanted},
+            )
+        ]
+    return (
+        {("column", *map(str, row)) for row in columns}
+        | {("index", *map(str, row)) for row in indexes}
+        | set(sequences)
+    )
+
+
+def schema_names(engine: Engine) -> set[str]:
+    with engine.connect() as connection:
+        return set(connection.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars())

@@ -1,0 +1,191 @@
+"""The two Alembic environments: exact registry columns, models = migrations, Alembic's own CLI."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Engine
+
+from migrations.migrate import MigrationManager
+from migrations.public.models import PublicBase
+from migrations.tenant.models import TenantBase
+from tenantfleet import alembic_runtime, db
+
+REGISTRY_COLUMNS = [
+    "id", "tenant_name", "schema_name", "email", "phone", "tenant_address", "tenant_city",
+    "tenant_state", "tenant_country", "tenant_country_code", "zip", "tenant_timezone", "api_key",
+    "is_active", "created_at", "updated_at",
+]
+# The names before the rename, spelled in pieces so that this file does not contain them.
+OLD_NAMES = [
+    "contact" + "_email", "contact" + "_phone", "address", "city", "state", "country",
+    "country" + "_code", "postal" + "_code", "timezone",
+]
+
+
+def columns(engine: Engine, table: str) -> list[str]:
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                sa.text(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema ="
+                    " 'public' AND table_name = :t ORDER BY ordinal_position"
+                ),
+                {"t": table},
+            ).scalars()
+        )
+
+
+def test_first_public_revision_creates_the_registry_with_exactly_the_renamed_columns(
+    empty_database_url: str,
+) -> None:
+    engine = db.make_engine(empty_database_url)
+    MigrationManager(engine=engine).upgrade_public("20250102_000000")
+    assert columns(engine, "tenant_registry") == REGISTRY_COLUMNS
+    with engine.connect() as connection:
+        nullable = dict(
+            connection.execute(
+                sa.text(
+                    "SELECT column_name, is_nullable FROM information_schema.columns"
+                    " WHERE table_name = 'tenant_registry'"
+                )
+            ).all()
+        )
+        uniques = set(
+            connection.execute(
+                sa.text(
+                    "SELECT a.attname FROM pg_constraint c JOIN pg_attribute a"
+                    " ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)"
+                    " WHERE c.conrelid = 'public.tenant_registry'::regclass AND c.contype = 'u'"
+                )
+            ).scalars()
+        )
+    assert nullable["tenant_name"] == "NO" and nullable["schema_name"] == "NO"
+    assert uniques == {"schema_name", "api_key"}
+    engine.dispose()
+
+
+def test_the_old_column_names_appear_nowhere(engine: Engine, repo_root: Path) -> None:
+    quoted = re.compile(r"""["'](""" + "|".join(OLD_NAMES) + r""")["']""")
+    for path in sorted((repo_root / "migrations").rglob("*.py")):
+        assert not quoted.search(path.read_text()), path
+    with engine.connect() as connection:
+        names = set(
+            connection.execute(
+                sa.text(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = 'public'"
+                )
+            ).scalars()
+        )
+    assert names.isdisjoint(OLD_NAMES)
+    assert all(not set(t.columns.keys()) & set(OLD_NAMES) for t in PublicBase.metadata.sorted_tables)
+    flags = subprocess.run(
+        [sys.executable, "-m", "tenantfleet", "tenant", "create", "--help"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "--tenant-address" in flags and "--zip" in flags
+    assert not re.search(r"--(" + "|".join(n.replace("_", "-") for n in OLD_NAMES) + r")\b", flags)
+
+
+def test_public_models_match_the_migrations(engine: Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts=alembic_runtime.public_context_options()
+        )
+        assert compare_metadata(context, PublicBase.metadata) == []
+
+
+def test_tenant_models_match_the_migrations(database_url: str) -> None:
+    MigrationManager().init_tenant("acme", "Acme")
+    tenant_engine = db.make_engine(
+        database_url, connect_args={"options": "-c search_path=acme"}
+    )
+    with tenant_engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts=alembic_runtime.tenant_context_options()
+        )
+        assert compare_metadata(context, TenantBase.metadata) == []
+    tenant_engine.dispose()
+
+
+def alembic(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_plain_alembic_upgrades_public_and_a_tenant_as_alembic_users_expect(
+    empty_database_url: str, repo_root: Path
+) -> None:
+    assert alembic(repo_root, "upgrade", "head").returncode == 0
+    engine = db.make_engine(empty_database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.schema.CreateSchema("demo"))
+    tenant = ["-c", "migrations/tenant/alembic.ini", "-x", "schema=demo"]
+    upgraded = alembic(repo_root, *tenant, "upgrade", "head")
+    assert upgraded.returncode == 0, upgraded.stderr
+    current = alembic(repo_root, *tenant, "current")
+    assert alembic_runtime.tenant_script().get_current_head() in current.stdout
+    with engine.connect() as connection:
+        tables = set(
+            connection.execute(
+                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'demo'")
+            ).scalars()
+        )
+        public_tables = set(
+            connection.execute(
+                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            ).scalars()
+        )
+    assert tables == {"alembic_version", "users", "orders", "audit_log"}
+    assert public_tables == {
+        "alembic_version", "tenant_registry", "migration_runs", "migration_run_tenants"
+    }
+    # autogenerate finds nothing to do on an up-to-date tenant and on public
+    assert alembic(repo_root, *tenant, "check").returncode == 0
+    assert alembic(repo_root, "check").returncode == 0
+    engine.dispose()
+
+
+def test_tenant_environment_refuses_to_run_without_a_valid_schema(
+    empty_database_url: str, repo_root: Path
+) -> None:
+    missing = alembic(repo_root, "-c", "migrations/tenant/alembic.ini", "upgrade", "head")
+    assert missing.returncode != 0
+    assert "FAILED: the tenant environment needs a schema" in missing.stdout
+    assert "Traceback" not in missing.stderr
+    hostile = alembic(
+        repo_root, "-c", "migrations/tenant/alembic.ini", "-x", "schema=x;drop", "upgrade", "head"
+    )
+    assert hostile.returncode != 0
+    assert "FAILED: invalid schema name 'x;drop'" in hostile.stdout
+    assert "Traceback" not in hostile.stderr
+
+
+def test_offline_sql_is_confined_to_the_schema(repo_root: Path) -> None:
+    sql = alembic(
+        repo_root, "-c", "migrations/tenant/alembic.ini", "-x", "schema=demo",
+        "upgrade", "head", "--sql",
+    )
+    assert sql.returncode == 0, sql.stderr
+    assert "set_config('search_path', quote_ident('demo'), true)" in sql.stdout
+    assert "demo." not in sql.stdout.replace("quote_ident('demo')", "")
+
+
+def test_revision_ids_are_the_file_name_prefixes() -> None:
+    for script in (alembic_runtime.tenant_script(), alembic_runtime.public_script()):
+        for revision in script.walk_revisions():
+            assert revision.path is not None
+            assert Path(revision.path).name.startswith(revision.revision + "_")
+    tenant_chain = [r.revision for r in alembic_runtime.tenant_script().walk_revisions()]
+    assert tenant_chain[-2:] == ["20250301_000000", "20250102_000001"]
+    assert len(tenant_chain) >= 3
