@@ -28,6 +28,10 @@ class TenantMigrationFailed(Exception):
     """Raised for good when a tenant's migration fails; its message names schema and cause."""
 
 
+class UnknownRunTenant(Exception):
+    """The task names a run and tenant this worker's database has never heard of."""
+
+
 def backoff_seconds(retries: int) -> float:
     """Exponential backoff with full jitter around the nominal delay."""
     cfg = resources.settings()
@@ -44,6 +48,11 @@ def migrate_tenant(self: Task, run_id: int, schema: str, target: str) -> str:
     try:
         with db.begin(engine) as connection:
             if runs.mark_running(connection, run_id, schema, worker) is None:
+                if runs.status_of(connection, run_id, schema) is None:
+                    raise UnknownRunTenant(
+                        f"{schema}: run {run_id} has no such tenant in this worker's database"
+                        " (is the worker pointed at another database than the producer?)"
+                    )
                 return "duplicate"
         with db.begin(engine) as connection:
             alembic_runtime.confine_to_schema(connection, schema, resources.settings())
@@ -53,7 +62,7 @@ def migrate_tenant(self: Task, run_id: int, schema: str, target: str) -> str:
             elapsed = int((time.monotonic() - started) * 1000)
             runs.mark_succeeded(connection, run_id, schema, step.from_revision, elapsed)
         return "succeeded"
-    except Retry:
+    except (Retry, UnknownRunTenant):
         raise
     except Exception as exc:
         raise _fail_or_retry(self, run_id, schema, exc, started) from None

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tenantfleet import config
 from tenantfleet.config import CONTROL_QUEUE, TENANT_QUEUE
@@ -66,10 +66,15 @@ def flower_argv(address: str, port: int, extra: Sequence[str] = ()) -> list[str]
 
 def spawn(argv: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen[bytes]:
     """Start a child in its own process group, its output to ``log`` (or discarded)."""
-    sink: IO[Any] | int = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(
-        argv, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    if log is None:
+        return subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    with open(log, "ab") as sink:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            argv, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def wait_for_workers(app: Any, count: int = 1, timeout: float = READY_TIMEOUT_S) -> None:

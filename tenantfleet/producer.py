@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from migrations.migrate import MigrationManager
 from tenantfleet import alembic_runtime, db, registry, runs
-from tenantfleet.errors import ConnectionFailed, TenantStateError
+from tenantfleet.errors import ConnectionFailed, TenantStateError, UsageError
 from tenantfleet.names import validate_schema_name
 
 FINALIZE_GRACE_SECONDS = 3.0
@@ -42,11 +42,7 @@ class Plan:
 def plan(manager: MigrationManager, options: MigrateOptions) -> Plan:
     """Select the active tenants and read every schema's revision in one pass."""
     script = alembic_runtime.tenant_script()
-    target = alembic_runtime.resolve_revision(script, options.revision)
-    if target is None:
-        raise TenantStateError("migrate upgrades; use `tenantfleet tenant downgrade` for base")
-    for name in [*options.include, *options.exclude]:
-        validate_schema_name(name)
+    target = validate(options)
     with db.connect(manager.engine) as connection:
         manager.require_public(connection)
         schemas = registry.select_for_migration(connection, options.include, options.exclude)
@@ -69,6 +65,16 @@ def plan(manager: MigrationManager, options: MigrateOptions) -> Plan:
     return Plan(target, behind, at_or_past)
 
 
+def validate(options: MigrateOptions) -> str:
+    """Check the request before anything is touched; the resolved target revision."""
+    for name in [*options.include, *options.exclude]:
+        validate_schema_name(name)
+    target = alembic_runtime.resolve_revision(alembic_runtime.tenant_script(), options.revision)
+    if target is None:
+        raise UsageError("migrate only upgrades; use `tenantfleet tenant downgrade` for base")
+    return target
+
+
 def _names(schemas: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(schemas[:limit])
     return shown + (f" and {len(schemas) - limit} more" if len(schemas) > limit else "")
@@ -76,6 +82,7 @@ def _names(schemas: Sequence[str], limit: int = 5) -> str:
 
 def start(manager: MigrationManager, options: MigrateOptions) -> int:
     """Upgrade public, plan, record the run, enqueue one task per behind tenant; the run id."""
+    validate(options)
     if options.upgrade_public:
         manager.upgrade_public()
     chosen = plan(manager, options)

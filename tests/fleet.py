@@ -1,0 +1,106 @@
+"""A running fleet for tests: a database, real ``celery worker`` processes and a real Flower."""
+
+import json
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tenantfleet import alembic_runtime, config, db, processes
+from tests import helpers
+
+
+@dataclass
+class Stack:
+    database_url: str
+    engine: Engine
+    flower_url: str
+    logs: Path
+
+    def flower(self, path: str) -> Any:
+        with urllib.request.urlopen(self.flower_url + path, timeout=10) as response:
+            return json.load(response)
+
+    def failed_in_flower(self, run_id: int, expected: int, timeout: float = 30) -> dict[str, str]:
+        """schema -> exception of this run's FAILURE tasks, once Flower shows ``expected``."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            tasks = self.flower("/api/tasks?state=FAILURE&taskname=tenantfleet.migrate_tenant")
+            found = {}
+            for task in tasks.values():
+                args = task.get("args") or ""
+                if args.startswith(f"({run_id}, "):
+                    found[args.split("'")[1]] = task.get("exception") or ""
+            if len(found) >= expected:
+                return found
+            time.sleep(0.3)
+        return found
+
+    def revisions(self, schemas: list[str]) -> dict[str, str | None]:
+        with self.engine.connect() as connection:
+            return alembic_runtime.read_versions(connection, schemas)
+
+    def deactivate_all(self) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(sa.text("UPDATE public.tenant_registry SET is_active = false"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def running_fleet(
+    admin_url: str, template_url: str, logs: Path, concurrency: int = 2, **worker_env: str
+) -> Iterator[Stack]:
+    """A database cloned from the template, ``concurrency`` worker processes, and Flower."""
+    url = helpers.create_database(admin_url, template=helpers.database_name(template_url))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TENANTFLEET_DATABASE_URL", url)
+        env = processes.child_env(config.load_settings(), **worker_env)
+        name = f"fleet-{uuid.uuid4().hex[:6]}@%h"
+        worker = processes.spawn(
+            processes.worker_argv(concurrency, hostname=name), env, logs / "worker.log"
+        )
+        port = free_port()
+        flower = processes.spawn(
+            processes.flower_argv("127.0.0.1", port),
+            {**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+            logs / "flower.log",
+        )
+        engine = db.make_engine(url)
+        try:
+            from workers import app
+
+            processes.wait_for_workers(app)
+            wait_for_http(f"http://127.0.0.1:{port}/api/tasks")
+            time.sleep(1.0)  # Flower's event consumer connects just after its HTTP server
+            yield Stack(url, engine, f"http://127.0.0.1:{port}", logs)
+        finally:
+            processes.stop(flower)
+            processes.stop(worker)
+            engine.dispose()
+            helpers.drop_database(admin_url, url)
