@@ -68,7 +68,10 @@ def spawn(argv: list[str], env: dict[str, str], log: Path | None) -> subprocess.
     """Start a child in its own process group, its output to ``log`` (or discarded)."""
     if log is None:
         return subprocess.Popen(
-            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            argv,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     with open(log, "ab") as sink:  # the child keeps its own descriptor

@@ -31,7 +31,7 @@ def create_database(admin_url: str, template: str | None = None, prefix: str = "
 
 
 def drop_database(admin_url: str, url: str) -> None:
-    name = sa.engine.make_url(url).database
+    name = str(sa.engine.make_url(url).database)
     engine = admin_engine(admin_url)
     with engine.connect() as connection:
         quoted = connection.dialect.identifier_preparer.quote(name)
@@ -75,8 +75,7 @@ def snapshot(engine: Engine, schemas: Iterable[str]) -> set[tuple[str, ...]]:
         ).all()
         indexes = connection.execute(
             sa.text(
-                "SELECT schemaname, tablename, indexname FROM pg_indexes"
-                " WHERE schemaname = ANY(:s)"
+                "SELECT schemaname, tablename, indexname FROM pg_indexes WHERE schemaname = ANY(:s)"
             ),
             {"s": wanted},
         ).all()

@@ -63,7 +63,12 @@ def test_broken_tenants_fail_alone_are_recorded_and_show_in_flower(stack: Stack)
     report = json.loads(result.out)
     assert report["status"] == "partial"
     assert report["counts"] == {
-        "total": 50, "succeeded": 45, "failed": 5, "skipped": 0, "pending": 0, "up_to_date": 0,
+        "total": 50,
+        "succeeded": 45,
+        "failed": 5,
+        "skipped": 0,
+        "pending": 0,
+        "up_to_date": 0,
     }
     by_schema = {t["schema"]: t for t in report["tenants"]}
     assert set(by_schema) == set(schemas)
@@ -145,8 +150,8 @@ def test_timeout_exits_3_and_a_locked_tenant_retries_until_the_lock_goes(stack: 
 
 
 def test_a_duplicate_delivery_never_migrates_a_schema_twice(stack: Stack) -> None:
-    from tasks.tenant import migrate_tenant
     from migrations.migrate import MigrationManager
+    from tasks.tenant import migrate_tenant
 
     schemas = fleet_setup.fleet_names(1, prefix="dup")
     fleet_setup.provision(stack.engine, schemas, R1)
@@ -158,8 +163,10 @@ def test_a_duplicate_delivery_never_migrates_a_schema_twice(stack: Stack) -> Non
     with stack.engine.connect() as connection:
         [row] = runs.tenants_of(connection, run_id)
         ran = connection.execute(
-            sa.text("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_orders_status'"
-                    " AND schemaname = 'dup00001'")
+            sa.text(
+                "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_orders_status'"
+                " AND schemaname = 'dup00001'"
+            )
         ).scalar()
     assert row.status == "succeeded" and ran == 1
     assert stack.revisions(["dup00001"]) == {"dup00001": R3}

@@ -53,7 +53,9 @@ def test_init_tenant_creates_registers_and_migrates_as_one_unit(engine: Engine) 
             sa.text("SELECT tenant_country_code, api_key FROM tenant_registry")
         ).one()
     assert (tenant.tenant_name, tenant.email, tenant.current_revision) == (
-        "Acme Inc", "ops@acme.test", R3,
+        "Acme Inc",
+        "ops@acme.test",
+        R3,
     )
     assert tuple(row) == ("FR", "k-1")
 
@@ -163,8 +165,15 @@ def test_registered_tenant_without_schema_and_unknown_revision(engine: Engine) -
 
 def test_cli_walk_through(database_url: str) -> None:
     created = helpers.run_cli(
-        "tenant", "create", "demo", "--name", "Demo Inc", "--email", "a@demo.test",
-        "--revision", R1,
+        "tenant",
+        "create",
+        "demo",
+        "--name",
+        "Demo Inc",
+        "--email",
+        "a@demo.test",
+        "--revision",
+        R1,
     )
     assert created.code == 0, created.err
     assert f"current:  {R1}" in created.out and f"pending:  {R2}, {R3}" in created.out
@@ -178,13 +187,14 @@ def test_cli_walk_through(database_url: str) -> None:
     assert public.code == 0 and "up to date" in public.out
 
 
-def test_migrate_py_runs_the_original_commands(
-    empty_database_url: str, repo_root: Path
-) -> None:
+def test_migrate_py_runs_the_original_commands(empty_database_url: str, repo_root: Path) -> None:
     def legacy(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "migrations/migrate.py", *args],
-            cwd=repo_root, capture_output=True, text=True, timeout=120,
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     assert legacy("init-public").returncode == 0
@@ -225,7 +235,8 @@ def test_cli_errors_are_one_line_with_exit_2(
 
 def test_unreachable_database_is_a_one_line_error_without_password() -> None:
     result = helpers.run_cli(
-        "tenants", "list",
+        "tenants",
+        "list",
         env={"TENANTFLEET_DATABASE_URL": "postgresql://app:s3cret@127.0.0.1:1/nowhere"},
         timeout=30,
     )
@@ -240,7 +251,8 @@ def test_malformed_settings_are_one_line_errors() -> None:
     result = helpers.run_cli("tenants", "list", env={"TENANTFLEET_LOCK_TIMEOUT": "soon"})
     assert result.code == 2 and "TENANTFLEET_LOCK_TIMEOUT must be a number" in result.err
     result = helpers.run_cli(
-        "tenants", "list",
+        "tenants",
+        "list",
         env={"TENANTFLEET_TASK_TIME_LIMIT": "100", "TENANTFLEET_VISIBILITY_TIMEOUT": "50"},
     )
     assert result.code == 2 and "must exceed TENANTFLEET_TASK_TIME_LIMIT" in result.err

@@ -16,14 +16,34 @@ from migrations.tenant.models import TenantBase
 from tenantfleet import alembic_runtime, db
 
 REGISTRY_COLUMNS = [
-    "id", "tenant_name", "schema_name", "email", "phone", "tenant_address", "tenant_city",
-    "tenant_state", "tenant_country", "tenant_country_code", "zip", "tenant_timezone", "api_key",
-    "is_active", "created_at", "updated_at",
+    "id",
+    "tenant_name",
+    "schema_name",
+    "email",
+    "phone",
+    "tenant_address",
+    "tenant_city",
+    "tenant_state",
+    "tenant_country",
+    "tenant_country_code",
+    "zip",
+    "tenant_timezone",
+    "api_key",
+    "is_active",
+    "created_at",
+    "updated_at",
 ]
 # The names before the rename, spelled in pieces so that this file does not contain them.
 OLD_NAMES = [
-    "contact" + "_email", "contact" + "_phone", "address", "city", "state", "country",
-    "country" + "_code", "postal" + "_code", "timezone",
+    "contact" + "_email",
+    "contact" + "_phone",
+    "address",
+    "city",
+    "state",
+    "country",
+    "country" + "_code",
+    "postal" + "_code",
+    "timezone",
 ]
 
 
@@ -47,7 +67,7 @@ def test_first_public_revision_creates_the_registry_with_exactly_the_renamed_col
     MigrationManager(engine=engine).upgrade_public("20250102_000000")
     assert columns(engine, "tenant_registry") == REGISTRY_COLUMNS
     with engine.connect() as connection:
-        nullable = dict(
+        nullable: dict[str, str] = dict(
             connection.execute(
                 sa.text(
                     "SELECT column_name, is_nullable FROM information_schema.columns"
@@ -83,10 +103,14 @@ def test_the_old_column_names_appear_nowhere(engine: Engine, repo_root: Path) ->
             ).scalars()
         )
     assert names.isdisjoint(OLD_NAMES)
-    assert all(not set(t.columns.keys()) & set(OLD_NAMES) for t in PublicBase.metadata.sorted_tables)
+    assert all(
+        not set(t.columns.keys()) & set(OLD_NAMES) for t in PublicBase.metadata.sorted_tables
+    )
     flags = subprocess.run(
         [sys.executable, "-m", "tenantfleet", "tenant", "create", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "--tenant-address" in flags and "--zip" in flags
     assert not re.search(r"--(" + "|".join(n.replace("_", "-") for n in OLD_NAMES) + r")\b", flags)
@@ -102,9 +126,7 @@ def test_public_models_match_the_migrations(engine: Engine) -> None:
 
 def test_tenant_models_match_the_migrations(database_url: str) -> None:
     MigrationManager().init_tenant("acme", "Acme")
-    tenant_engine = db.make_engine(
-        database_url, connect_args={"options": "-c search_path=acme"}
-    )
+    tenant_engine = db.make_engine(database_url, connect_args={"options": "-c search_path=acme"})
     with tenant_engine.connect() as connection:
         context = MigrationContext.configure(
             connection, opts=alembic_runtime.tenant_context_options()
@@ -134,7 +156,7 @@ def test_plain_alembic_upgrades_public_and_a_tenant_as_alembic_users_expect(
     upgraded = alembic(repo_root, *tenant, "upgrade", "head")
     assert upgraded.returncode == 0, upgraded.stderr
     current = alembic(repo_root, *tenant, "current")
-    assert alembic_runtime.tenant_script().get_current_head() in current.stdout
+    assert str(alembic_runtime.tenant_script().get_current_head()) in current.stdout
     with engine.connect() as connection:
         tables = set(
             connection.execute(
@@ -148,7 +170,10 @@ def test_plain_alembic_upgrades_public_and_a_tenant_as_alembic_users_expect(
         )
     assert tables == {"alembic_version", "users", "orders", "audit_log"}
     assert public_tables == {
-        "alembic_version", "tenant_registry", "migration_runs", "migration_run_tenants"
+        "alembic_version",
+        "tenant_registry",
+        "migration_runs",
+        "migration_run_tenants",
     }
     # autogenerate finds nothing to do on an up-to-date tenant and on public
     assert alembic(repo_root, *tenant, "check").returncode == 0
@@ -173,8 +198,14 @@ def test_tenant_environment_refuses_to_run_without_a_valid_schema(
 
 def test_offline_sql_is_confined_to_the_schema(repo_root: Path) -> None:
     sql = alembic(
-        repo_root, "-c", "migrations/tenant/alembic.ini", "-x", "schema=demo",
-        "upgrade", "head", "--sql",
+        repo_root,
+        "-c",
+        "migrations/tenant/alembic.ini",
+        "-x",
+        "schema=demo",
+        "upgrade",
+        "head",
+        "--sql",
     )
     assert sql.returncode == 0, sql.stderr
     assert "set_config('search_path', quote_ident('demo'), true)" in sql.stdout
