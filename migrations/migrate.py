@@ -149,6 +149,11 @@ class MigrationManager:
         registry.record_revision(connection, schema, target)
         return step
 
+    def require_registry(self, connection: Connection) -> None:
+        """Refuse when there is no registry at all (a dry run needs no more)."""
+        if _public_revision(connection) is None:
+            raise ConfigError("the public schema is empty: run `tenantfleet public upgrade`")
+
     def require_public(self, connection: Connection) -> None:
         """Refuse to work on a database whose public schema is not at head."""
         current = _public_revision(connection)

@@ -1,7 +1,8 @@
 """The tenant task: migrate one schema in one transaction, and record how it went.
 
 Each attempt:
-1. marks the tenant ``running`` in the run table (a finished tenant is never touched again);
+1. marks the tenant ``running`` in the run table (a finished tenant is never touched again),
+   or ``skipped`` when the run's failure budget (``--max-failures``) is spent;
 2. in one transaction: confines the session to the schema, takes the per-schema advisory lock
    (waiting at most ``lock_timeout``), re-checks the tenant's row under lock, runs the Alembic
    upgrade, and marks the tenant ``succeeded`` - so the schema change and its record commit
@@ -40,8 +41,13 @@ def backoff_seconds(retries: int) -> float:
 
 
 @app.task(name="tenantfleet.migrate_tenant", bind=True, max_retries=None)
-def migrate_tenant(self: Task, run_id: int, schema: str, target: str) -> str:
-    """Bring ``schema`` to ``target`` for run ``run_id``; returns the tenant's final status."""
+def migrate_tenant(
+    self: Task, run_id: int, schema: str, target: str, max_failures: int | None = None
+) -> str:
+    """Bring ``schema`` to ``target`` for run ``run_id``; returns the tenant's final status.
+
+    With ``max_failures``, a tenant whose run already has that many failures is skipped.
+    """
     engine = resources.engine()
     worker = self.request.hostname or socket.gethostname()
     started = time.monotonic()
@@ -54,6 +60,10 @@ def migrate_tenant(self: Task, run_id: int, schema: str, target: str) -> str:
                         " (is the worker pointed at another database than the producer?)"
                     )
                 return "duplicate"
+            if max_failures and runs.mark_skipped_if_budget_spent(
+                connection, run_id, schema, max_failures
+            ):
+                return "skipped"
         with db.begin(engine) as connection:
             alembic_runtime.confine_to_schema(connection, schema, resources.settings())
             if runs.status_of(connection, run_id, schema) in runs.FINAL:

@@ -26,7 +26,7 @@ import migrations
 from migrations.public.models import PublicBase
 from migrations.tenant.models import TenantBase
 from tenantfleet import config as tf_config
-from tenantfleet import db
+from tenantfleet import db, locks
 from tenantfleet.errors import InvalidSchemaName, TenantStateError, UnknownRevision
 from tenantfleet.names import validate_schema_name
 
@@ -34,14 +34,13 @@ MIGRATIONS_DIR = Path(migrations.__file__).parent
 PUBLIC_INI = MIGRATIONS_DIR / "public" / "alembic.ini"
 TENANT_INI = MIGRATIONS_DIR / "tenant" / "alembic.ini"
 VERSION_TABLE = "alembic_version"
-PUBLIC_LOCK = "tenantfleet:public"
 VERSION_READ_CHUNK = 250
 
 CONFINE_SQL = sa.text(
     "SELECT set_config('search_path', quote_ident(:schema), true),"
     " set_config('lock_timeout', :lock_timeout, true),"
     " set_config('statement_timeout', :statement_timeout, true);"
-    " SELECT pg_advisory_xact_lock(hashtextextended('tenantfleet:' || :schema, 0))"
+    f" SELECT pg_advisory_xact_lock({locks.key_sql(':schema')})"
 )
 
 
@@ -154,13 +153,8 @@ def confine_to_schema(
 
 def lock_public(connection: Connection) -> None:
     """Serialise public-schema upgrades between racing producers."""
-    connection.execute(
-        sa.text(
-            "SELECT set_config('search_path', 'public', true),"
-            " pg_advisory_xact_lock(hashtextextended(:key, 0))"
-        ),
-        {"key": PUBLIC_LOCK},
-    )
+    connection.execute(sa.text("SELECT set_config('search_path', 'public', true)"))
+    locks.lock_name(connection, locks.PUBLIC)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from sqlalchemy.exc import DBAPIError
 
 from migrations.migrate import MigrationManager, Status
-from tenantfleet import config, db, demo, embedded, output, processes, producer
+from tenantfleet import config, db, demo, embedded, fleet, guard, output, processes, producer, runs
 from tenantfleet.errors import (
     EXIT_OK,
     EXIT_TENANT_FAILURES,
@@ -107,35 +107,57 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
 # -- the fleet ---------------------------------------------------------------------------
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout goes with --wait")
+    if args.sql and not args.dry_run:
+        raise UsageError("--sql goes with --dry-run")
     manager = MigrationManager()
     options = producer.MigrateOptions(
         revision=args.revision,
         include=tuple(args.tenant or ()),
         exclude=tuple(args.exclude or ()),
         upgrade_public=not args.no_public,
+        canary=args.canary,
+        canary_tenants=tuple(args.canary_tenant or ()),
+        max_failures=args.max_failures,
+        wait_for_active=args.wait_for_active,
     )
+    if args.dry_run:
+        return _dry_run(manager, options, sql=args.sql, as_json=args.json)
     started = time.monotonic()
-    run_id = producer.start(manager, options)
-    return _follow(
-        manager, run_id, wait=args.wait, timeout=args.timeout, as_json=args.json, started=started
-    )
+    run_id = producer.start(manager, options, _say)
+    return _follow(manager, run_id, args, started=started)
+
+
+def _dry_run(
+    manager: MigrationManager, options: producer.MigrateOptions, *, sql: bool, as_json: bool
+) -> int:
+    chosen = producer.plan(manager, options, dry_run=True)
+    canaries = producer.choose_canaries(chosen, options)
+    statement = ""
+    if sql and chosen.behind:
+        schema, from_revision = chosen.behind[0]
+        statement = producer.dry_run_sql(schema, from_revision, chosen.target)
+    if as_json:
+        _print_json(output.plan_dict(chosen, canaries, statement))
+    else:
+        print(output.plan_text(chosen, canaries))
+        if statement:
+            print(f"\n-- SQL of {chosen.behind[0][0]}'s upgrade:\n{statement}")
+    return EXIT_OK
 
 
 def _follow(
-    manager: MigrationManager,
-    run_id: int,
-    *,
-    wait: bool,
-    timeout: float | None,
-    as_json: bool,
-    started: float,
+    manager: MigrationManager, run_id: int, args: argparse.Namespace, *, started: float
 ) -> int:
     """Print the run id (no --wait), or follow the run to its end and print its summary."""
-    if not wait:
-        if as_json:
+    if not args.wait:
+        if args.json:
             _print_json(producer.report(manager.engine, run_id))
         else:
             print(f"run {run_id} enqueued; follow it with `tenantfleet status {run_id}`")
@@ -144,21 +166,94 @@ def _follow(
     run = producer.wait(
         manager.engine,
         run_id,
-        timeout=timeout,
+        timeout=args.timeout,
         poll_interval=manager.settings.poll_interval,
         on_progress=progress,
         started=started,
     )
     progress.close()
     report = producer.report(manager.engine, run_id)
-    if as_json:
+    if args.json:
         _print_json(report)
     else:
         print(output.run_summary(report))
     if run is None:
-        print(f"error: --timeout of {timeout:g} s reached; run {run_id} goes on", file=sys.stderr)
+        print(
+            f"error: --timeout of {args.timeout:g} s reached; run {run_id} goes on", file=sys.stderr
+        )
         return EXIT_TIMEOUT
-    return EXIT_OK if run.status in ("succeeded", "nothing_to_do") else EXIT_TENANT_FAILURES
+    return _run_exit_code(run.status)
+
+
+def _run_exit_code(status: str) -> int:
+    return EXIT_OK if status in ("succeeded", "nothing_to_do") else EXIT_TENANT_FAILURES
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    started = time.monotonic()
+    run_id = producer.retry(
+        manager,
+        args.run_id,
+        tuple(args.tenant or ()),
+        wait_for_active=args.wait_for_active,
+        say=_say,
+    )
+    if run_id is None:
+        print(f"run {args.run_id} has nothing to retry")
+        return EXIT_OK
+    return _follow(manager, run_id, args, started=started)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    started = time.monotonic()
+    sent = producer.resume(manager, args.run_id, _say)
+    _say(f"run {args.run_id}: {sent} tenants enqueued again")
+    return _follow(manager, args.run_id, args, started=started)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    with db.begin(manager.engine) as connection:
+        manager.require_public(connection)
+        run_id = args.run_id if args.run_id is not None else runs.latest_run_id(connection)
+        runs.finalize(connection, run_id)
+        open_runs = guard.open_runs(connection, manager.settings.stale_run_after)
+        state = next((o for o in open_runs if o.run.id == run_id), None)
+    report = producer.report(manager.engine, run_id, slowest=5)
+    if state is not None:
+        report["alive"] = state.alive
+        report["idle_seconds"] = round(state.idle_seconds, 1)
+    if args.json:
+        _print_json(report)
+    else:
+        print(output.status_report(report))
+    return EXIT_OK if report["finished_at"] is None else _run_exit_code(report["status"])
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    with db.connect(manager.engine) as connection:
+        manager.require_public(connection)
+        recent = runs.list_runs(connection, args.limit)
+    if args.json:
+        _print_json([output.run_dict(r) for r in recent])
+    else:
+        print(output.runs_table(recent))
+    return EXIT_OK
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    with db.connect(manager.engine) as connection:
+        manager.require_public(connection)
+        report = fleet.survey(connection)
+    if args.json:
+        _print_json(output.fleet_dict(report))
+    else:
+        print(output.fleet_text(report))
+    return EXIT_OK
 
 
 def cmd_worker(args: argparse.Namespace) -> NoReturn:
@@ -186,7 +281,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"migrating {len(schemas)} tenants to head with `tenantfleet migrate --wait`")
         started = time.monotonic()
         run_id = producer.start(manager, producer.MigrateOptions(include=tuple(schemas)))
-        code = _follow(manager, run_id, wait=True, timeout=None, as_json=False, started=started)
+        follow = argparse.Namespace(wait=True, timeout=None, json=False)
+        code = _follow(manager, run_id, follow, started=started)
         if flower is not None:
             print(f"Flower: http://127.0.0.1:{args.port}/tasks  (Ctrl-C to stop)")
             flower.wait()
@@ -296,6 +392,44 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--wait", action="store_true", help="follow the run to its end")
     migrate.add_argument("--timeout", type=float, metavar="SECONDS", help="exit 3 after")
     migrate.add_argument("--no-public", action="store_true", help="do not upgrade public first")
+    migrate.add_argument(
+        "--canary",
+        type=int,
+        default=0,
+        metavar="N",
+        help="migrate the first N tenants (by schema name) first; the rest only if all succeed",
+    )
+    migrate.add_argument(
+        "--canary-tenant", action="append", metavar="S", help="a canary chosen by name"
+    )
+    migrate.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="N",
+        help="after N failed tenants, skip the tenants not started yet",
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="print the plan, touch nothing")
+    migrate.add_argument("--sql", action="store_true", help="with --dry-run: one tenant's SQL")
+    migrate.add_argument(
+        "--wait-for-active", action="store_true", help="wait for an active run instead of refusing"
+    )
+
+    retry = _command(commands, "retry", cmd_retry, "migrate again what a run did not finish")
+    retry.add_argument("run_id", type=int)
+    retry.add_argument("--tenant", action="append", metavar="S", help="only this schema")
+    resume = _command(
+        commands, "resume", cmd_resume, "enqueue again the lost tenants of an unfinished run"
+    )
+    resume.add_argument("run_id", type=int)
+    for follower in (retry, resume):
+        follower.add_argument("--wait", action="store_true", help="follow the run to its end")
+        follower.add_argument("--timeout", type=float, metavar="SECONDS", help="exit 3 after")
+    retry.add_argument("--wait-for-active", action="store_true")
+    status = _command(commands, "status", cmd_status, "a run: counts, failures, slowest tenants")
+    status.add_argument("run_id", type=int, nargs="?", help="default: the latest run")
+    runs_cmd = _command(commands, "runs", cmd_runs, "recent runs")
+    runs_cmd.add_argument("--limit", type=int, default=20)
+    _command(commands, "fleet", cmd_fleet, "tenants per revision, behind head, drift")
 
     worker = _command(
         commands,

@@ -48,6 +48,10 @@ class TenantStateError(UsageError):
     """A tenant whose schema is missing or holds a revision the scripts do not know."""
 
 
+class RunActive(UsageError):
+    """Another run is active; a second one would race it."""
+
+
 class MigrationFailed(TenantfleetError):
     """A revision's SQL failed; the tenant was rolled back to where it was."""
 

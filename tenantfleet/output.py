@@ -5,7 +5,10 @@ from typing import Any
 
 from migrations.migrate import Status
 from tenantfleet.alembic_runtime import Step
+from tenantfleet.fleet import FleetReport
+from tenantfleet.producer import Plan
 from tenantfleet.registry import Tenant
+from tenantfleet.runs import Run
 
 
 def status_dict(status: Status) -> dict[str, Any]:
@@ -92,3 +95,147 @@ def run_summary(report: dict[str, Any]) -> str:
 def _clip(text: str) -> str:
     first = text.splitlines()[0] if text else ""
     return first if len(first) <= ERROR_WIDTH else first[: ERROR_WIDTH - 3] + "..."
+
+
+def status_report(report: dict[str, Any]) -> str:
+    """``tenantfleet status``: the run summary, its state counts and its slowest tenants."""
+    counts = report["counts"]
+    lines = [run_summary(report), ""]
+    lines.append(
+        "states: "
+        + ", ".join(
+            f"{name} {counts[name]}"
+            for name in ("succeeded", "failed", "skipped", "queued", "running", "retrying")
+        )
+    )
+    if report["finished_at"] is None and "alive" in report:
+        lines.append(
+            f"open, {'alive' if report['alive'] else 'ABANDONED'}:"
+            f" last activity {report['idle_seconds']} s ago"
+            + ("" if report["alive"] else f"; `tenantfleet resume {report['run_id']}` finishes it")
+        )
+    if report.get("slowest"):
+        lines.append("")
+        lines.append("slowest tenants:")
+        lines.append(
+            table(
+                ["schema", "status", "ms", "attempts", "worker"],
+                [
+                    [t["schema"], t["status"], t["duration_ms"], t["attempts"], t["worker"]]
+                    for t in report["slowest"]
+                ],
+            )
+        )
+    return "\n".join(lines)
+
+
+def run_dict(run: Run) -> dict[str, Any]:
+    return asdict(run)
+
+
+def runs_table(recent: list[Run]) -> str:
+    if not recent:
+        return "no runs yet"
+    return table(
+        [
+            "run",
+            "parent",
+            "target",
+            "status",
+            "started",
+            "finished",
+            "total",
+            "ok",
+            "failed",
+            "skipped",
+            "up to date",
+        ],
+        [
+            [
+                r.id,
+                r.parent_run_id,
+                r.target_revision,
+                r.status,
+                _when(r.created_at),
+                _when(r.finished_at),
+                r.total,
+                r.succeeded,
+                r.failed,
+                r.skipped,
+                r.up_to_date,
+            ]
+            for r in recent
+        ],
+    )
+
+
+def _when(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def plan_dict(plan: Plan, canaries: list[str], sql: str) -> dict[str, Any]:
+    return {
+        "target_revision": plan.target,
+        "tenants": [
+            {"schema": schema, "from_revision": rev, "to_revision": plan.target}
+            for schema, rev in plan.behind
+        ],
+        "up_to_date": len(plan.up_to_date),
+        "canaries": canaries,
+        "sql": sql or None,
+    }
+
+
+def plan_text(plan: Plan, canaries: list[str]) -> str:
+    head = (
+        f"dry run: {len(plan.behind)} tenants would be migrated to {plan.target}"
+        f" ({len(plan.up_to_date)} already there); nothing was changed"
+    )
+    if not plan.behind:
+        return head
+    rows = [
+        [schema, rev or "base", plan.target, "canary" if schema in canaries else ""]
+        for schema, rev in plan.behind
+    ]
+    return head + "\n\n" + table(["schema", "from", "to", ""], rows)
+
+
+def fleet_dict(report: FleetReport) -> dict[str, Any]:
+    return asdict(report)
+
+
+def fleet_text(report: FleetReport) -> str:
+    lines = [
+        f"{report.tenants} active tenants ({report.inactive} inactive); head {report.head}",
+        "",
+        table(
+            ["revision", "tenants", ""],
+            [
+                [
+                    rev,
+                    n,
+                    "head"
+                    if rev == report.head
+                    else ("unknown to the scripts" if rev in report.unknown.values() else "behind"),
+                ]
+                for rev, n in report.by_revision.items()
+            ],
+        ),
+    ]
+    if report.behind:
+        lines.append(f"\nbehind head ({len(report.behind)}): {_listing(report.behind)}")
+    if report.unknown:
+        lines.append(
+            f"\ndrift, at a revision the scripts do not know ({len(report.unknown)}): "
+            + _listing([f"{s}={v}" for s, v in report.unknown.items()])
+        )
+    if report.missing:
+        lines.append(
+            f"\nregistered without a schema ({len(report.missing)}): " + _listing(report.missing)
+        )
+    return "\n".join(lines)
+
+
+def _listing(items: list[str], limit: int = 20) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")

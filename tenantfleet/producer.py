@@ -1,25 +1,34 @@
-"""The producer behind ``tenantfleet migrate``: plan a run, record it, enqueue it, follow it.
+"""The producer behind ``migrate``, ``retry`` and ``resume``: plan, record, enqueue, follow.
 
 Order matters for "nothing lost": the run and one row per tenant are committed before the first
 task is sent, so whatever happens to the broker afterwards, the run tables know every tenant.
 """
 
+import io
 import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from alembic import command
 from sqlalchemy.engine import Engine
 
 from migrations.migrate import MigrationManager
-from tenantfleet import alembic_runtime, db, registry, runs
-from tenantfleet.errors import ConnectionFailed, TenantStateError, UsageError
+from tenantfleet import alembic_runtime, db, guard, locks, registry, runs
+from tenantfleet.errors import ConnectionFailed, RunActive, TenantStateError, UsageError
 from tenantfleet.names import validate_schema_name
 
 FINALIZE_GRACE_SECONDS = 3.0
 BROKER_CONNECT_TIMEOUT_S = 5.0
+RETRYABLE = ("failed", "skipped", *runs.PENDING)
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """The default ``say``: the library prints nothing; the CLI passes its own."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,11 @@ class MigrateOptions:
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     upgrade_public: bool = True
+    canary: int = 0
+    canary_tenants: Sequence[str] = ()
+    max_failures: int | None = None
+    wait_for_active: bool = False
+    parent_run_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,12 +53,27 @@ class Plan:
     up_to_date: list[str] = field(default_factory=list)
 
 
-def plan(manager: MigrationManager, options: MigrateOptions) -> Plan:
+def validate(options: MigrateOptions) -> str:
+    """Check the request before anything is touched; the resolved target revision."""
+    for name in [*options.include, *options.exclude, *options.canary_tenants]:
+        validate_schema_name(name)
+    if options.canary < 0 or (options.max_failures is not None and options.max_failures < 1):
+        raise UsageError("--canary must be at least 0 and --max-failures at least 1")
+    target = alembic_runtime.resolve_revision(alembic_runtime.tenant_script(), options.revision)
+    if target is None:
+        raise UsageError("migrate only upgrades; use `tenantfleet tenant downgrade` for base")
+    return target
+
+
+def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = False) -> Plan:
     """Select the active tenants and read every schema's revision in one pass."""
     script = alembic_runtime.tenant_script()
     target = validate(options)
     with db.connect(manager.engine) as connection:
-        manager.require_public(connection)
+        if dry_run:
+            manager.require_registry(connection)
+        else:
+            manager.require_public(connection)
         schemas = registry.select_for_migration(connection, options.include, options.exclude)
         versions = alembic_runtime.read_versions(connection, schemas)
     missing = [s for s in schemas if s not in versions]
@@ -65,48 +94,190 @@ def plan(manager: MigrationManager, options: MigrateOptions) -> Plan:
     return Plan(target, behind, at_or_past)
 
 
-def validate(options: MigrateOptions) -> str:
-    """Check the request before anything is touched; the resolved target revision."""
-    for name in [*options.include, *options.exclude]:
-        validate_schema_name(name)
-    target = alembic_runtime.resolve_revision(alembic_runtime.tenant_script(), options.revision)
-    if target is None:
-        raise UsageError("migrate only upgrades; use `tenantfleet tenant downgrade` for base")
-    return target
-
-
 def _names(schemas: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(schemas[:limit])
     return shown + (f" and {len(schemas) - limit} more" if len(schemas) > limit else "")
 
 
-def start(manager: MigrationManager, options: MigrateOptions) -> int:
-    """Upgrade public, plan, record the run, enqueue one task per behind tenant; the run id."""
-    validate(options)
-    if options.upgrade_public:
-        manager.upgrade_public()
-    chosen = plan(manager, options)
-    app = None
-    if chosen.behind:
-        from workers import app
+def choose_canaries(chosen: Plan, options: MigrateOptions) -> list[str]:
+    """The first ``--canary`` behind tenants by schema name, or the ``--canary-tenant`` ones."""
+    behind = [schema for schema, _ in chosen.behind]
+    if options.canary_tenants:
+        not_behind = [s for s in options.canary_tenants if s not in behind]
+        if not_behind:
+            raise UsageError(f"canary tenant not selected or not behind: {_names(not_behind)}")
+        return list(dict.fromkeys(options.canary_tenants))
+    return behind[: options.canary]
 
-        check_broker(app)
+
+def start(manager: MigrationManager, options: MigrateOptions, say: Say = _quiet) -> int:
+    """Upgrade public, plan, record the run (one at a time), enqueue; the run id."""
+    validate(options)
+    while True:
+        if options.wait_for_active:
+            wait_for_no_active_run(manager, say)
+        if options.upgrade_public:
+            manager.upgrade_public()
+        chosen = plan(manager, options)
+        canaries = choose_canaries(chosen, options)
+        if chosen.behind:
+            check_broker(_app())
+        try:
+            run_id = _record(manager, chosen, options, canaries)
+        except RunActive:
+            if not options.wait_for_active:
+                raise
+            continue
+        break
+    if chosen.behind:
+        dispatch(manager, run_id, say, fresh=True)
+    return run_id
+
+
+def _record(
+    manager: MigrationManager, chosen: Plan, options: MigrateOptions, canaries: list[str]
+) -> int:
+    """Write the run under the producers' lock, unless another run is active."""
     with db.begin(manager.engine) as connection:
-        run_id = runs.create_run(
+        locks.lock_name(connection, locks.PRODUCER)
+        active = guard.active_run(connection, manager.settings.stale_run_after)
+        if active is not None:
+            raise RunActive(
+                f"run {active.run.id} is active ({active.tally.done}/{active.tally.total} done,"
+                f" target {active.run.target_revision}): wait for it, or pass --wait-for-active"
+            )
+        return runs.create_run(
             connection,
             chosen.target,
             chosen.behind,
             up_to_date=len(chosen.up_to_date),
             options={
-                **asdict(options),
+                "revision": options.revision,
                 "include": list(options.include),
                 "exclude": list(options.exclude),
+                "canaries": canaries,
+                "max_failures": options.max_failures,
             },
             producer=f"{socket.gethostname()}:{os.getpid()}",
+            parent_run_id=options.parent_run_id,
         )
-    if app is not None:
-        enqueue(app, run_id, chosen.target, [schema for schema, _ in chosen.behind])
-    return run_id
+
+
+def dispatch(manager: MigrationManager, run_id: int, say: Say = _quiet, *, fresh: bool) -> int:
+    """Enqueue the run's pending tenants that no live task is migrating; how many were sent.
+
+    Canaries go first and the others only if every canary succeeded; otherwise the others are
+    recorded as skipped and the run is closed. ``fresh`` (a run just written) skips the lock
+    check, as no task can exist yet.
+    """
+    engine = manager.engine
+    with db.connect(engine) as connection:
+        run = runs.get_run(connection, run_id)
+        pending = [t.schema_name for t in runs.tenants_of(connection, run_id, runs.PENDING)]
+        busy = set() if fresh else locks.held(connection, pending)
+    canaries = [c for c in run.options.get("canaries", []) if c in pending]
+    max_failures = run.options.get("max_failures")
+    app = _app()
+    check_broker(app)
+    sent = 0
+    if canaries:
+        to_send = [c for c in canaries if c not in busy]
+        enqueue(app, run_id, run.target_revision, to_send, max_failures)
+        sent += len(to_send)
+        say(f"run {run_id}: waiting for {len(canaries)} canary tenants")
+        outcome = wait_for_tenants(engine, run_id, canaries, manager.settings.poll_interval)
+        failed = [c for c in canaries if outcome[c] != "succeeded"]
+        if failed:
+            with db.begin(engine) as connection:
+                skipped = runs.skip_pending(
+                    connection, run_id, f"skipped: canary {_names(failed)} did not succeed"
+                )
+                runs.finalize(connection, run_id)
+            say(f"run {run_id}: canary {_names(failed)} failed; {skipped} tenants skipped")
+            return sent
+    rest = [s for s in pending if s not in canaries and s not in busy]
+    enqueue(app, run_id, run.target_revision, rest, max_failures)
+    return sent + len(rest)
+
+
+def wait_for_tenants(
+    engine: Engine, run_id: int, schemas: Sequence[str], poll_interval: float
+) -> dict[str, str]:
+    """Block until every one of ``schemas`` is final in the run; their statuses."""
+    while True:
+        with db.connect(engine) as connection:
+            states = runs.statuses(connection, run_id, schemas)
+        if all(state in runs.FINAL for state in states.values()):
+            return states
+        time.sleep(poll_interval)
+
+
+def wait_for_no_active_run(manager: MigrationManager, say: Say) -> None:
+    while True:
+        with db.begin(manager.engine) as connection:
+            active = guard.active_run(connection, manager.settings.stale_run_after)
+        if active is None:
+            return
+        say(f"waiting for run {active.run.id} to finish")
+        wait(manager.engine, active.run.id, poll_interval=manager.settings.poll_interval)
+
+
+def retry(
+    manager: MigrationManager,
+    run_id: int,
+    tenants: Sequence[str] = (),
+    *,
+    wait_for_active: bool = False,
+    say: Say = _quiet,
+) -> int | None:
+    """A new run, linked to ``run_id``, for its tenants that failed, were skipped or never
+    finished (narrowed to ``tenants`` if given); None when there is nothing to retry."""
+    for name in tenants:
+        validate_schema_name(name)
+    with db.connect(manager.engine) as connection:
+        run = runs.get_run(connection, run_id)
+        candidates = [t.schema_name for t in runs.tenants_of(connection, run_id, RETRYABLE)]
+    if tenants:
+        strangers = [t for t in tenants if t not in candidates]
+        if strangers:
+            raise UsageError(
+                f"not failed, skipped or unfinished in run {run_id}: {_names(strangers)}"
+            )
+        candidates = [c for c in candidates if c in tenants]
+    if not candidates:
+        return None
+    options = MigrateOptions(
+        revision=run.target_revision,
+        include=candidates,
+        max_failures=run.options.get("max_failures"),
+        wait_for_active=wait_for_active,
+        parent_run_id=run_id,
+    )
+    return start(manager, options, say)
+
+
+def resume(manager: MigrationManager, run_id: int, say: Say = _quiet) -> int:
+    """Finish an open run whose tasks were lost; how many tenants were enqueued again."""
+    with db.begin(manager.engine) as connection:
+        if runs.finalize(connection, run_id) is not None:
+            return 0
+    return dispatch(manager, run_id, say, fresh=False)
+
+
+def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
+    """The SQL one tenant's upgrade would run (Alembic offline mode); nothing is touched."""
+    buffer = io.StringIO()
+    cfg = alembic_runtime.tenant_config(schema)
+    cfg.output_buffer = buffer
+    span = f"{from_revision}:{target}" if from_revision else target
+    command.upgrade(cfg, span, sql=True)
+    return buffer.getvalue()
+
+
+def _app() -> Any:
+    from workers import app
+
+    return app
 
 
 def check_broker(app: Any) -> None:
@@ -118,16 +289,21 @@ def check_broker(app: Any) -> None:
         raise ConnectionFailed(f"cannot connect to the broker: {exc}") from None
 
 
-def enqueue(app: Any, run_id: int, target: str, schemas: Sequence[str]) -> None:
+def enqueue(
+    app: Any, run_id: int, target: str, schemas: Sequence[str], max_failures: int | None = None
+) -> None:
     """``chord(group(one task per tenant), finalize_run)``, ``finalize_run_on_error`` on error."""
+    if not schemas:
+        return
     from celery import chord, group
 
     from tasks.finalize import finalize_run, finalize_run_on_error
     from tasks.tenant import migrate_tenant
 
+    extra = {"max_failures": max_failures} if max_failures else {}
     body = finalize_run.s(run_id=run_id)
     body.link_error(finalize_run_on_error.s(run_id=run_id))
-    header = group(migrate_tenant.si(run_id, schema, target) for schema in schemas)
+    header = group(migrate_tenant.si(run_id, schema, target, **extra) for schema in schemas)
     chord(header, body).apply_async()
 
 
@@ -172,14 +348,16 @@ def wait(
         time.sleep(poll_interval)
 
 
-def report(engine: Engine, run_id: int) -> dict[str, Any]:
-    """The run as ``--json`` prints it (the same shape for migrate and status)."""
+def report(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:
+    """The run as ``--json`` prints it (the same shape for migrate, retry, resume and status)."""
     with db.connect(engine) as connection:
         run = runs.get_run(connection, run_id)
         tally = runs.counts(connection, run_id)
         tenants = runs.tenants_of(connection, run_id)
-    return {
+        slow = runs.slowest(connection, run_id, slowest) if slowest else []
+    result: dict[str, Any] = {
         "run_id": run.id,
+        "parent_run_id": run.parent_run_id,
         "status": run.status,
         "target_revision": run.target_revision,
         "counts": {
@@ -189,19 +367,27 @@ def report(engine: Engine, run_id: int) -> dict[str, Any]:
             "skipped": tally.skipped,
             "pending": tally.pending,
             "up_to_date": run.up_to_date,
+            "queued": tally.queued,
+            "running": tally.running,
+            "retrying": tally.retrying,
         },
-        "tenants": [
-            {
-                "schema": t.schema_name,
-                "status": t.status,
-                "from_revision": t.from_revision,
-                "to_revision": t.to_revision,
-                "error": f"{t.error_class}: {t.error_message}" if t.error_class else None,
-                "attempts": t.attempts,
-                "duration_ms": t.duration_ms,
-            }
-            for t in tenants
-        ],
+        "tenants": [_tenant_dict(t) for t in tenants],
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+    if slowest:
+        result["slowest"] = [_tenant_dict(t) for t in slow]
+    return result
+
+
+def _tenant_dict(tenant: runs.RunTenant) -> dict[str, Any]:
+    return {
+        "schema": tenant.schema_name,
+        "status": tenant.status,
+        "from_revision": tenant.from_revision,
+        "to_revision": tenant.to_revision,
+        "error": f"{tenant.error_class}: {tenant.error_message}" if tenant.error_class else None,
+        "attempts": tenant.attempts,
+        "duration_ms": tenant.duration_ms,
+        "worker": tenant.worker,
     }

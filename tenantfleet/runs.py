@@ -191,10 +191,14 @@ def mark_retrying(connection: Connection, run_id: int, schema: str, error: BaseE
 
 def _pending_row(run_id: int, schema: str) -> sa.Update:
     """An UPDATE of the tenant's row that leaves a final row as it is."""
-    return run_tenants.update().where(
-        run_tenants.c.run_id == run_id,
-        run_tenants.c.schema_name == schema,
-        run_tenants.c.status.in_(PENDING),
+    return (
+        run_tenants.update()
+        .where(
+            run_tenants.c.run_id == run_id,
+            run_tenants.c.schema_name == schema,
+            run_tenants.c.status.in_(PENDING),
+        )
+        .values(updated_at=sa.func.now())
     )
 
 
@@ -235,11 +239,13 @@ def tenants_of(
 
 
 def run_status(tally: Counts) -> str:
+    """``partial``: some tenants failed, the rest succeeded. ``failed``: none succeeded, or the
+    run was stopped (a canary failed, the failure budget ran out) and tenants were skipped."""
     if tally.total == 0:
         return "nothing_to_do"
     if tally.failed == 0 and tally.skipped == 0:
         return "succeeded"
-    if tally.succeeded == 0:
+    if tally.succeeded == 0 or tally.skipped:
         return "failed"
     return "partial"
 
@@ -273,3 +279,91 @@ def finalize(connection: Connection, run_id: int) -> Run | None:
         )
     )
     return get_run(connection, run_id)
+
+
+def mark_skipped_if_budget_spent(
+    connection: Connection, run_id: int, schema: str, max_failures: int
+) -> bool:
+    """Skip this tenant, untouched, when the run already has ``max_failures`` failures."""
+    failed = connection.execute(
+        sa.select(sa.func.count())
+        .select_from(run_tenants)
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.status == "failed")
+    ).scalar_one()
+    if failed < max_failures:
+        return False
+    connection.execute(
+        _pending_row(run_id, schema).values(
+            status="skipped",
+            finished_at=sa.func.now(),
+            error_class="MaxFailuresReached",
+            error_message=f"skipped: {failed} tenants of the run failed (--max-failures)",
+        )
+    )
+    return True
+
+
+def skip_pending(connection: Connection, run_id: int, reason: str) -> int:
+    """Mark every tenant of the run that has not started as skipped, untouched."""
+    result = connection.execute(
+        run_tenants.update()
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.status == "queued")
+        .values(
+            status="skipped",
+            finished_at=sa.func.now(),
+            updated_at=sa.func.now(),
+            error_class="Skipped",
+            error_message=reason,
+        )
+    )
+    return result.rowcount
+
+
+def statuses(connection: Connection, run_id: int, schemas: Sequence[str]) -> dict[str, str]:
+    rows = connection.execute(
+        sa.select(run_tenants.c.schema_name, run_tenants.c.status).where(
+            run_tenants.c.run_id == run_id, run_tenants.c.schema_name.in_(list(schemas))
+        )
+    )
+    return {schema: status for schema, status in rows}
+
+
+def list_runs(connection: Connection, limit: int) -> list[Run]:
+    query = sa.select(*_RUN_COLUMNS).order_by(runs.c.id.desc()).limit(limit)
+    return [Run(*row) for row in connection.execute(query)]
+
+
+def latest_run_id(connection: Connection) -> int:
+    run_id = connection.execute(sa.select(sa.func.max(runs.c.id))).scalar()
+    if run_id is None:
+        raise UsageError("no run recorded yet")
+    return int(run_id)
+
+
+def open_runs(connection: Connection) -> list[Run]:
+    query = sa.select(*_RUN_COLUMNS).where(runs.c.finished_at.is_(None)).order_by(runs.c.id)
+    return [Run(*row) for row in connection.execute(query)]
+
+
+def idle_seconds(connection: Connection, run_id: int) -> float:
+    """Seconds since anything happened to the run (its creation or any tenant row)."""
+    last = sa.func.greatest(
+        sa.select(runs.c.created_at).where(runs.c.id == run_id).scalar_subquery(),
+        sa.select(sa.func.max(run_tenants.c.updated_at))
+        .where(run_tenants.c.run_id == run_id)
+        .scalar_subquery(),
+    )
+    seconds = connection.execute(
+        sa.select(sa.func.extract("epoch", sa.func.now() - last))
+    ).scalar_one()
+    return float(seconds)
+
+
+def slowest(connection: Connection, run_id: int, limit: int = 5) -> list[RunTenant]:
+    query = (
+        sa.select(*_TENANT_COLUMNS)
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.duration_ms.is_not(None))
+        .order_by(run_tenants.c.duration_ms.desc())
+        .limit(limit)
+    )
+    return [RunTenant(*row) for row in connection.execute(query)]

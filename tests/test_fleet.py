@@ -69,6 +69,9 @@ def test_broken_tenants_fail_alone_are_recorded_and_show_in_flower(stack: Stack)
         "skipped": 0,
         "pending": 0,
         "up_to_date": 0,
+        "queued": 0,
+        "running": 0,
+        "retrying": 0,
     }
     by_schema = {t["schema"]: t for t in report["tenants"]}
     assert set(by_schema) == set(schemas)

@@ -108,3 +108,6 @@ class MigrationRunTenant(PublicBase):
     duration_ms: Mapped[int | None] = mapped_column(sa.Integer)
     error_class: Mapped[str | None] = mapped_column(sa.String(128))
     error_message: Mapped[str | None] = mapped_column(sa.Text)
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )

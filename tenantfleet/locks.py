@@ -1,0 +1,43 @@
+"""PostgreSQL advisory locks: the one place that knows their keys.
+
+A schema's key is ``hashtextextended('tenantfleet:' || schema, 0)``: different schemas migrate in
+parallel, two runs of one schema never do. PostgreSQL shows a bigint key in ``pg_locks`` as
+``classid`` (high 32 bits), ``objid`` (low 32 bits) and ``objsubid = 1``.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+
+def key_sql(name_sql: str) -> str:
+    """The SQL expression of the lock key for the name held by ``name_sql`` (a bind or column)."""
+    return f"hashtextextended('tenantfleet:' || {name_sql}, 0)"
+
+
+PUBLIC = "public"
+PRODUCER = "run-guard"  # not a valid schema name, so no tenant shares its key
+
+
+def lock_name(connection: Connection, name: str) -> None:
+    """Take a transaction-level lock on ``name`` (waits, up to the session's lock_timeout)."""
+    connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({key_sql(':name')})"), {"name": name})
+
+
+def held(connection: Connection, schemas: Sequence[str]) -> set[str]:
+    """Which of ``schemas`` some session holds the lock of right now: a migration in progress."""
+    if not schemas:
+        return set()
+    key = key_sql("s")
+    rows = connection.execute(
+        sa.text(
+            f"SELECT s FROM unnest(CAST(:schemas AS text[])) AS s WHERE EXISTS ("
+            " SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.objsubid = 1"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            f" AND l.classid = (({key} >> 32) & 4294967295)::bigint::oid"
+            f" AND l.objid = ({key} & 4294967295)::bigint::oid AND l.granted)"
+        ),
+        {"schemas": list(schemas)},
+    )
+    return set(rows.scalars())
