@@ -8,7 +8,7 @@ PACKAGES = ["tenantfleet", "workers", "tasks", "migrations", "tests", "bench"]
 
 
 def run(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    present = [p for p in PACKAGES if (repo_root / p).exists()]
+    present = [p for p in PACKAGES if any((repo_root / p).glob("*.py"))]
     return subprocess.run(
         [sys.executable, "-m", *args, *present],
         cwd=repo_root,
