@@ -2,6 +2,7 @@
 
 import json
 import socket
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -25,6 +26,17 @@ class Stack:
     engine: Engine
     flower_url: str
     logs: Path
+    env: dict[str, str]
+
+    def start_worker(self, concurrency: int = 2) -> "subprocess.Popen[bytes]":
+        from workers import app
+
+        name = f"fleet-{uuid.uuid4().hex[:6]}@%h"
+        worker = processes.spawn(
+            processes.worker_argv(concurrency, hostname=name), self.env, self.logs / "worker.log"
+        )
+        processes.wait_for_workers(app)
+        return worker
 
     def flower(self, path: str) -> Any:
         with urllib.request.urlopen(self.flower_url + path, timeout=10) as response:
@@ -76,15 +88,11 @@ def wait_for_http(url: str, timeout: float = 60) -> None:
 def running_fleet(
     admin_url: str, template_url: str, logs: Path, concurrency: int = 2, **worker_env: str
 ) -> Iterator[Stack]:
-    """A database cloned from the template, ``concurrency`` worker processes, and Flower."""
+    """A database cloned from the template, ``concurrency`` worker processes (none if 0), Flower."""
     url = helpers.create_database(admin_url, template=helpers.database_name(template_url))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TENANTFLEET_DATABASE_URL", url)
         env = processes.child_env(config.load_settings(), **worker_env)
-        name = f"fleet-{uuid.uuid4().hex[:6]}@%h"
-        worker = processes.spawn(
-            processes.worker_argv(concurrency, hostname=name), env, logs / "worker.log"
-        )
         port = free_port()
         flower = processes.spawn(
             processes.flower_argv("127.0.0.1", port),
@@ -92,15 +100,15 @@ def running_fleet(
             logs / "flower.log",
         )
         engine = db.make_engine(url)
+        stack = Stack(url, engine, f"http://127.0.0.1:{port}", logs, env)
+        worker = stack.start_worker(concurrency) if concurrency else None
         try:
-            from workers import app
-
-            processes.wait_for_workers(app)
             wait_for_http(f"http://127.0.0.1:{port}/api/tasks")
             time.sleep(1.0)  # Flower's event consumer connects just after its HTTP server
-            yield Stack(url, engine, f"http://127.0.0.1:{port}", logs)
+            yield stack
         finally:
             processes.stop(flower)
-            processes.stop(worker)
+            if worker is not None:
+                processes.stop(worker)
             engine.dispose()
             helpers.drop_database(admin_url, url)

@@ -1,0 +1,250 @@
+"""Operating the fleet: status, runs, fleet, retry, resume, canary, max-failures, dry-run, guard."""
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from tenantfleet import config, db, fleet_setup, runs
+from tenantfleet.cli import build_parser
+from tests import helpers
+from tests.fleet import Stack, running_fleet
+from tests.test_fleet import break_tenants, migrate, repair_tenants
+
+R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
+
+
+@pytest.fixture(scope="module")
+def stack(
+    pg_admin_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    with running_fleet(pg_admin_url, template_url, tmp_path_factory.mktemp("ops")) as fleet:
+        yield fleet
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(stack: Stack) -> Iterator[None]:
+    stack.deactivate_all()
+    yield
+
+
+def cli(stack: Stack, *args: str, **env: str) -> helpers.Result:
+    return helpers.run_cli(
+        *args, env={"TENANTFLEET_DATABASE_URL": stack.database_url, **env}, timeout=300
+    )
+
+
+def provision(stack: Stack, prefix: str, count: int) -> list[str]:
+    schemas = fleet_setup.fleet_names(count, prefix=prefix)
+    fleet_setup.provision(stack.engine, schemas, R1)
+    return schemas
+
+
+def test_retry_after_a_fix_brings_every_tenant_to_the_target(stack: Stack) -> None:
+    schemas = provision(stack, "rt", 8)
+    break_tenants(stack, ["rt00002", "rt00005"])
+    first = json.loads(migrate(stack, "--wait", "--json", "--revision", R2).out)
+    assert first["counts"]["failed"] == 2
+
+    nothing_fixed = cli(stack, "retry", str(first["run_id"]), "--wait", "--tenant", "rt00005")
+    assert nothing_fixed.code == 1 and "rt00005" in nothing_fixed.out
+    assert "rt00002" not in nothing_fixed.out  # --tenant narrowed it
+
+    refused = cli(stack, "retry", str(first["run_id"]), "--tenant", "rt00001")
+    assert refused.code == 2 and "not failed, skipped or unfinished" in refused.err
+
+    repair_tenants(stack, ["rt00002", "rt00005"])
+    retried = cli(stack, "retry", str(first["run_id"]), "--wait", "--json")
+    assert retried.code == 0, retried.err
+    report = json.loads(retried.out)
+    assert report["parent_run_id"] == first["run_id"] and report["target_revision"] == R2
+    assert sorted(t["schema"] for t in report["tenants"]) == ["rt00002", "rt00005"]
+    assert set(stack.revisions(schemas).values()) == {R2}
+    again = cli(stack, "retry", str(report["run_id"]))
+    assert again.code == 0 and "nothing to retry" in again.out
+
+
+def test_status_runs_and_fleet_show_where_things_stand(stack: Stack) -> None:
+    schemas = provision(stack, "st", 6)
+    break_tenants(stack, ["st00004"])
+    run = json.loads(migrate(stack, "--wait", "--json", "--revision", R2).out)
+    with stack.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE st00006.alembic_version SET version_num = 'dead1'"))
+
+    status = cli(stack, "status", str(run["run_id"]), "--json")
+    assert status.code == 1
+    shown = json.loads(status.out)
+    assert {k: shown[k] for k in ("run_id", "status", "counts", "tenants")} == {
+        k: run[k] for k in ("run_id", "status", "counts", "tenants")
+    }
+    assert len(shown["slowest"]) == 5
+    text = cli(stack, "status").out  # the latest run
+    assert f"run {run['run_id']}: partial" in text and "slowest tenants:" in text
+    assert "st00004  failed" in text and "DuplicateTable" in text
+
+    listed = json.loads(cli(stack, "runs", "--json", "--limit", "1").out)
+    assert [r["id"] for r in listed] == [run["run_id"]]
+    assert "partial" in cli(stack, "runs").out
+
+    surveyed = json.loads(cli(stack, "fleet", "--json").out)
+    assert surveyed["head"] == R3 and surveyed["tenants"] == 6
+    assert surveyed["by_revision"] == {R1: 1, R2: 4, "dead1": 1}
+    assert surveyed["unknown"] == {"st00006": "dead1"}
+    assert sorted(surveyed["behind"]) == sorted(set(schemas) - {"st00006"})
+    text = cli(stack, "fleet").out
+    assert "drift, at a revision the scripts do not know (1): st00006=dead1" in text
+
+
+def test_canary_failure_stops_the_rollout_before_the_rest_is_touched(stack: Stack) -> None:
+    schemas = provision(stack, "cn", 10)
+    break_tenants(stack, ["cn00002"])
+    untouched = helpers.snapshot(stack.engine, schemas[2:])
+    result = migrate(stack, "--canary", "2", "--wait", "--json")
+    assert result.code == 1
+    report = json.loads(result.out)
+    states = {t["schema"]: t["status"] for t in report["tenants"]}
+    assert states["cn00001"] == "succeeded" and states["cn00002"] == "failed"
+    assert {states[s] for s in schemas[2:]} == {"skipped"}
+    assert report["status"] == "failed"
+    assert helpers.snapshot(stack.engine, schemas[2:]) == untouched
+
+    repair_tenants(stack, ["cn00002"])
+    named = migrate(stack, "--canary-tenant", "cn00005", "--wait", "--json")
+    assert named.code == 0, named.err
+    assert set(stack.revisions(schemas).values()) == {R3}
+
+
+def test_max_failures_skips_the_tenants_not_started(stack: Stack) -> None:
+    schemas = provision(stack, "mf", 24)
+    broken = schemas[:4]
+    break_tenants(stack, broken)
+    result = migrate(stack, "--max-failures", "2", "--wait", "--json")
+    assert result.code == 1
+    report = json.loads(result.out)
+    counts = report["counts"]
+    assert report["status"] == "failed"
+    assert counts["failed"] >= 2 and counts["skipped"] >= 10
+    assert counts["failed"] + counts["skipped"] + counts["succeeded"] == 24
+    skipped = [t["schema"] for t in report["tenants"] if t["status"] == "skipped"]
+    assert set(stack.revisions(skipped).values()) == {R1}
+    assert all(
+        "--max-failures" in t["error"] for t in report["tenants"] if t["status"] == "skipped"
+    )
+
+
+def test_dry_run_prints_the_plan_and_sql_and_touches_nothing(stack: Stack) -> None:
+    schemas = provision(stack, "dr", 3)
+    before = helpers.snapshot(stack.engine, [*schemas, "public"])
+    with stack.engine.connect() as connection:
+        runs_before = len(runs.list_runs(connection, 1000))
+    plan = cli(stack, "migrate", "--dry-run", "--sql", "--revision", R2)
+    assert plan.code == 0, plan.err
+    assert "dry run: 3 tenants would be migrated to " + R2 in plan.out
+    assert "dr00001  " + R1 in plan.out
+    assert "ALTER TABLE users ADD COLUMN phone VARCHAR(64)" in plan.out
+    assert "quote_ident('dr00001')" in plan.out
+    as_json = json.loads(cli(stack, "migrate", "--dry-run", "--json", "--canary", "1").out)
+    assert as_json["canaries"] == ["dr00001"] and len(as_json["tenants"]) == 3
+    assert helpers.snapshot(stack.engine, [*schemas, "public"]) == before
+    with stack.engine.connect() as connection:
+        assert len(runs.list_runs(connection, 1000)) == runs_before
+
+
+def finish(process: "subprocess.Popen[str]") -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out, err
+
+
+def test_two_concurrent_migrates_yield_exactly_one_run(stack: Stack) -> None:
+    provision(stack, "gd", 4)
+    blocker = stack.engine.connect()
+    transaction = blocker.begin()
+    blocker.execute(sa.text("LOCK TABLE gd00001.users IN ACCESS EXCLUSIVE MODE"))
+    env = {"TENANTFLEET_DATABASE_URL": stack.database_url}
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tenantfleet", "migrate"],
+            env={**stack.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [finish(r) for r in racers]
+    try:
+        codes = sorted(code for code, _, _ in outcomes)
+        assert codes == [0, 2], outcomes
+        refusal = next(err for code, _, err in outcomes if code == 2)
+        assert "is active" in refusal and "--wait-for-active" in refusal
+        waiter = subprocess.Popen(
+            [sys.executable, "-m", "tenantfleet", "migrate", "--wait-for-active", "--wait"],
+            env={**stack.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)
+        assert waiter.poll() is None  # still waiting for the active run
+    finally:
+        transaction.rollback()
+        blocker.close()
+    out, err = waiter.communicate(timeout=120)
+    assert waiter.returncode == 0, err
+    assert "waiting for run" in err and "nothing_to_do" in out
+
+
+def test_an_abandoned_run_blocks_nobody_and_resume_finishes_it(stack: Stack) -> None:
+    """A producer that died after writing its run and before enqueuing anything."""
+    schemas = provision(stack, "ab", 3)
+    with stack.engine.begin() as connection:
+        run_id = runs.create_run(connection, R2, [(s, R1) for s in schemas])
+    fast_stale = {"TENANTFLEET_STALE_RUN_AFTER": "1"}
+    time.sleep(1.2)
+    status = cli(stack, "status", str(run_id), **fast_stale)
+    assert status.code == 0 and "ABANDONED" in status.out
+    other = provision(stack, "ab2", 1)
+    assert cli(stack, "migrate", "--wait", "--tenant", other[0], **fast_stale).code == 0
+
+    resumed = cli(stack, "resume", str(run_id), "--wait", "--json")
+    assert resumed.code == 0, resumed.err
+    assert json.loads(resumed.out)["status"] == "succeeded"
+    assert set(stack.revisions(schemas).values()) == {R2}
+    done = cli(stack, "resume", str(run_id))
+    assert done.code == 0 and "0 tenants enqueued again" in done.err
+
+
+def test_every_compose_command_is_one_the_cli_accepts(repo_root: Path, stack: Stack) -> None:
+    compose = yaml.safe_load((repo_root / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "redis", "worker", "flower", "migrate"} <= set(services)
+    parser = build_parser()
+    for name in ("worker", "flower", "migrate"):
+        command = [
+            arg.replace("${WORKER_CONCURRENCY:-2}", "2") for arg in services[name]["command"]
+        ]
+        parsed = parser.parse_args(command)
+        assert parsed.command == name
+        assert "healthcheck" in services[name] or name == "migrate"
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    assert "change-me" not in (repo_root / "docker-compose.yml").read_text()
+    provision(stack, "dc", 2)
+    hook = cli(stack, *services["migrate"]["command"])  # the deploy hook, against our servers
+    assert hook.code == 0 and json.loads(hook.out)["counts"]["succeeded"] == 2
+
+
+def test_status_without_runs_and_unknown_run_are_clear_errors(database_url: str) -> None:
+    missing = helpers.run_cli("status")
+    assert missing.code == 2 and "no run recorded yet" in missing.err
+    unknown = helpers.run_cli("status", "4242")
+    assert unknown.code == 2 and "no run with id 4242" in unknown.err
+    settings = config.load_settings()
+    assert settings.stale_run_after == 600.0
+    with db.begin(db.make_engine(database_url)) as connection:
+        assert runs.open_runs(connection) == []
