@@ -4,9 +4,9 @@ Each attempt:
 1. marks the tenant ``running`` in the run table (a finished tenant is never touched again),
    or ``skipped`` when the run's failure budget (``--max-failures``) is spent;
 2. in one transaction: confines the session to the schema, takes the per-schema advisory lock
-   (waiting at most ``lock_timeout``), re-checks the tenant's row under lock, runs the Alembic
-   upgrade, and marks the tenant ``succeeded`` - so the schema change and its record commit
-   together, or neither does;
+   (waiting at most ``lock_timeout``), reads the revision under the lock, runs the upgrade (none
+   if another delivery already did it), and marks the tenant ``succeeded`` only if its row is
+   still pending - so the schema change and its record commit together, or neither does;
 3. on a transient error (lost connection, lock timeout, deadlock, serialization failure) marks
    it ``retrying`` and retries with exponential backoff and jitter; on anything else, or when
    retries run out, marks it ``failed`` and raises, so Flower shows the task as FAILURE.
@@ -52,7 +52,7 @@ def migrate_tenant(
     worker = self.request.hostname or socket.gethostname()
     started = time.monotonic()
     try:
-        with db.begin(engine) as connection:
+        with db.connect(resources.progress_engine()) as connection:
             if runs.mark_running(connection, run_id, schema, worker) is None:
                 if runs.status_of(connection, run_id, schema) is None:
                     raise UnknownRunTenant(
@@ -64,13 +64,19 @@ def migrate_tenant(
                 connection, run_id, schema, max_failures
             ):
                 return "skipped"
-        with db.begin(engine) as connection:
-            alembic_runtime.confine_to_schema(connection, schema, resources.settings())
-            if runs.status_of(connection, run_id, schema) in runs.FINAL:
-                return "duplicate"
-            step = alembic_runtime.migrate_tenant(connection, schema, target)
+        with db.connect(engine) as connection:
+            transaction = connection.begin()
+            has_version_table = alembic_runtime.confine_to_schema(
+                connection, schema, resources.settings()
+            )
+            step = alembic_runtime.migrate_tenant(
+                connection, schema, target, has_version_table=has_version_table
+            )
             elapsed = int((time.monotonic() - started) * 1000)
-            runs.mark_succeeded(connection, run_id, schema, step.from_revision, elapsed)
+            if not runs.mark_succeeded(connection, run_id, schema, step.from_revision, elapsed):
+                transaction.rollback()  # another delivery finished this tenant meanwhile
+                return "duplicate"
+            transaction.commit()
         return "succeeded"
     except (Retry, UnknownRunTenant):
         raise
@@ -82,12 +88,12 @@ def _fail_or_retry(
     task: Task, run_id: int, schema: str, exc: Exception, started: float
 ) -> BaseException:
     """Record the error and return what the task should raise: a retry or the final failure."""
-    engine = resources.engine()
     if db.is_transient(exc) and task.request.retries < resources.settings().max_retries:
-        _record(lambda c: runs.mark_retrying(c, run_id, schema, exc), engine)
+        progress = resources.progress_engine()
+        _record(lambda c: runs.mark_retrying(c, run_id, schema, exc), progress)
         return task.retry(exc=exc, countdown=backoff_seconds(task.request.retries), throw=False)
     elapsed = int((time.monotonic() - started) * 1000)
-    _record(lambda c: runs.mark_failed(c, run_id, schema, exc, elapsed), engine)
+    _record(lambda c: runs.mark_failed(c, run_id, schema, exc, elapsed), resources.engine())
     error_class, message = db.describe_error(exc)
     return TenantMigrationFailed(f"{schema}: {error_class}: {message.splitlines()[0]}")
 

@@ -6,6 +6,7 @@ its schema, locked and configured the same way whether it is migrated by ``alemb
 ``ScriptDirectory`` per process and skips env.py, which ``alembic.command`` re-runs on every call.
 """
 
+import io
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ CONFINE_SQL = sa.text(
     "SELECT set_config('search_path', quote_ident(:schema), true),"
     " set_config('lock_timeout', :lock_timeout, true),"
     " set_config('statement_timeout', :statement_timeout, true);"
-    f" SELECT pg_advisory_xact_lock({locks.key_sql(':schema')})"
+    f" SELECT pg_advisory_xact_lock({locks.key_sql(':schema')});"
+    " SELECT to_regclass('alembic_version') IS NOT NULL"
 )
 
 
@@ -133,21 +135,24 @@ def public_context_options() -> dict[str, Any]:
 
 def confine_to_schema(
     connection: Connection, schema: str, settings: tf_config.Settings | None = None
-) -> None:
+) -> bool:
     """Inside the current transaction: search_path = the schema alone, timeouts, per-schema lock.
 
     The advisory lock key is derived from the schema name, so different schemas migrate in
     parallel while two runs of the same schema (a duplicate delivery, a manual ``alembic``
-    call) wait for each other, up to ``lock_timeout``.
+    call) wait for each other, up to ``lock_timeout``. Returns whether the schema has a version
+    table, read under the lock (it saves ``migrate_tenant`` a round trip).
     """
     settings = settings or tf_config.load_settings()
-    connection.execute(
-        CONFINE_SQL,
-        {
-            "schema": validate_schema_name(schema),
-            "lock_timeout": f"{int(settings.lock_timeout * 1000)}ms",
-            "statement_timeout": f"{int(settings.statement_timeout * 1000)}ms",
-        },
+    return bool(
+        connection.execute(
+            CONFINE_SQL,
+            {
+                "schema": validate_schema_name(schema),
+                "lock_timeout": f"{int(settings.lock_timeout * 1000)}ms",
+                "statement_timeout": f"{int(settings.statement_timeout * 1000)}ms",
+            },
+        ).scalar()
     )
 
 
@@ -193,13 +198,36 @@ def schema_from_config(cfg: Config) -> str:
 
 
 def migrate_tenant(
-    connection: Connection, schema: str, destination: str | None, *, downgrade: bool = False
+    connection: Connection,
+    schema: str,
+    destination: str | None,
+    *,
+    downgrade: bool = False,
+    replay: bool = True,
+    has_version_table: bool | None = None,
 ) -> Step:
     """Move one tenant to ``destination`` (an id, or None for base) inside the caller's transaction.
 
     The caller has begun a transaction and called ``confine_to_schema``; nothing is committed
-    here, so the caller can record the outcome atomically with the schema change.
+    here, so the caller can record the outcome atomically with the schema change. Upgrades replay
+    the span's SQL rendered once per process (``replayable_sql``) when they can, and otherwise run
+    Alembic online, as ``alembic upgrade`` would.
     """
+    if replay and not downgrade and destination is not None:
+        has_table, versions = version_rows(connection, has_version_table)
+        if not has_table or len(versions) == 1:
+            current = versions[0] if versions else None
+            sql = replayable_sql(current, destination)
+            if sql is not None:
+                if sql:
+                    connection.exec_driver_sql(sql.replace("%", "%%"), ())
+                return Step(schema, current, destination)
+    return _migrate_online(connection, schema, destination, downgrade=downgrade)
+
+
+def _migrate_online(
+    connection: Connection, schema: str, destination: str | None, *, downgrade: bool
+) -> Step:
     script = tenant_script()
     seen: dict[str, tuple[str, ...]] = {}
 
@@ -220,6 +248,69 @@ def migrate_tenant(
     except CommandError as exc:
         raise TenantStateError(f"tenant {schema!r}: {exc}") from None
     return Step(schema, ",".join(seen.get("from", ())) or None, destination)
+
+
+def version_rows(connection: Connection, has_table: bool | None = None) -> tuple[bool, list[str]]:
+    """Whether the confined schema has a version table (asked unless known), and its rows."""
+    if has_table is None:
+        found = connection.execute(sa.text("SELECT to_regclass(:t)"), {"t": VERSION_TABLE})
+        has_table = found.scalar() is not None
+    if not has_table:
+        return False, []
+    rows = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()
+    return True, list(rows)
+
+
+REPLAY_PROBES = ("tenantfleet_probe_a", "tenantfleet_probe_b")
+
+
+@cache
+def replayable_sql(current: str | None, destination: str) -> str | None:
+    """The SQL of the upgrade ``current`` -> ``destination``, rendered once by Alembic's offline
+    mode, if every tenant can run it as is; else None (run Alembic online).
+
+    Tenant revisions carry no schema and run with the tenant alone on the search_path, so their
+    SQL is the same for every tenant. Not replayed: a span with a revision marked
+    ``online_only = True`` (data-dependent logic), one that cannot render offline (it reads the
+    database), one whose SQL differs with the schema it is rendered for, or when
+    ``TENANTFLEET_REPLAY_SQL`` is false. An empty string means there is nothing to do.
+    """
+    if not tf_config.load_settings().replay_sql:
+        return None
+    script = tenant_script()
+    if current == destination:
+        return ""
+    try:
+        span = list(script.iterate_revisions(destination, current or "base"))
+        if any(getattr(rev.module, "online_only", False) for rev in span):
+            return None
+        renders = {_render_offline(current, destination, probe) for probe in REPLAY_PROBES}
+    except Exception:  # anything offline mode cannot do: fall back to Alembic online
+        return None
+    return renders.pop() if len(renders) == 1 else None
+
+
+def _render_offline(current: str | None, destination: str, probe_schema: str) -> str:
+    script = tenant_script()
+    buffer = io.StringIO()
+    cfg = Config(str(TENANT_INI), output_buffer=buffer)
+    cfg.attributes["schema"] = probe_schema
+
+    def steps(rev: Any, _context: Any) -> Any:
+        return script._upgrade_revs(destination, rev)
+
+    with EnvironmentContext(
+        cfg, script, fn=steps, as_sql=True, starting_rev=current, destination_rev=destination
+    ) as env:
+        env.configure(
+            dialect_name="postgresql",
+            literal_binds=True,
+            output_buffer=buffer,
+            transactional_ddl=False,
+            **tenant_context_options(),
+        )
+        env.run_migrations()
+    return buffer.getvalue()
 
 
 @cache

@@ -123,88 +123,109 @@ def create_run(
     return run_id
 
 
+# The hot statements of the tenant task, built once: (run, schema) selects one row, and a row
+# that is already final is never changed again.
+_PENDING_ROW = run_tenants.update().where(
+    run_tenants.c.run_id == sa.bindparam("b_run_id"),
+    run_tenants.c.schema_name == sa.bindparam("b_schema"),
+    run_tenants.c.status.in_(PENDING),
+)
+_MARK_RUNNING = _PENDING_ROW.values(
+    status="running",
+    attempts=run_tenants.c.attempts + 1,
+    started_at=sa.func.coalesce(run_tenants.c.started_at, sa.func.now()),
+    worker=sa.bindparam("b_worker"),
+    updated_at=sa.func.now(),
+).returning(run_tenants.c.status)
+_MARK_SUCCEEDED = _PENDING_ROW.values(
+    status="succeeded",
+    from_revision=sa.bindparam("b_from"),
+    finished_at=sa.func.now(),
+    updated_at=sa.func.now(),
+    duration_ms=sa.bindparam("b_duration"),
+    error_class=None,
+    error_message=None,
+)
+_MARK_ERROR = _PENDING_ROW.values(
+    status=sa.bindparam("b_status"),
+    finished_at=sa.case((sa.bindparam("b_final", type_=sa.Boolean), sa.func.now())),
+    updated_at=sa.func.now(),
+    duration_ms=sa.bindparam("b_duration"),
+    error_class=sa.bindparam("b_error_class"),
+    error_message=sa.bindparam("b_error_message"),
+)
+
+
 def mark_running(connection: Connection, run_id: int, schema: str, worker: str) -> str | None:
     """Mark a tenant as running (one more attempt); None when it is already final or unknown.
 
-    Committed without waiting for the WAL flush: this row is progress information, and the
-    outcome row written with the migration itself is durable.
+    Progress information: workers write it on an autocommit connection that does not wait for
+    the WAL flush; the outcome row, written with the migration itself, is the durable record.
     """
-    connection.execute(sa.text("SET LOCAL synchronous_commit TO off"))
     return connection.execute(
-        _pending_row(run_id, schema)
-        .values(
-            status="running",
-            attempts=run_tenants.c.attempts + 1,
-            started_at=sa.func.coalesce(run_tenants.c.started_at, sa.func.now()),
-            worker=worker,
-        )
-        .returning(run_tenants.c.status)
+        _MARK_RUNNING, {"b_run_id": run_id, "b_schema": schema, "b_worker": worker}
     ).scalar_one_or_none()
 
 
 def status_of(connection: Connection, run_id: int, schema: str) -> str | None:
-    """The tenant's status, locking its row until the transaction ends."""
+    """The tenant's status (None: the run has no such tenant)."""
     return connection.execute(
-        sa.select(run_tenants.c.status)
-        .where(run_tenants.c.run_id == run_id, run_tenants.c.schema_name == schema)
-        .with_for_update()
-    ).scalar_one_or_none()
-
-
-def _finish(
-    connection: Connection, run_id: int, schema: str, status: str, duration_ms: int, **values: Any
-) -> None:
-    connection.execute(
-        _pending_row(run_id, schema).values(
-            status=status, finished_at=sa.func.now(), duration_ms=duration_ms, **values
+        sa.select(run_tenants.c.status).where(
+            run_tenants.c.run_id == run_id, run_tenants.c.schema_name == schema
         )
-    )
+    ).scalar_one_or_none()
 
 
 def mark_succeeded(
     connection: Connection, run_id: int, schema: str, from_revision: str | None, duration_ms: int
-) -> None:
-    """Record success; called inside the tenant's migration transaction, so both commit as one."""
-    _finish(
-        connection,
-        run_id,
-        schema,
-        "succeeded",
-        duration_ms,
-        from_revision=from_revision,
-        error_class=None,
-        error_message=None,
+) -> bool:
+    """Record success inside the tenant's migration transaction, so both commit as one.
+
+    False when the row was already final (another delivery finished it): the caller rolls back.
+    """
+    result = connection.execute(
+        _MARK_SUCCEEDED,
+        {
+            "b_run_id": run_id,
+            "b_schema": schema,
+            "b_from": from_revision,
+            "b_duration": duration_ms,
+        },
     )
+    return result.rowcount == 1
 
 
 def mark_failed(
     connection: Connection, run_id: int, schema: str, error: BaseException, duration_ms: int
 ) -> None:
-    _finish(connection, run_id, schema, "failed", duration_ms, **_error_values(error))
+    _mark_error(connection, run_id, schema, "failed", error, duration_ms)
 
 
 def mark_retrying(connection: Connection, run_id: int, schema: str, error: BaseException) -> None:
-    connection.execute(
-        _pending_row(run_id, schema).values(status="retrying", **_error_values(error))
-    )
+    _mark_error(connection, run_id, schema, "retrying", error, None)
 
 
-def _pending_row(run_id: int, schema: str) -> sa.Update:
-    """An UPDATE of the tenant's row that leaves a final row as it is."""
-    return (
-        run_tenants.update()
-        .where(
-            run_tenants.c.run_id == run_id,
-            run_tenants.c.schema_name == schema,
-            run_tenants.c.status.in_(PENDING),
-        )
-        .values(updated_at=sa.func.now())
-    )
-
-
-def _error_values(error: BaseException) -> dict[str, str]:
+def _mark_error(
+    connection: Connection,
+    run_id: int,
+    schema: str,
+    status: str,
+    error: BaseException,
+    duration_ms: int | None,
+) -> None:
     error_class, message = db.describe_error(error)
-    return {"error_class": error_class, "error_message": message[:ERROR_MESSAGE_MAX]}
+    connection.execute(
+        _MARK_ERROR,
+        {
+            "b_run_id": run_id,
+            "b_schema": schema,
+            "b_status": status,
+            "b_final": status in FINAL,
+            "b_duration": duration_ms,
+            "b_error_class": error_class,
+            "b_error_message": message[:ERROR_MESSAGE_MAX],
+        },
+    )
 
 
 def counts(connection: Connection, run_id: int) -> Counts:
@@ -293,12 +314,14 @@ def mark_skipped_if_budget_spent(
     if failed < max_failures:
         return False
     connection.execute(
-        _pending_row(run_id, schema).values(
+        _PENDING_ROW.values(
             status="skipped",
             finished_at=sa.func.now(),
+            updated_at=sa.func.now(),
             error_class="MaxFailuresReached",
             error_message=f"skipped: {failed} tenants of the run failed (--max-failures)",
-        )
+        ),
+        {"b_run_id": run_id, "b_schema": schema},
     )
     return True
 
