@@ -66,6 +66,21 @@ def recreate_database(settings: config.Settings) -> str:
     return bench_url(settings)
 
 
+def registered(url: str) -> int:
+    """How many tenants the bench database holds (0 if it does not exist)."""
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(sa.text("SELECT count(*) FROM public.tenant_registry")).scalar()
+                or 0
+            )
+    except Exception:
+        return 0
+    finally:
+        engine.dispose()
+
+
 def _provision_slice(args: tuple[str, list[str]]) -> None:
     url, schemas = args
     engine = db.make_engine(url)
@@ -284,14 +299,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--noop", action="store_true", help="also measure B (no-op migrate)")
     parser.add_argument("--enqueue", action="store_true", help="also enqueue time, RSS, callback")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="keep a fleet of this size if built")
     args = parser.parse_args(argv)
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.json else print
 
     os.environ.setdefault("TENANTFLEET_STATE_DIR", str(Path(".tenantfleet-bench").absolute()))
     settings = config.load_settings()
-    url = recreate_database(settings)
-    say(f"building W1: {args.tenants} tenants at {R1} in {BENCH_DB}")
-    schemas = build_fleet(url, args.tenants, max(2, args.workers))
+    if args.reuse and registered(bench_url(settings)) == args.tenants:
+        url, schemas = bench_url(settings), fleet_setup.fleet_names(args.tenants)
+        say(f"reusing W1: {args.tenants} tenants in {BENCH_DB}")
+    else:
+        url = recreate_database(settings)
+        say(f"building W1: {args.tenants} tenants at {R1} in {BENCH_DB}")
+        schemas = build_fleet(url, args.tenants, max(2, args.workers))
     env = processes.child_env(settings, TENANTFLEET_DATABASE_URL=url)
     log = settings.state_dir / "bench-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)

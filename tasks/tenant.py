@@ -29,6 +29,13 @@ class TenantMigrationFailed(Exception):
     """Raised for good when a tenant's migration fails; its message names schema and cause."""
 
 
+class TooManyAttempts(Exception):
+    """A tenant whose attempts keep dying without an outcome: a poison task, given up."""
+
+
+POISON_MARGIN = 3
+
+
 class UnknownRunTenant(Exception):
     """The task names a run and tenant this worker's database has never heard of."""
 
@@ -53,13 +60,19 @@ def migrate_tenant(
     started = time.monotonic()
     try:
         with db.connect(resources.progress_engine()) as connection:
-            if runs.mark_running(connection, run_id, schema, worker) is None:
+            attempt = runs.mark_running(connection, run_id, schema, worker)
+            if attempt is None:
                 if runs.status_of(connection, run_id, schema) is None:
                     raise UnknownRunTenant(
                         f"{schema}: run {run_id} has no such tenant in this worker's database"
                         " (is the worker pointed at another database than the producer?)"
                     )
                 return "duplicate"
+            if attempt > resources.settings().max_retries + POISON_MARGIN:
+                raise TooManyAttempts(
+                    f"{attempt - 1} attempts ended without an outcome (the worker died or hit"
+                    " the hard time limit each time); giving up"
+                )
             if max_failures and runs.mark_skipped_if_budget_spent(
                 connection, run_id, schema, max_failures
             ):
@@ -85,9 +98,10 @@ def migrate_tenant(
 
 
 def _fail_or_retry(
-    task: Task, run_id: int, schema: str, exc: Exception, started: float
+    task: Task, run_id: int, schema: str, error: Exception, started: float
 ) -> BaseException:
     """Record the error and return what the task should raise: a retry or the final failure."""
+    exc = db.interruption(error)  # a soft time limit shows as the QueryCanceled it caused
     if db.is_transient(exc) and task.request.retries < resources.settings().max_retries:
         progress = resources.progress_engine()
         _record(lambda c: runs.mark_retrying(c, run_id, schema, exc), progress)

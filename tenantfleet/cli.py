@@ -163,6 +163,15 @@ def _follow(
             print(f"run {run_id} enqueued; follow it with `tenantfleet status {run_id}`")
         return EXIT_OK
     progress = Progress()
+
+    def resume_lost_tasks() -> None:
+        sent = producer.resume_stalled(manager, run_id)
+        if sent:
+            _say(
+                f"\nno tenant finished for {manager.settings.stall_resume:g} s:"
+                f" {sent} tenants with no live task enqueued again"
+            )
+
     run = producer.wait(
         manager.engine,
         run_id,
@@ -170,6 +179,8 @@ def _follow(
         poll_interval=manager.settings.poll_interval,
         on_progress=progress,
         started=started,
+        on_stall=resume_lost_tasks,
+        stall_after=manager.settings.stall_resume,
     )
     progress.close()
     report = producer.report(manager.engine, run_id)

@@ -34,6 +34,7 @@ class Settings:
     poll_interval: float = 0.25
     stale_run_after: float = 600.0
     replay_sql: bool = True
+    stall_resume: float = 30.0
 
     def __post_init__(self) -> None:
         if self.visibility_timeout <= self.task_time_limit:
@@ -104,6 +105,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         poll_interval=_number(env, "TENANTFLEET_POLL_INTERVAL", 0.25, minimum=0.01),
         stale_run_after=_number(env, "TENANTFLEET_STALE_RUN_AFTER", 600.0, minimum=1.0),
         replay_sql=_flag(env, "TENANTFLEET_REPLAY_SQL", True),
+        stall_resume=_number(env, "TENANTFLEET_STALL_RESUME", 30.0),
     )
 
 

@@ -4,10 +4,13 @@ The rest of the code never inspects psycopg2 exceptions; it asks ``is_transient`
 ``tenantfleet.errors`` classes raised here.
 """
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg2
+import psycopg2.extensions
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -105,3 +108,44 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     message = str(orig).strip() or type(orig).__name__
     return type(orig).__name__, message
+
+
+_interruptions: list[BaseException] = []
+
+
+def wait_cancelling(connection: Any) -> None:
+    """A psycopg2 wait callback under which a query can be interrupted.
+
+    libpq blocks in C, where Python signals (Celery's soft time limit) cannot reach. Waiting in
+    Python instead, an exception raised meanwhile sends PostgreSQL a cancel request and is kept
+    aside; the statement then fails with ``QueryCanceled`` on a connection still usable, the
+    transaction rolls back, and ``interruption`` tells the caller what really happened.
+    """
+    while True:
+        try:
+            state = connection.poll()
+            if state == psycopg2.extensions.POLL_OK:
+                return
+            if state == psycopg2.extensions.POLL_READ:
+                select.select([connection.fileno()], [], [])
+            elif state == psycopg2.extensions.POLL_WRITE:
+                select.select([], [connection.fileno()], [])
+        except psycopg2.Error:
+            raise
+        except BaseException as exc:  # a signal handler's exception, e.g. SoftTimeLimitExceeded
+            _interruptions.append(exc)
+            connection.cancel()
+
+
+def interruption(error: BaseException) -> BaseException:
+    """What interrupted the query that raised ``error`` (``wait_cancelling``), else ``error``."""
+    if _interruptions:
+        cause = _interruptions.pop()
+        _interruptions.clear()
+        return cause
+    return error
+
+
+def install_cancelling_waits() -> None:
+    """Make every psycopg2 wait in this process interruptible (see ``wait_cancelling``)."""
+    psycopg2.extensions.set_wait_callback(wait_cancelling)

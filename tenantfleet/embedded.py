@@ -57,6 +57,8 @@ def postgres_url(state_dir: Path) -> str:
     if uri is None:
         with _start_lock(state_dir):
             pgserver = _import_pgserver()
+            # the wheel caches one handle per directory and per process, even once stopped
+            pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
             try:
                 uri = str(pgserver.get_server(pgdata, cleanup_mode=None).get_uri())
             except Exception as exc:  # the wheel raises plain subprocess and OS errors

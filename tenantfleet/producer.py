@@ -163,17 +163,26 @@ def _record(
         )
 
 
-def dispatch(manager: MigrationManager, run_id: int, say: Say = _quiet, *, fresh: bool) -> int:
+def dispatch(
+    manager: MigrationManager,
+    run_id: int,
+    say: Say = _quiet,
+    *,
+    fresh: bool,
+    include_queued: bool = True,
+) -> int:
     """Enqueue the run's pending tenants that no live task is migrating; how many were sent.
 
     Canaries go first and the others only if every canary succeeded; otherwise the others are
     recorded as skipped and the run is closed. ``fresh`` (a run just written) skips the lock
-    check, as no task can exist yet.
+    check, as no task can exist yet; without ``include_queued`` only ``running`` tenants whose
+    schema lock nobody holds (their worker died) are sent again.
     """
     engine = manager.engine
+    states = runs.PENDING if include_queued else ("running",)
     with db.connect(engine) as connection:
         run = runs.get_run(connection, run_id)
-        pending = [t.schema_name for t in runs.tenants_of(connection, run_id, runs.PENDING)]
+        pending = [t.schema_name for t in runs.tenants_of(connection, run_id, states)]
         busy = set() if fresh else locks.held(connection, pending)
     canaries = [c for c in run.options.get("canaries", []) if c in pending]
     max_failures = run.options.get("max_failures")
@@ -256,12 +265,34 @@ def retry(
     return start(manager, options, say)
 
 
-def resume(manager: MigrationManager, run_id: int, say: Say = _quiet) -> int:
+def resume(
+    manager: MigrationManager, run_id: int, say: Say = _quiet, *, include_queued: bool = True
+) -> int:
     """Finish an open run whose tasks were lost; how many tenants were enqueued again."""
     with db.begin(manager.engine) as connection:
         if runs.finalize(connection, run_id) is not None:
             return 0
-    return dispatch(manager, run_id, say, fresh=False)
+    return dispatch(manager, run_id, say, fresh=False, include_queued=include_queued)
+
+
+def resume_stalled(manager: MigrationManager, run_id: int) -> int:
+    """What ``--wait`` does when no tenant finished for a while: send again the tenants whose
+    worker died (running, lock free), and the queued ones too if the broker holds no tenant
+    task at all (it lost them). A healthy but slow queue is left alone."""
+    backlog = broker_backlog(_app())
+    return resume(manager, run_id, include_queued=backlog == 0)
+
+
+def broker_backlog(app: Any) -> int | None:
+    """Tenant tasks the broker holds (queued or delivered, unacked); None if it cannot tell."""
+    from tenantfleet.config import TENANT_QUEUE
+
+    try:
+        with app.connection_for_write() as connection:
+            client = connection.default_channel.client
+            return int(client.llen(TENANT_QUEUE)) + int(client.hlen("unacked"))
+    except Exception:
+        return None
 
 
 def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
@@ -308,6 +339,7 @@ def enqueue(
 
 
 ProgressCallback = Callable[[runs.Counts, float], None]
+DATABASE_OUTAGE_LIMIT_S = 120.0
 
 
 def wait(
@@ -318,24 +350,46 @@ def wait(
     poll_interval: float = 0.25,
     on_progress: ProgressCallback | None = None,
     started: float | None = None,
+    on_stall: Callable[[], None] | None = None,
+    stall_after: float = 0.0,
 ) -> runs.Run | None:
     """Follow the run through the run tables until it is closed; None on ``timeout``.
 
     The chord callback closes the run; if every tenant is final and it still has not, after
-    a grace period, the producer closes it itself (the chord state may have been lost).
+    a grace period, the producer closes it itself (the chord state may have been lost). When no
+    tenant has finished for ``stall_after`` seconds, ``on_stall`` is called (``resume``: the
+    broker may have lost the tasks). A database outage is waited out for up to two minutes.
     ``started`` (a ``time.monotonic()`` value) is when the command began, for rates and timeout.
     """
     started = time.monotonic() if started is None else started
     settled_at: float | None = None
+    last_done, last_change = -1, time.monotonic()
+    outage_since: float | None = None
     while True:
-        with db.connect(engine) as connection:
-            run = runs.get_run(connection, run_id)
-            tally = runs.counts(connection, run_id)
-        elapsed = time.monotonic() - started
+        try:
+            with db.connect(engine) as connection:
+                run = runs.get_run(connection, run_id)
+                tally = runs.counts(connection, run_id)
+            outage_since = None
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            outage_since = outage_since or time.monotonic()
+            if time.monotonic() - outage_since > DATABASE_OUTAGE_LIMIT_S:
+                raise
+            time.sleep(poll_interval)
+            continue
+        now = time.monotonic()
+        elapsed = now - started
         if on_progress is not None:
             on_progress(tally, elapsed)
         if run.finished_at is not None:
             return run
+        if tally.done != last_done:
+            last_done, last_change = tally.done, now
+        elif on_stall is not None and stall_after > 0 and now - last_change >= stall_after:
+            on_stall()
+            last_change = now
         if tally.pending == 0:
             settled_at = settled_at if settled_at is not None else elapsed
             if elapsed - settled_at >= FINALIZE_GRACE_SECONDS:

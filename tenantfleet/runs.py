@@ -136,7 +136,7 @@ _MARK_RUNNING = _PENDING_ROW.values(
     started_at=sa.func.coalesce(run_tenants.c.started_at, sa.func.now()),
     worker=sa.bindparam("b_worker"),
     updated_at=sa.func.now(),
-).returning(run_tenants.c.status)
+).returning(run_tenants.c.attempts)
 _MARK_SUCCEEDED = _PENDING_ROW.values(
     status="succeeded",
     from_revision=sa.bindparam("b_from"),
@@ -156,8 +156,8 @@ _MARK_ERROR = _PENDING_ROW.values(
 )
 
 
-def mark_running(connection: Connection, run_id: int, schema: str, worker: str) -> str | None:
-    """Mark a tenant as running (one more attempt); None when it is already final or unknown.
+def mark_running(connection: Connection, run_id: int, schema: str, worker: str) -> int | None:
+    """Mark a tenant as running; its attempt number, or None when it is final or unknown.
 
     Progress information: workers write it on an autocommit connection that does not wait for
     the WAL flush; the outcome row, written with the migration itself, is the durable record.

@@ -49,6 +49,7 @@ def _engine(kind: str, options: dict[str, Any]) -> Engine:
 @worker_process_init.connect
 def _prepare_process(**_: object) -> None:
     alembic_runtime.tenant_script()
+    db.install_cancelling_waits()
 
 
 alembic_runtime.tenant_script()
