@@ -51,19 +51,20 @@ UPDATE alembic_version SET version_num = %(r1)s;
 # -- the database and the fleet ----------------------------------------------------------
 
 
-def bench_url(settings: config.Settings) -> str:
+def bench_url(settings: config.Settings, name: str) -> str:
     server = sa.engine.make_url(config.database_url(settings))
-    return server.set(database=BENCH_DB).render_as_string(hide_password=False)
+    return server.set(database=name).render_as_string(hide_password=False)
 
 
-def recreate_database(settings: config.Settings) -> str:
+def recreate_database(settings: config.Settings, name: str) -> str:
     server_url = config.database_url(settings)
     admin = db.make_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)'))
-        connection.execute(sa.text(f'CREATE DATABASE "{BENCH_DB}"'))
+        quoted = connection.dialect.identifier_preparer.quote(name)
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        connection.execute(sa.text(f"CREATE DATABASE {quoted}"))
     admin.dispose()
-    return bench_url(settings)
+    return bench_url(settings, name)
 
 
 def registered(url: str) -> int:
@@ -299,18 +300,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--noop", action="store_true", help="also measure B (no-op migrate)")
     parser.add_argument("--enqueue", action="store_true", help="also enqueue time, RSS, callback")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--database", default=BENCH_DB, help="the bench's own database (dropped)")
     parser.add_argument("--reuse", action="store_true", help="keep a fleet of this size if built")
     args = parser.parse_args(argv)
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.json else print
 
     os.environ.setdefault("TENANTFLEET_STATE_DIR", str(Path(".tenantfleet-bench").absolute()))
     settings = config.load_settings()
-    if args.reuse and registered(bench_url(settings)) == args.tenants:
-        url, schemas = bench_url(settings), fleet_setup.fleet_names(args.tenants)
-        say(f"reusing W1: {args.tenants} tenants in {BENCH_DB}")
+    if args.reuse and registered(bench_url(settings, args.database)) == args.tenants:
+        url, schemas = bench_url(settings, args.database), fleet_setup.fleet_names(args.tenants)
+        say(f"reusing W1: {args.tenants} tenants in {args.database}")
     else:
-        url = recreate_database(settings)
-        say(f"building W1: {args.tenants} tenants at {R1} in {BENCH_DB}")
+        url = recreate_database(settings, args.database)
+        say(f"building W1: {args.tenants} tenants at {R1} in {args.database}")
         schemas = build_fleet(url, args.tenants, max(2, args.workers))
     env = processes.child_env(settings, TENANTFLEET_DATABASE_URL=url)
     log = settings.state_dir / "bench-worker.log"

@@ -74,7 +74,7 @@ class Private:
 
     # -- workers and the CLI -----------------------------------------------------------
 
-    def start_worker(self, database_url: str, *, concurrency: int = 2, **extra: str) -> Any:
+    def start_worker(self, database_url: str, concurrency: int = 2, **extra: str) -> Any:
         ready = self.log.read_text().count(" ready.") if self.log.exists() else 0
         worker = processes.spawn(
             processes.worker_argv(concurrency, hostname=f"w{len(self.workers)}@%h"),

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from migrations.migrate import MigrationManager
-from tenantfleet import cli, fleet_setup, processes, registry
+from tenantfleet import cli, db, fleet_setup, processes, registry
 from tenantfleet.errors import InvalidSchemaName
 from tenantfleet.names import SCHEMA_NAME, validate_schema_name
 from tests import helpers
@@ -253,7 +253,7 @@ def test_passwords_never_show_in_output_logs_task_arguments_or_the_run_record(
 ) -> None:
     url = sa.engine.make_url(database_url).set(password=DB_SECRET)
     secret_url = url.render_as_string(hide_password=False)
-    engine = helpers.admin_engine(secret_url)
+    engine = db.make_engine(secret_url)
     fleet_setup.provision(engine, ["s00001", "s00002"], fleet_setup.R1)
     with engine.begin() as connection:
         connection.execute(sa.text("CREATE TABLE s00002.audit_log (id int)"))
