@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,41 +26,24 @@ def child_env(settings: config.Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+CELERY = [sys.executable, "-m", "celery", "-A", "workers"]
+
+
 def worker_argv(
     concurrency: int, hostname: str = "tenantfleet@%h", loglevel: str = "INFO"
 ) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers",
-        "worker",
-        "-Q",
-        f"{TENANT_QUEUE},{CONTROL_QUEUE}",
-        "--concurrency",
-        str(concurrency),
-        "--hostname",
-        hostname,
-        "--loglevel",
-        loglevel,
-        "--without-mingle",
-        "--without-gossip",
-    ]
+        *CELERY, "worker",
+        "-Q", f"{TENANT_QUEUE},{CONTROL_QUEUE}",
+        "--concurrency", str(concurrency),
+        "--hostname", hostname,
+        "--loglevel", loglevel,
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
 
 
-def flower_argv(address: str, port: int, extra: Sequence[str] = ()) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers",
-        "flower",
-        f"--address={address}",
-        f"--port={port}",
-        *extra,
-    ]
+def flower_argv(address: str, port: int) -> list[str]:
+    return [*CELERY, "flower", f"--address={address}", f"--port={port}"]
 
 
 def spawn(argv: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen[bytes]:

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from tenantfleet import db, embedded
 from tests import helpers
+from tests.fleet import Stack
 
 FAST_RETRIES = {
     "TENANTFLEET_LOCK_TIMEOUT": "1",
@@ -98,3 +99,14 @@ def engine(database_url: str) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def stack(
+    pg_admin_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator["Stack"]:
+    """A running fleet (database, two worker processes, Flower) shared by one test module."""
+    from tests.fleet import running_fleet
+
+    with running_fleet(pg_admin_url, template_url, tmp_path_factory.mktemp("fleet")) as fleet:
+        yield fleet

@@ -10,17 +10,9 @@ import sqlalchemy as sa
 
 from tenantfleet import fleet_setup, producer, registry, runs
 from tests import helpers
-from tests.fleet import Stack, running_fleet
+from tests.fleet import Stack
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
-
-
-@pytest.fixture(scope="module")
-def stack(
-    pg_admin_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    with running_fleet(pg_admin_url, template_url, tmp_path_factory.mktemp("fleet")) as fleet:
-        yield fleet
 
 
 @pytest.fixture(autouse=True)

@@ -14,18 +14,10 @@ import yaml
 from tenantfleet import config, db, fleet_setup, runs
 from tenantfleet.cli import build_parser
 from tests import helpers
-from tests.fleet import Stack, running_fleet
+from tests.fleet import Stack
 from tests.test_fleet import break_tenants, migrate, repair_tenants
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
-
-
-@pytest.fixture(scope="module")
-def stack(
-    pg_admin_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    with running_fleet(pg_admin_url, template_url, tmp_path_factory.mktemp("ops")) as fleet:
-        yield fleet
 
 
 @pytest.fixture(autouse=True)
