@@ -334,7 +334,14 @@ def enqueue(
     extra = {"max_failures": max_failures} if max_failures else {}
     body = finalize_run.s(run_id=run_id)
     body.link_error(finalize_run_on_error.s(run_id=run_id))
-    header = group(migrate_tenant.si(run_id, schema, target, **extra) for schema in schemas)
+    # No time limits in the message: the worker's TENANTFLEET_TASK_TIME_LIMIT decides (Celery
+    # would otherwise send the producer's setting with every task, and it would win).
+    header = group(
+        migrate_tenant.si(run_id, schema, target, **extra).set(
+            time_limit=None, soft_time_limit=None
+        )
+        for schema in schemas
+    )
     chord(header, body).apply_async()
 
 
