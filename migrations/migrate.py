@@ -144,7 +144,7 @@ class MigrationManager:
         except DBAPIError as exc:
             if db.is_transient(exc):
                 raise
-            reason = db.describe_error(exc)[1].splitlines()[0]
+            reason = db.first_line(exc)
             raise MigrationFailed(f"tenant {schema!r} rolled back: {reason}") from None
         registry.record_revision(connection, schema, target)
         return step

@@ -108,8 +108,8 @@ def _fail_or_retry(
         return task.retry(exc=exc, countdown=backoff_seconds(task.request.retries), throw=False)
     elapsed = int((time.monotonic() - started) * 1000)
     _record(lambda c: runs.mark_failed(c, run_id, schema, exc, elapsed), resources.engine())
-    error_class, message = db.describe_error(exc)
-    return TenantMigrationFailed(f"{schema}: {error_class}: {message.splitlines()[0]}")
+    error_class, _ = db.describe_error(exc)
+    return TenantMigrationFailed(f"{schema}: {error_class}: {db.first_line(exc)}")
 
 
 def _record(write: Callable[[Connection], None], engine: Engine) -> None:

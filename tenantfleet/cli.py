@@ -484,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DBAPIError as exc:
         if args.debug:
             raise
-        reason = db.describe_error(exc)[1].splitlines()[0]
+        reason = db.first_line(exc)
         print(f"error: database: {reason}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -61,7 +61,7 @@ def describe(engine: Engine) -> str:
 
 def connection_error(engine: Engine, exc: DBAPIError) -> ConnectionFailed:
     """A one-line ``ConnectionFailed`` for a failed connect, naming the server, never a password."""
-    reason = describe_error(exc)[1].splitlines()[0]
+    reason = first_line(exc)
     if engine.url.password:
         reason = reason.replace(str(engine.url.password), "***")
     return ConnectionFailed(f"cannot connect to the database at {describe(engine)}: {reason}")
@@ -101,6 +101,11 @@ def is_transient(exc: BaseException) -> bool:
     if code is None:
         return isinstance(exc, OperationalError)
     return code in TRANSIENT_SQLSTATES or code.startswith("08")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of the driver's message: what one-line errors show."""
+    return describe_error(exc)[1].splitlines()[0]
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:

@@ -65,6 +65,11 @@ def postgres_url(state_dir: Path) -> str:
                 raise ConnectionFailed(
                     f"cannot start the embedded PostgreSQL in {pgdata}: {exc}"
                 ) from None
+    return _sqlalchemy_url(uri)
+
+
+def _sqlalchemy_url(uri: str) -> str:
+    """The wheel's libpq URI in the form SQLAlchemy needs for psycopg2."""
     return uri.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
@@ -139,7 +144,7 @@ def status(state_dir: Path) -> dict[str, str | None]:
     socket = _redis_socket(state_dir)
     pg = _postgres_running(pgdata) if pgdata.exists() else None
     return {
-        "postgres": pg.replace("postgresql://", "postgresql+psycopg2://", 1) if pg else None,
+        "postgres": _sqlalchemy_url(pg) if pg else None,
         "redis": f"redis+socket://{socket}" if _redis_ping(socket) else None,
     }
 

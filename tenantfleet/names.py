@@ -1,11 +1,18 @@
 """Validation of the schema names tenantfleet accepts."""
 
 import re
+from collections.abc import Sequence
 
 from tenantfleet.errors import InvalidSchemaName
 
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 RESERVED = frozenset({"public", "information_schema"})
+
+
+def shorten(names: Sequence[str], limit: int = 5) -> str:
+    """``a, b, c and 7 more``: a list of names fit for a one-line message."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def validate_schema_name(name: str) -> str:

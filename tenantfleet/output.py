@@ -6,6 +6,7 @@ from typing import Any
 from migrations.migrate import Status
 from tenantfleet.alembic_runtime import Step
 from tenantfleet.fleet import FleetReport
+from tenantfleet.names import shorten
 from tenantfleet.producer import Plan
 from tenantfleet.registry import Tenant
 from tenantfleet.runs import Run
@@ -223,19 +224,14 @@ def fleet_text(report: FleetReport) -> str:
         ),
     ]
     if report.behind:
-        lines.append(f"\nbehind head ({len(report.behind)}): {_listing(report.behind)}")
+        lines.append(f"\nbehind head ({len(report.behind)}): {shorten(report.behind, 20)}")
     if report.unknown:
         lines.append(
             f"\ndrift, at a revision the scripts do not know ({len(report.unknown)}): "
-            + _listing([f"{s}={v}" for s, v in report.unknown.items()])
+            + shorten([f"{s}={v}" for s, v in report.unknown.items()], 20)
         )
     if report.missing:
         lines.append(
-            f"\nregistered without a schema ({len(report.missing)}): " + _listing(report.missing)
+            f"\nregistered without a schema ({len(report.missing)}): " + shorten(report.missing, 20)
         )
     return "\n".join(lines)
-
-
-def _listing(items: list[str], limit: int = 20) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from migrations.migrate import MigrationManager
 from tenantfleet import alembic_runtime, db, guard, locks, registry, runs
 from tenantfleet.errors import ConnectionFailed, RunActive, TenantStateError, UsageError
-from tenantfleet.names import validate_schema_name
+from tenantfleet.names import shorten, validate_schema_name
 
 FINALIZE_GRACE_SECONDS = 3.0
 BROKER_CONNECT_TIMEOUT_S = 5.0
@@ -79,13 +79,13 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
     missing = [s for s in schemas if s not in versions]
     if missing:
         raise TenantStateError(
-            f"registered but without a schema: {_names(missing)} (fix the registry or --exclude)"
+            f"registered but without a schema: {shorten(missing)} (fix the registry or --exclude)"
         )
     known = {r.revision for r in script.walk_revisions()} | {None}
     unknown = [s for s in schemas if versions[s] not in known]
     if unknown:
         raise TenantStateError(
-            f"at a revision the migration scripts do not know: {_names(unknown)}"
+            f"at a revision the migration scripts do not know: {shorten(unknown)}"
             f" ({versions[unknown[0]]!r} in {unknown[0]!r}); --exclude them or fix alembic_version"
         )
     below = alembic_runtime.revisions_below(script, target)
@@ -94,18 +94,13 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
     return Plan(target, behind, at_or_past)
 
 
-def _names(schemas: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(schemas[:limit])
-    return shown + (f" and {len(schemas) - limit} more" if len(schemas) > limit else "")
-
-
 def choose_canaries(chosen: Plan, options: MigrateOptions) -> list[str]:
     """The first ``--canary`` behind tenants by schema name, or the ``--canary-tenant`` ones."""
     behind = [schema for schema, _ in chosen.behind]
     if options.canary_tenants:
         not_behind = [s for s in options.canary_tenants if s not in behind]
         if not_behind:
-            raise UsageError(f"canary tenant not selected or not behind: {_names(not_behind)}")
+            raise UsageError(f"canary tenant not selected or not behind: {shorten(not_behind)}")
         return list(dict.fromkeys(options.canary_tenants))
     return behind[: options.canary]
 
@@ -199,10 +194,10 @@ def dispatch(
         if failed:
             with db.begin(engine) as connection:
                 skipped = runs.skip_pending(
-                    connection, run_id, f"skipped: canary {_names(failed)} did not succeed"
+                    connection, run_id, f"skipped: canary {shorten(failed)} did not succeed"
                 )
                 runs.finalize(connection, run_id)
-            say(f"run {run_id}: canary {_names(failed)} failed; {skipped} tenants skipped")
+            say(f"run {run_id}: canary {shorten(failed)} failed; {skipped} tenants skipped")
             return sent
     rest = [s for s in pending if s not in canaries and s not in busy]
     enqueue(app, run_id, run.target_revision, rest, max_failures)
@@ -250,7 +245,7 @@ def retry(
         strangers = [t for t in tenants if t not in candidates]
         if strangers:
             raise UsageError(
-                f"not failed, skipped or unfinished in run {run_id}: {_names(strangers)}"
+                f"not failed, skipped or unfinished in run {run_id}: {shorten(strangers)}"
             )
         candidates = [c for c in candidates if c in tenants]
     if not candidates:
