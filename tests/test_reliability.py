@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -95,6 +96,22 @@ class TableLock:
     def release(self) -> None:
         self.transaction.rollback()
         self.connection.close()
+
+
+def migrate_with_a_locked_tenant(
+    private: Private, fleet: Fleet, schema: str, **worker_env: str
+) -> dict[str, Any]:
+    """Workers with ``worker_env``, ``schema``'s users table locked throughout a
+    ``migrate --wait --json``; the report of a run that must end with exit 1."""
+    private.start_worker(fleet.url, 2, **worker_env)
+    lock = TableLock(fleet.engine, [schema])
+    try:
+        result = private.cli(fleet.url, "migrate", "--wait", "--json", "--revision", R2)
+    finally:
+        lock.release()
+    assert result.code == 1, result.err
+    report: dict[str, Any] = json.loads(result.out)
+    return report
 
 
 def wait_for(predicate: object, timeout: float = 60, every: float = 0.1) -> None:
@@ -268,14 +285,9 @@ def test_a_locked_tenant_backs_off_and_succeeds_once_released(
 def test_a_lock_outlasting_the_retry_budget_fails_that_tenant_alone(
     private: Private, fleet: Fleet
 ) -> None:
-    private.start_worker(fleet.url, TENANTFLEET_LOCK_TIMEOUT="0.3", TENANTFLEET_MAX_RETRIES="2")
-    lock = TableLock(fleet.engine, ["t00050"])
-    try:
-        result = private.cli(fleet.url, "migrate", "--wait", "--json", "--revision", R2)
-    finally:
-        lock.release()
-    assert result.code == 1
-    report = json.loads(result.out)
+    report = migrate_with_a_locked_tenant(
+        private, fleet, "t00050", TENANTFLEET_LOCK_TIMEOUT="0.3", TENANTFLEET_MAX_RETRIES="2"
+    )
     failed = [t for t in report["tenants"] if t["status"] == "failed"]
     assert [t["schema"] for t in failed] == ["t00050"]
     assert failed[0]["error"].startswith(
@@ -333,15 +345,13 @@ def test_a_migration_past_the_time_limit_rolls_back_and_is_not_redelivered(
     private: Private, fleet: Fleet
 ) -> None:
     # The limit is the worker's own: the producer runs with the default (900 s).
-    limits = {"TENANTFLEET_TASK_TIME_LIMIT": "4", "TENANTFLEET_VISIBILITY_TIMEOUT": "5"}
-    private.start_worker(fleet.url, 2, **limits)
-    lock = TableLock(fleet.engine, ["t00007"])
-    try:
-        result = private.cli(fleet.url, "migrate", "--wait", "--json", "--revision", R2)
-    finally:
-        lock.release()
-    assert result.code == 1
-    report = json.loads(result.out)
+    report = migrate_with_a_locked_tenant(
+        private,
+        fleet,
+        "t00007",
+        TENANTFLEET_TASK_TIME_LIMIT="4",
+        TENANTFLEET_VISIBILITY_TIMEOUT="5",
+    )
     [failed] = [t for t in report["tenants"] if t["status"] == "failed"]
     assert failed["schema"] == "t00007" and failed["error"].startswith("SoftTimeLimitExceeded")
     time.sleep(16)  # past the visibility timeout and Kombu's restore check: no redelivery
