@@ -5,8 +5,8 @@
     python bench/fleet_bench.py --tenants 10000 --workers 2 --noop --enqueue
 
 Uses the PostgreSQL and Redis named by TENANTFLEET_DATABASE_URL / TENANTFLEET_BROKER_URL, else
-the embedded stack (state in .tenantfleet-bench/). The fleet is built in a database of its own,
-``tenantfleet_bench``, dropped and made again at the start.
+the embedded stack (state in .tenantfleet-bench/). W1 is built once in a template database,
+``tenantfleet_bench_w1``; every contender run gets a fresh copy of it, ``tenantfleet_bench``.
 """
 
 import argparse
@@ -40,12 +40,6 @@ CREATE TABLE audit_log (
   at timestamptz NOT NULL DEFAULT now());
 UPDATE alembic_version SET version_num = %(r2)s;
 """
-RESET_SQL = """
-DROP TABLE IF EXISTS audit_log;
-DROP INDEX IF EXISTS ix_orders_status;
-ALTER TABLE users DROP COLUMN IF EXISTS phone;
-UPDATE alembic_version SET version_num = %(r1)s;
-"""
 
 
 # -- the database and the fleet ----------------------------------------------------------
@@ -56,14 +50,32 @@ def bench_url(settings: config.Settings, name: str) -> str:
     return server.set(database=name).render_as_string(hide_password=False)
 
 
-def recreate_database(settings: config.Settings, name: str) -> str:
-    server_url = config.database_url(settings)
-    admin = db.make_engine(server_url, isolation_level="AUTOCOMMIT")
+def _admin_execute(settings: config.Settings, *statements: str) -> None:
+    admin = db.make_engine(config.database_url(settings), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        quoted = connection.dialect.identifier_preparer.quote(name)
-        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-        connection.execute(sa.text(f"CREATE DATABASE {quoted}"))
+        for statement in statements:
+            connection.execute(sa.text(statement))
     admin.dispose()
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def recreate_database(settings: config.Settings, name: str, template: str | None = None) -> str:
+    """An empty database ``name`` (or a copy of ``template``), dropped first if it exists.
+
+    Each contender runs on a fresh copy of the W1 template: every reset and upgrade leaves dead
+    catalog rows behind (about 1,300 in pg_attribute per tenant and round), and with autovacuum
+    off, as on this machine's server, each contender would run on a bigger catalog than the one
+    before it.
+    """
+    copy = f" TEMPLATE {_quoted(template)} STRATEGY FILE_COPY" if template else ""
+    _admin_execute(
+        settings,
+        f"DROP DATABASE IF EXISTS {_quoted(name)} WITH (FORCE)",
+        f"CREATE DATABASE {_quoted(name)}{copy}",
+    )
     return bench_url(settings, name)
 
 
@@ -127,15 +139,11 @@ def _run_sql_per_schema(args: tuple[str, list[str], str, dict[str, str]]) -> Non
 
 def per_schema_sql(url: str, schemas: Sequence[str], sql: str, workers: int) -> float:
     """Run ``sql`` in every schema with ``workers`` processes; the wall time."""
-    params = {"r1": R1, "r2": R2}
+    params = {"r2": R2}
     started = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         pool.map(_run_sql_per_schema, [(url, p, sql, params) for p in _slices(schemas, workers)])
     return time.perf_counter() - started
-
-
-def reset_to_r1(url: str, schemas: Sequence[str], workers: int) -> None:
-    per_schema_sql(url, schemas, RESET_SQL, workers)
 
 
 def versions(url: str, schemas: Sequence[str]) -> set[str | None]:
@@ -213,79 +221,118 @@ def summary(samples: list[float], tenants: int) -> dict[str, Any]:
     }
 
 
-def measure_upgrade(
-    url: str,
-    schemas: list[str],
-    workers: int,
-    repeat: int,
-    contenders: Sequence[str],
-    env: dict[str, str],
-    say: Callable[[str], None],
-) -> dict[str, Any]:
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for attempt in range(repeat):
-        for name in contenders:
-            reset_to_r1(url, schemas, workers)
-            if name == "sequential":
-                seconds = sequential(url, schemas)
-            elif name == "fleet":
-                seconds = fleet(url, env, ["--wait"])[0]
-            else:
-                seconds = floor(url, schemas, workers)
-            assert versions(url, schemas) == {R2}, f"{name} left tenants behind"
-            samples[name].append(seconds)
-            say(f"  run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s")
-    result: dict[str, Any] = {name: summary(s, len(schemas)) for name, s in samples.items()}
-    if "fleet" in result and "floor" in result:
-        result.setdefault("ratios", {})["fleet_over_floor"] = round(
-            result["fleet"]["seconds"] / result["floor"]["seconds"], 2
-        )
-    if "fleet" in result and "sequential" in result:
-        result.setdefault("ratios", {})["sequential_over_fleet"] = round(
-            result["sequential"]["seconds"] / result["fleet"]["seconds"], 2
-        )
-    return result
+class Bench:
+    """The fleet's template, the fresh copy each contender runs on, and the workers."""
 
+    def __init__(
+        self, settings: config.Settings, database: str, workers: int, say: Callable[[str], None]
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.template = f"{database}_w1"
+        self.workers = workers
+        self.say = say
+        self.url = bench_url(settings, database)
+        self.env = processes.child_env(settings, TENANTFLEET_DATABASE_URL=self.url)
+        self.log = settings.state_dir / "bench-worker.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.write_text("")
+        self._worker: subprocess.Popen[bytes] | None = None
 
-def measure_noop(url: str, schemas: list[str], repeat: int, env: dict[str, str]) -> dict[str, Any]:
-    """B: every tenant already at r2."""
-    if versions(url, schemas) != {R2}:
-        fleet(url, env, ["--wait"])
-    return summary([fleet(url, env, ["--wait"])[0] for _ in range(repeat)], len(schemas))
+    def build(self, tenants: int, reuse: bool) -> list[str]:
+        template_url = bench_url(self.settings, self.template)
+        if reuse and registered(template_url) == tenants:
+            self.say(f"reusing W1: {tenants} tenants in {self.template}")
+            return fleet_setup.fleet_names(tenants)
+        self.say(f"building W1: {tenants} tenants at {R1} in {self.template}")
+        recreate_database(self.settings, self.template)
+        return build_fleet(template_url, tenants, max(2, self.workers))
 
+    def fresh_copy(self) -> None:
+        """A new copy of the template (the workers stopped: the copy drops their database)."""
+        self.stop_workers()
+        recreate_database(self.settings, self.database, template=self.template)
 
-def measure_enqueue(
-    url: str,
-    schemas: list[str],
-    workers: int,
-    env: dict[str, str],
-    start_workers: Callable[[], Any],
-    stop_workers: Callable[[], None],
-    log: Path,
-) -> dict[str, Any]:
-    """The producer alone (no worker consuming): seconds and peak RSS; then the callback."""
-    stop_workers()
-    reset_to_r1(url, schemas, workers)
-    seconds, rss_kib = fleet(url, env)
-    start_workers()
-    engine = db.make_engine(url)
-    with engine.connect() as connection:
-        run_id = runs.latest_run_id(connection)
-    from tenantfleet import producer
+    def start_workers(self) -> None:
+        """Wait for the worker's "ready." line: importing Celery here would make the fork
+        pools of the floor hang in Kombu's after-fork hook."""
+        ready = self.log.read_text().count(" ready.")
+        self._worker = processes.spawn(processes.worker_argv(self.workers), self.env, self.log)
+        deadline = time.monotonic() + 60
+        while self.log.read_text().count(" ready.") <= ready:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start; see {self.log}")
+            time.sleep(0.1)
 
-    producer.wait(engine, run_id, poll_interval=0.5)
-    engine.dispose()
-    callback = [
-        float(m)
-        for m in re.findall(
-            r"Task tenantfleet\.finalize_run\[[^\]]+\] succeeded in ([0-9.]+)s", log.read_text()
-        )
-    ]
-    return {
-        "enqueue_seconds": round(seconds, 3),
-        "producer_peak_rss_mb": round(rss_kib / 1024, 1),
-        "callback_seconds": round(callback[-1], 3) if callback else None,
-    }
+    def stop_workers(self) -> None:
+        if self._worker is not None:
+            processes.stop(self._worker)
+            self._worker = None
+
+    def run_contender(self, name: str, schemas: list[str]) -> float:
+        self.fresh_copy()
+        if name == "fleet":
+            self.start_workers()
+            seconds = fleet(self.url, self.env, ["--wait"])[0]
+        elif name == "sequential":
+            seconds = sequential(self.url, schemas)
+        else:
+            seconds = floor(self.url, schemas, self.workers)
+        assert versions(self.url, schemas) == {R2}, f"{name} left tenants behind"
+        return seconds
+
+    def measure_upgrade(
+        self, schemas: list[str], repeat: int, contenders: Sequence[str]
+    ) -> dict[str, Any]:
+        samples: dict[str, list[float]] = {name: [] for name in contenders}
+        for attempt in range(repeat):
+            for name in contenders:
+                seconds = self.run_contender(name, schemas)
+                samples[name].append(seconds)
+                self.say(f"  run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s")
+        result: dict[str, Any] = {name: summary(s, len(schemas)) for name, s in samples.items()}
+        if "fleet" in result and "floor" in result:
+            result.setdefault("ratios", {})["fleet_over_floor"] = round(
+                result["fleet"]["seconds"] / result["floor"]["seconds"], 2
+            )
+        if "fleet" in result and "sequential" in result:
+            result.setdefault("ratios", {})["sequential_over_fleet"] = round(
+                result["sequential"]["seconds"] / result["fleet"]["seconds"], 2
+            )
+        return result
+
+    def measure_noop(self, schemas: list[str], repeat: int) -> dict[str, Any]:
+        """B: every tenant already at r2 (one upgrade first, not timed)."""
+        self.fresh_copy()
+        self.start_workers()
+        fleet(self.url, self.env, ["--wait"])
+        samples = [fleet(self.url, self.env, ["--wait"])[0] for _ in range(repeat)]
+        return summary(samples, len(schemas))
+
+    def measure_enqueue(self) -> dict[str, Any]:
+        """The producer alone (no worker consuming): seconds and peak RSS; then the callback."""
+        self.fresh_copy()
+        seconds, rss_kib = fleet(self.url, self.env)
+        self.start_workers()
+        engine = db.make_engine(self.url)
+        with engine.connect() as connection:
+            run_id = runs.latest_run_id(connection)
+        from tenantfleet import producer
+
+        producer.wait(engine, run_id, poll_interval=0.5)
+        engine.dispose()
+        callback = [
+            float(m)
+            for m in re.findall(
+                r"Task tenantfleet\.finalize_run\[[^\]]+\] succeeded in ([0-9.]+)s",
+                self.log.read_text(),
+            )
+        ]
+        return {
+            "enqueue_seconds": round(seconds, 3),
+            "producer_peak_rss_mb": round(rss_kib / 1024, 1),
+            "callback_seconds": round(callback[-1], 3) if callback else None,
+        }
 
 
 # -- main --------------------------------------------------------------------------------
@@ -300,57 +347,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--noop", action="store_true", help="also measure B (no-op migrate)")
     parser.add_argument("--enqueue", action="store_true", help="also enqueue time, RSS, callback")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--database", default=BENCH_DB, help="the bench's own database (dropped)")
-    parser.add_argument("--reuse", action="store_true", help="keep a fleet of this size if built")
+    parser.add_argument(
+        "--database", default=BENCH_DB, help="the bench's own database (and NAME_w1), dropped"
+    )
+    parser.add_argument("--reuse", action="store_true", help="keep a W1 template of this size")
     args = parser.parse_args(argv)
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.json else print
 
     os.environ.setdefault("TENANTFLEET_STATE_DIR", str(Path(".tenantfleet-bench").absolute()))
-    settings = config.load_settings()
-    if args.reuse and registered(bench_url(settings, args.database)) == args.tenants:
-        url, schemas = bench_url(settings, args.database), fleet_setup.fleet_names(args.tenants)
-        say(f"reusing W1: {args.tenants} tenants in {args.database}")
-    else:
-        url = recreate_database(settings, args.database)
-        say(f"building W1: {args.tenants} tenants at {R1} in {args.database}")
-        schemas = build_fleet(url, args.tenants, max(2, args.workers))
-    env = processes.child_env(settings, TENANTFLEET_DATABASE_URL=url)
-    log = settings.state_dir / "bench-worker.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
-    worker: list[Any] = []
-
-    def start_workers() -> None:
-        """Wait for the worker's "ready." line: importing Celery here would make the fork
-        pools of the floor hang in Kombu's after-fork hook."""
-        ready = log.read_text().count(" ready.")
-        worker.append(processes.spawn(processes.worker_argv(args.workers), env, log))
-        deadline = time.monotonic() + 60
-        while log.read_text().count(" ready.") <= ready:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not start; see {log}")
-            time.sleep(0.1)
-
-    def stop_workers() -> None:
-        while worker:
-            processes.stop(worker.pop())
-
-    start_workers()
+    bench = Bench(config.load_settings(), args.database, args.workers, say)
+    schemas = bench.build(args.tenants, args.reuse)
+    contenders = [c for c in args.contenders.split(",") if c]
+    result: dict[str, Any] = {"tenants": args.tenants, "workers": args.workers}
     try:
-        contenders = [c for c in args.contenders.split(",") if c]
-        result: dict[str, Any] = {"tenants": args.tenants, "workers": args.workers}
-        result.update(
-            measure_upgrade(url, schemas, args.workers, args.repeat, contenders, env, say)
-        )
+        result.update(bench.measure_upgrade(schemas, args.repeat, contenders))
         if args.noop:
-            result["noop"] = measure_noop(url, schemas, args.repeat, env)
+            result["noop"] = bench.measure_noop(schemas, args.repeat)
             say(f"  no-op migrate: {result['noop']['seconds']} s")
         if args.enqueue:
-            result["enqueue"] = measure_enqueue(
-                url, schemas, args.workers, env, start_workers, stop_workers, log
-            )
+            result["enqueue"] = bench.measure_enqueue()
     finally:
-        stop_workers()
+        bench.stop_workers()
     if args.json:
         print(json.dumps(result, indent=2))
     else:

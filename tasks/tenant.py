@@ -1,10 +1,10 @@
 """The tenant task: migrate one schema in one transaction, and record how it went.
 
-Each attempt:
-1. marks the tenant ``running`` in the run table (a finished tenant is never touched again),
-   or ``skipped`` when the run's failure budget (``--max-failures``) is spent;
+Each attempt (``tenantfleet.attempt``, three round trips):
+1. marks the tenant ``running`` in the run table (a finished tenant is never touched again);
 2. in one transaction: confines the session to the schema, takes the per-schema advisory lock
-   (waiting at most ``lock_timeout``), reads the revision under the lock, runs the upgrade (none
+   (waiting at most ``lock_timeout``), reads the run row and the revision under the lock, skips
+   the tenant when the run's failure budget (``--max-failures``) is spent, runs the upgrade (none
    if another delivery already did it), and marks the tenant ``succeeded`` only if its row is
    still pending - so the schema change and its record commit together, or neither does;
 3. on a transient error (lost connection, lock timeout, deadlock, serialization failure) marks
@@ -21,7 +21,7 @@ from celery import Task
 from celery.exceptions import Retry
 from sqlalchemy.engine import Connection, Engine
 
-from tenantfleet import alembic_runtime, db, runs
+from tenantfleet import attempt, db, runs
 from workers import app, resources
 
 
@@ -47,7 +47,9 @@ def backoff_seconds(retries: int) -> float:
     return nominal * random.uniform(0.5, 1.5)
 
 
-@app.task(name="tenantfleet.migrate_tenant", bind=True, max_retries=None)
+# ignore_result: the outcome lives in PostgreSQL and the chord counts parts without stored
+# results, so the worker skips two Redis round trips per tenant and the producer a subscription.
+@app.task(name="tenantfleet.migrate_tenant", bind=True, max_retries=None, ignore_result=True)
 def migrate_tenant(
     self: Task, run_id: int, schema: str, target: str, max_failures: int | None = None
 ) -> str:
@@ -55,41 +57,36 @@ def migrate_tenant(
 
     With ``max_failures``, a tenant whose run already has that many failures is skipped.
     """
-    engine = resources.engine()
+    settings = resources.settings()
     worker = self.request.hostname or socket.gethostname()
     started = time.monotonic()
     try:
-        with db.connect(resources.progress_engine()) as connection:
-            attempt = runs.mark_running(connection, run_id, schema, worker)
-            if attempt is None:
-                if runs.status_of(connection, run_id, schema) is None:
-                    raise UnknownRunTenant(
-                        f"{schema}: run {run_id} has no such tenant in this worker's database"
-                        " (is the worker pointed at another database than the producer?)"
-                    )
+        with (
+            db.connect(resources.attempt_engine()) as connection,
+            attempt.open_transaction(connection),
+        ):
+            found = attempt.begin(connection, run_id, schema, worker, settings)
+            if found.attempts is None:
+                raise UnknownRunTenant(
+                    f"{schema}: run {run_id} has no such tenant in this worker's database"
+                    " (is the worker pointed at another database than the producer?)"
+                )
+            if not found.pending:
+                attempt.end(connection, commit=False)
                 return "duplicate"
-            if attempt > resources.settings().max_retries + POISON_MARGIN:
+            if found.attempts > settings.max_retries + POISON_MARGIN:
                 raise TooManyAttempts(
-                    f"{attempt - 1} attempts ended without an outcome (the worker died or hit"
-                    " the hard time limit each time); giving up"
+                    f"{found.attempts - 1} attempts ended without an outcome (the worker died or"
+                    " hit the hard time limit each time); giving up"
                 )
             if max_failures and runs.mark_skipped_if_budget_spent(
                 connection, run_id, schema, max_failures
             ):
+                attempt.end(connection, commit=True)
                 return "skipped"
-        with db.connect(engine) as connection:
-            transaction = connection.begin()
-            has_version_table = alembic_runtime.confine_to_schema(
-                connection, schema, resources.settings()
-            )
-            step = alembic_runtime.migrate_tenant(
-                connection, schema, target, has_version_table=has_version_table
-            )
-            elapsed = int((time.monotonic() - started) * 1000)
-            if not runs.mark_succeeded(connection, run_id, schema, step.from_revision, elapsed):
-                transaction.rollback()  # another delivery finished this tenant meanwhile
-                return "duplicate"
-            transaction.commit()
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            if not attempt.apply(connection, found, run_id, schema, target, elapsed_ms):
+                return "duplicate"  # another delivery finished this tenant meanwhile
         return "succeeded"
     except (Retry, UnknownRunTenant):
         raise
@@ -103,8 +100,7 @@ def _fail_or_retry(
     """Record the error and return what the task should raise: a retry or the final failure."""
     exc = db.interruption(error)  # a soft time limit shows as the QueryCanceled it caused
     if db.is_transient(exc) and task.request.retries < resources.settings().max_retries:
-        progress = resources.progress_engine()
-        _record(lambda c: runs.mark_retrying(c, run_id, schema, exc), progress)
+        _record(lambda c: runs.mark_retrying(c, run_id, schema, exc), resources.engine())
         return task.retry(exc=exc, countdown=backoff_seconds(task.request.retries), throw=False)
     elapsed = int((time.monotonic() - started) * 1000)
     _record(lambda c: runs.mark_failed(c, run_id, schema, exc, elapsed), resources.engine())

@@ -37,13 +37,15 @@ TENANT_INI = MIGRATIONS_DIR / "tenant" / "alembic.ini"
 VERSION_TABLE = "alembic_version"
 VERSION_READ_CHUNK = 250
 
-CONFINE_SQL = sa.text(
+CONFINE = (
     "SELECT set_config('search_path', quote_ident(:schema), true),"
     " set_config('lock_timeout', :lock_timeout, true),"
     " set_config('statement_timeout', :statement_timeout, true);"
-    f" SELECT pg_advisory_xact_lock({locks.key_sql(':schema')});"
-    " SELECT to_regclass('alembic_version') IS NOT NULL"
+    f" SELECT pg_advisory_xact_lock({locks.key_sql(':schema')})"
 )
+"""Confine the transaction to a schema and lock it (binds: ``confine_params``)."""
+CONFINE_SQL = sa.text(f"{CONFINE}; SELECT to_regclass('{VERSION_TABLE}') IS NOT NULL")
+READ_VERSIONS = f"SELECT version_num FROM {VERSION_TABLE}"
 
 
 @dataclass(frozen=True)
@@ -143,17 +145,16 @@ def confine_to_schema(
     call) wait for each other, up to ``lock_timeout``. Returns whether the schema has a version
     table, read under the lock (it saves ``migrate_tenant`` a round trip).
     """
+    return bool(connection.execute(CONFINE_SQL, confine_params(schema, settings)).scalar())
+
+
+def confine_params(schema: str, settings: tf_config.Settings | None = None) -> dict[str, str]:
     settings = settings or tf_config.load_settings()
-    return bool(
-        connection.execute(
-            CONFINE_SQL,
-            {
-                "schema": validate_schema_name(schema),
-                "lock_timeout": f"{int(settings.lock_timeout * 1000)}ms",
-                "statement_timeout": f"{int(settings.statement_timeout * 1000)}ms",
-            },
-        ).scalar()
-    )
+    return {
+        "schema": validate_schema_name(schema),
+        "lock_timeout": f"{int(settings.lock_timeout * 1000)}ms",
+        "statement_timeout": f"{int(settings.statement_timeout * 1000)}ms",
+    }
 
 
 def lock_public(connection: Connection) -> None:
@@ -215,18 +216,33 @@ def migrate_tenant(
     """
     if replay and not downgrade and destination is not None:
         has_table, versions = version_rows(connection, has_version_table)
-        if not has_table or len(versions) == 1:
-            current = versions[0] if versions else None
-            sql = replayable_sql(current, destination)
-            if sql is not None:
-                if sql:
-                    connection.exec_driver_sql(sql.replace("%", "%%"), ())
-                return Step(schema, current, destination)
-    return _migrate_online(connection, schema, destination, downgrade=downgrade)
+        sql = upgrade_sql(versions if has_table else None, destination)
+        if sql is not None:
+            if sql:
+                connection.exec_driver_sql(driver_sql(sql), ())
+            return Step(schema, current_revision(versions), destination)
+    return migrate_online(connection, schema, destination, downgrade=downgrade)
 
 
-def _migrate_online(
-    connection: Connection, schema: str, destination: str | None, *, downgrade: bool
+def upgrade_sql(versions: list[str] | None, destination: str) -> str | None:
+    """The SQL that brings a tenant whose version rows are ``versions`` (None: no version table)
+    to ``destination`` ("" when it is there), or None when Alembic must run it online."""
+    if versions is not None and len(versions) > 1:
+        return None  # a branched tenant: Alembic works out the steps
+    return replayable_sql(current_revision(versions), destination)
+
+
+def current_revision(versions: list[str] | None) -> str | None:
+    return ",".join(versions) if versions else None
+
+
+def driver_sql(sql: str) -> str:
+    """Rendered SQL as a psycopg2 query string (its ``%`` doubled: no parameters in it)."""
+    return sql.replace("%", "%%")
+
+
+def migrate_online(
+    connection: Connection, schema: str, destination: str | None, *, downgrade: bool = False
 ) -> Step:
     script = tenant_script()
     seen: dict[str, tuple[str, ...]] = {}
@@ -257,7 +273,7 @@ def version_rows(connection: Connection, has_table: bool | None = None) -> tuple
         has_table = found.scalar() is not None
     if not has_table:
         return False, []
-    rows = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()
+    rows = connection.execute(sa.text(READ_VERSIONS)).scalars()
     return True, list(rows)
 
 

@@ -315,6 +315,9 @@ def check_broker(app: Any) -> None:
         raise ConnectionFailed(f"cannot connect to the broker: {exc}") from None
 
 
+PUBLISH_BATCH = 500
+
+
 def enqueue(
     app: Any, run_id: int, target: str, schemas: Sequence[str], max_failures: int | None = None
 ) -> None:
@@ -337,7 +340,8 @@ def enqueue(
         )
         for schema in schemas
     )
-    chord(header, body).apply_async()
+    with app.batched_publishing(PUBLISH_BATCH):
+        chord(header, body).apply_async()
 
 
 ProgressCallback = Callable[[runs.Counts, float], None]

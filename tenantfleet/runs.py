@@ -123,28 +123,39 @@ def create_run(
     return run_id
 
 
-# The hot statements of the tenant task, built once: (run, schema) selects one row, and a row
-# that is already final is never changed again.
+# The tenant task's statements, as SQL text with :run_id and :schema, because the task sends
+# them together with other statements in one round trip (``tenantfleet.attempt``). A row that
+# is final is never changed again.
+_THIS_PENDING_ROW = (
+    "WHERE run_id = :run_id AND schema_name = :schema"
+    f" AND status IN ({', '.join(repr(status) for status in PENDING)})"
+)
+MARK_RUNNING_SQL = (
+    "UPDATE public.migration_run_tenants SET status = 'running', attempts = attempts + 1,"
+    " worker = :worker, started_at = coalesce(started_at, now()), updated_at = now() "
+    + _THIS_PENDING_ROW
+)
+"""Progress: the attempt begins (the attempt count survives a crash, for the poison cap)."""
+TENANT_ROW_SQL = (
+    "SELECT attempts, status FROM public.migration_run_tenants"
+    " WHERE run_id = :run_id AND schema_name = :schema"
+)
+"""The row as the attempt sees it, read under the schema's lock."""
+MARK_SUCCEEDED_SQL = (
+    "UPDATE public.migration_run_tenants SET status = 'succeeded', from_revision = :from_revision,"
+    " finished_at = now(), updated_at = now(), error_class = NULL, error_message = NULL,"
+    " duration_ms = :elapsed_ms"
+    " + (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::integer "
+    + _THIS_PENDING_ROW
+)
+"""The outcome, sent after the upgrade's SQL in the same round trip and transaction; it matches
+no row when another delivery finished the tenant meanwhile (the caller then rolls back)."""
+
+# The same (run, schema) row for the Core statements below.
 _PENDING_ROW = run_tenants.update().where(
     run_tenants.c.run_id == sa.bindparam("b_run_id"),
     run_tenants.c.schema_name == sa.bindparam("b_schema"),
     run_tenants.c.status.in_(PENDING),
-)
-_MARK_RUNNING = _PENDING_ROW.values(
-    status="running",
-    attempts=run_tenants.c.attempts + 1,
-    started_at=sa.func.coalesce(run_tenants.c.started_at, sa.func.now()),
-    worker=sa.bindparam("b_worker"),
-    updated_at=sa.func.now(),
-).returning(run_tenants.c.attempts)
-_MARK_SUCCEEDED = _PENDING_ROW.values(
-    status="succeeded",
-    from_revision=sa.bindparam("b_from"),
-    finished_at=sa.func.now(),
-    updated_at=sa.func.now(),
-    duration_ms=sa.bindparam("b_duration"),
-    error_class=None,
-    error_message=None,
 )
 _MARK_ERROR = _PENDING_ROW.values(
     status=sa.bindparam("b_status"),
@@ -154,45 +165,6 @@ _MARK_ERROR = _PENDING_ROW.values(
     error_class=sa.bindparam("b_error_class"),
     error_message=sa.bindparam("b_error_message"),
 )
-
-
-def mark_running(connection: Connection, run_id: int, schema: str, worker: str) -> int | None:
-    """Mark a tenant as running; its attempt number, or None when it is final or unknown.
-
-    Progress information: workers write it on an autocommit connection that does not wait for
-    the WAL flush; the outcome row, written with the migration itself, is the durable record.
-    """
-    return connection.execute(
-        _MARK_RUNNING, {"b_run_id": run_id, "b_schema": schema, "b_worker": worker}
-    ).scalar_one_or_none()
-
-
-def status_of(connection: Connection, run_id: int, schema: str) -> str | None:
-    """The tenant's status (None: the run has no such tenant)."""
-    return connection.execute(
-        sa.select(run_tenants.c.status).where(
-            run_tenants.c.run_id == run_id, run_tenants.c.schema_name == schema
-        )
-    ).scalar_one_or_none()
-
-
-def mark_succeeded(
-    connection: Connection, run_id: int, schema: str, from_revision: str | None, duration_ms: int
-) -> bool:
-    """Record success inside the tenant's migration transaction, so both commit as one.
-
-    False when the row was already final (another delivery finished it): the caller rolls back.
-    """
-    result = connection.execute(
-        _MARK_SUCCEEDED,
-        {
-            "b_run_id": run_id,
-            "b_schema": schema,
-            "b_from": from_revision,
-            "b_duration": duration_ms,
-        },
-    )
-    return result.rowcount == 1
 
 
 def mark_failed(

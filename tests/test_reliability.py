@@ -312,7 +312,8 @@ def test_a_duplicate_delivery_waits_for_the_lock_and_never_migrates_twice(
     env = private.env(fleet.url)
     send = (
         "from tasks.tenant import migrate_tenant; import sys; "
-        f"print(migrate_tenant.apply_async(({run_id}, 't00001', '{R2}')).get(timeout=120))"
+        f"print(migrate_tenant.apply_async(({run_id}, 't00001', '{R2}'), ignore_result=False)"
+        ".get(timeout=120))"
     )
     import subprocess
     import sys

@@ -1,5 +1,10 @@
 """Building the Celery app from the settings: long-task safety first, events on for Flower."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
 from celery import Celery
 from kombu import Queue
 
@@ -9,7 +14,28 @@ from tenantfleet.config import CONTROL_QUEUE, TENANT_QUEUE
 TASK_MODULES = ["tasks.tenant", "tasks.finalize"]
 
 
-def create_app(settings: config.Settings | None = None) -> Celery:
+class FleetCelery(Celery):
+    """Celery, plus publishing in batches: one Redis pipeline for many messages."""
+
+    _batching_producer: ContextVar[Any] = ContextVar("batching_producer", default=None)
+
+    def producer_or_acquire(self, producer: Any = None) -> Any:
+        return super().producer_or_acquire(producer or self._batching_producer.get())
+
+    @contextmanager
+    def batched_publishing(self, max_size: int) -> Iterator[None]:
+        """Everything published in the block (tasks, and their task-sent events) goes out in
+        pipelines of ``max_size`` Redis commands, the rest when the block ends. Needed because a
+        chord acquires its own producer for the header and cannot be handed one."""
+        with self.producer_or_acquire() as producer, producer.batch(max_size):
+            token = self._batching_producer.set(producer)
+            try:
+                yield
+            finally:
+                self._batching_producer.reset(token)
+
+
+def create_app(settings: config.Settings | None = None) -> FleetCelery:
     settings = settings or config.load_settings()
     transport = {
         "visibility_timeout": settings.visibility_timeout,
@@ -17,7 +43,7 @@ def create_app(settings: config.Settings | None = None) -> Celery:
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
     }
-    app = Celery(
+    app = FleetCelery(
         "tenantfleet",
         broker=config.broker_url(settings),
         backend=config.result_backend(settings),
@@ -42,5 +68,6 @@ def create_app(settings: config.Settings | None = None) -> Celery:
         result_expires=7 * 24 * 3600,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=True,
+        worker_consumer="workers.consumer:Consumer",
     )
     return app

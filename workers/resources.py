@@ -27,14 +27,10 @@ def engine() -> Engine:
     return _engine("durable", {})
 
 
-def progress_engine() -> Engine:
-    """This process's engine for progress marks (running, retrying): autocommit, and commits
-    that do not wait for the WAL flush. A lost mark costs nothing: the outcome row written with
-    the migration is durable, and ``resume`` reads the schema locks, not these marks."""
-    return _engine(
-        "progress",
-        {"isolation_level": "AUTOCOMMIT", "connect_args": {"options": "-c synchronous_commit=off"}},
-    )
+def attempt_engine() -> Engine:
+    """This process's engine for tenant attempts (``tenantfleet.attempt``): autocommit at the
+    driver level, so the attempt's own BEGIN and COMMIT ride along with its statements."""
+    return _engine("attempt", {"isolation_level": "AUTOCOMMIT"})
 
 
 def _engine(kind: str, options: dict[str, Any]) -> Engine:

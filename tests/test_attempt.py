@@ -1,0 +1,145 @@
+"""One tenant attempt against a real PostgreSQL: three round trips, and every way they can end."""
+
+from collections.abc import Iterator
+
+import psycopg2.extensions
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from tenantfleet import alembic_runtime, attempt, config, db, fleet_setup, locks, runs
+from tests import helpers
+
+R1, R2 = fleet_setup.R1, fleet_setup.R2
+
+
+@pytest.fixture
+def autocommit(database_url: str) -> Iterator[Connection]:
+    """A connection as the workers hold it: autocommit at the driver level."""
+    engine = db.make_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        yield connection
+    engine.dispose()
+
+
+def start_run(engine: Engine, schemas: list[str], revision: str | None = R1) -> int:
+    with db.begin(engine) as connection:
+        return runs.create_run(connection, R2, [(schema, revision) for schema in schemas])
+
+
+def provisioned_and_begun(
+    engine: Engine, connection: Connection, schema: str
+) -> tuple[int, attempt.Started]:
+    """A W1 tenant at r1, a run for it, and an attempt begun on ``connection``."""
+    fleet_setup.provision(engine, [schema], R1)
+    run_id = start_run(engine, [schema])
+    return run_id, attempt.begin(connection, run_id, schema, "w1", config.load_settings())
+
+
+def row(engine: Engine, run_id: int, schema: str) -> runs.RunTenant:
+    with engine.connect() as connection:
+        (found,) = [t for t in runs.tenants_of(connection, run_id) if t.schema_name == schema]
+    return found
+
+
+def version(engine: Engine, schema: str) -> str | None:
+    with engine.connect() as connection:
+        return alembic_runtime.read_versions(connection, [schema]).get(schema)
+
+
+def no_transaction_open(connection: Connection) -> bool:
+    dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None
+    return bool(dbapi.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+
+
+def structure(engine: Engine, schema: str) -> set[tuple[str, ...]]:
+    """The schema's catalog entries without the schema's name, to compare two tenants."""
+    return {(kind, *rest) for kind, _, *rest in helpers.snapshot(engine, [schema])}
+
+
+def test_an_attempt_upgrades_records_and_leaves_no_transaction_open(
+    engine: Engine, autocommit: Connection
+) -> None:
+    run_id, found = provisioned_and_begun(engine, autocommit, "a1")
+    assert found == attempt.Started(attempts=1, status="running", versions=[R1])
+    assert attempt.apply(autocommit, found, run_id, "a1", R2, elapsed_ms=5)
+    assert no_transaction_open(autocommit)
+    assert version(engine, "a1") == R2
+    recorded = row(engine, run_id, "a1")
+    assert (recorded.status, recorded.from_revision, recorded.worker) == ("succeeded", R1, "w1")
+
+
+def test_replayed_sql_and_alembic_online_build_the_same_schema(
+    engine: Engine, autocommit: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet_setup.provision(engine, ["replayed", "online"], R1)
+    run_id = start_run(engine, ["replayed", "online"])
+    settings = config.load_settings()
+    for schema, replay in (("replayed", "true"), ("online", "false")):
+        monkeypatch.setenv("TENANTFLEET_REPLAY_SQL", replay)
+        alembic_runtime.replayable_sql.cache_clear()
+        found = attempt.begin(autocommit, run_id, schema, "w1", settings)
+        assert attempt.apply(autocommit, found, run_id, schema, "head", elapsed_ms=1)
+    alembic_runtime.replayable_sql.cache_clear()
+    assert version(engine, "replayed") == version(engine, "online")
+    assert structure(engine, "replayed") == structure(engine, "online")
+    assert no_transaction_open(autocommit)
+
+
+def test_a_schema_without_a_version_table_is_migrated_from_base(
+    engine: Engine, autocommit: Connection
+) -> None:
+    with db.begin(engine) as connection:
+        connection.execute(sa.schema.CreateSchema("fresh"))
+    run_id = start_run(engine, ["fresh"], revision=None)
+    found = attempt.begin(autocommit, run_id, "fresh", "w1", config.load_settings())
+    assert (found.attempts, found.versions) == (1, None)
+    assert attempt.apply(autocommit, found, run_id, "fresh", R2, elapsed_ms=1)
+    assert version(engine, "fresh") == R2
+
+
+def test_a_finished_tenant_is_seen_as_such_and_left_alone(
+    engine: Engine, autocommit: Connection
+) -> None:
+    fleet_setup.provision(engine, ["done"], R1)
+    run_id = start_run(engine, ["done"])
+    with db.begin(engine) as connection:
+        runs.mark_failed(connection, run_id, "done", RuntimeError("boom"), 1)
+    found = attempt.begin(autocommit, run_id, "done", "w1", config.load_settings())
+    assert (found.status, found.pending, found.attempts) == ("failed", False, 0)
+    attempt.end(autocommit, commit=False)
+    assert no_transaction_open(autocommit)
+
+
+def test_a_row_finished_meanwhile_rolls_the_upgrade_back(
+    engine: Engine, autocommit: Connection
+) -> None:
+    run_id, found = provisioned_and_begun(engine, autocommit, "raced")
+    with db.begin(engine) as connection:  # e.g. a duplicate delivery gave up on the lock
+        runs.mark_failed(connection, run_id, "raced", RuntimeError("lock timeout"), 1)
+    assert not attempt.apply(autocommit, found, run_id, "raced", R2, elapsed_ms=1)
+    assert version(engine, "raced") == R1
+    assert row(engine, run_id, "raced").status == "failed"
+    assert no_transaction_open(autocommit)
+
+
+def test_an_error_inside_the_attempt_releases_the_lock_and_the_transaction(
+    engine: Engine, autocommit: Connection
+) -> None:
+    with pytest.raises(RuntimeError), attempt.open_transaction(autocommit):
+        run_id, _ = provisioned_and_begun(engine, autocommit, "held")
+        with engine.connect() as other:
+            assert locks.held(other, ["held"]) == {"held"}
+        raise RuntimeError("the task failed")
+    assert no_transaction_open(autocommit)
+    with engine.connect() as other:
+        assert locks.held(other, ["held"]) == set()
+    assert row(engine, run_id, "held").attempts == 1  # the running mark was committed first
+
+
+def test_an_unknown_run_tenant_reads_as_none(engine: Engine, autocommit: Connection) -> None:
+    fleet_setup.provision(engine, ["stray"], R1)
+    found = attempt.begin(autocommit, 424242, "stray", "w1", config.load_settings())
+    assert (found.attempts, found.status) == (None, None)
+    attempt.end(autocommit, commit=False)
