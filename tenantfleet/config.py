@@ -31,7 +31,7 @@ class Settings:
     retry_backoff: float = 1.0
     retry_backoff_max: float = 60.0
     task_events: bool = True
-    poll_interval: float = 0.25
+    poll_interval: float = 0.1
     stale_run_after: float = 600.0
     replay_sql: bool = True
     stall_resume: float = 30.0
@@ -102,7 +102,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_backoff=_number(env, "TENANTFLEET_RETRY_BACKOFF", 1.0),
         retry_backoff_max=_number(env, "TENANTFLEET_RETRY_BACKOFF_MAX", 60.0),
         task_events=_flag(env, "TENANTFLEET_TASK_EVENTS", True),
-        poll_interval=_number(env, "TENANTFLEET_POLL_INTERVAL", 0.25, minimum=0.01),
+        poll_interval=_number(env, "TENANTFLEET_POLL_INTERVAL", 0.1, minimum=0.01),
         stale_run_after=_number(env, "TENANTFLEET_STALE_RUN_AFTER", 600.0, minimum=1.0),
         replay_sql=_flag(env, "TENANTFLEET_REPLAY_SQL", True),
         stall_resume=_number(env, "TENANTFLEET_STALL_RESUME", 30.0),

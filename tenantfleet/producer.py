@@ -315,7 +315,7 @@ def check_broker(app: Any) -> None:
         raise ConnectionFailed(f"cannot connect to the broker: {exc}") from None
 
 
-PUBLISH_BATCH = 500
+PUBLISH_BATCH = 100  # small enough that workers start on the first messages at once
 
 
 def enqueue(
@@ -353,7 +353,7 @@ def wait(
     run_id: int,
     *,
     timeout: float | None = None,
-    poll_interval: float = 0.25,
+    poll_interval: float = 0.1,
     on_progress: ProgressCallback | None = None,
     started: float | None = None,
     on_stall: Callable[[], None] | None = None,
