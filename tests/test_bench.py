@@ -44,8 +44,9 @@ def test_the_benchmark_runs_and_reports_every_contender(
             timeout=600,
         )
     finally:
-        url = sa.engine.make_url(pg_admin_url).set(database=database)
-        helpers.drop_database(pg_admin_url, url.render_as_string(hide_password=False))
+        for name in (database, f"{database}_w1"):  # the copy and the W1 template
+            url = sa.engine.make_url(pg_admin_url).set(database=name)
+            helpers.drop_database(pg_admin_url, url.render_as_string(hide_password=False))
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     for name in ("sequential", "fleet", "floor"):
