@@ -139,6 +139,11 @@ def three_checks(fleet: Fleet, run_id: int) -> tuple[dict[str, str], dict[str, s
     return structures, states
 
 
+def statuses(engine: Engine, run_id: int, schemas: list[str]) -> set[str]:
+    with engine.connect() as connection:
+        return {t.status for t in runs.tenants_of(connection, run_id) if t.schema_name in schemas}
+
+
 def attempts(engine: Engine, run_id: int) -> dict[str, int]:
     with engine.connect() as connection:
         return {t.schema_name: t.attempts for t in runs.tenants_of(connection, run_id)}
@@ -154,8 +159,8 @@ def test_kill_9_of_a_worker_child_mid_run(private: Private, fleet: Fleet) -> Non
     producer = private.cli_background(fleet.url, "migrate", "--wait", "--revision", R2)
     wait_for(lambda: (latest_run(fleet.engine) if _has_run(fleet.engine) else None) is not None)
     run_id = latest_run(fleet.engine)
-    wait_for(lambda: tally(fleet.engine, run_id).running >= 2)
-    victim = worker_children(worker)[0]
+    wait_for(lambda: statuses(fleet.engine, run_id, ["t00001", "t00002"]) == {"running"})
+    victim = worker_children(worker)[0]  # both children are held by the locked tenants
     kill_hard(victim.pid)
     killed_at = time.monotonic()
     lock.release()
