@@ -50,18 +50,6 @@ def bench_url(settings: config.Settings, name: str) -> str:
     return server.set(database=name).render_as_string(hide_password=False)
 
 
-def _admin_execute(settings: config.Settings, *statements: str) -> None:
-    admin = db.make_engine(config.database_url(settings), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        for statement in statements:
-            connection.execute(sa.text(statement))
-    admin.dispose()
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def recreate_database(settings: config.Settings, name: str, template: str | None = None) -> str:
     """An empty database ``name`` (or a copy of ``template``), dropped first if it exists.
 
@@ -70,12 +58,13 @@ def recreate_database(settings: config.Settings, name: str, template: str | None
     off, as on this machine's server, each contender would run on a bigger catalog than the one
     before it.
     """
-    copy = f" TEMPLATE {_quoted(template)} STRATEGY FILE_COPY" if template else ""
-    _admin_execute(
-        settings,
-        f"DROP DATABASE IF EXISTS {_quoted(name)} WITH (FORCE)",
-        f"CREATE DATABASE {_quoted(name)}{copy}",
-    )
+    admin = db.make_engine(config.database_url(settings), isolation_level="AUTOCOMMIT")
+    quote = admin.dialect.identifier_preparer.quote
+    copy = f" TEMPLATE {quote(template)} STRATEGY FILE_COPY" if template else ""
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)"))
+        connection.execute(sa.text(f"CREATE DATABASE {quote(name)}{copy}"))
+    admin.dispose()
     return bench_url(settings, name)
 
 

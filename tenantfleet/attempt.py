@@ -90,17 +90,18 @@ def begin(
         "worker": worker,
         **alembic_runtime.confine_params(schema, settings),
     }
+    versions: list[str] | None
     try:
         rows = connection.execute(_BEGIN_SQL, params).all()
+        versions = [version for _, _, version in rows if version is not None]
     except ProgrammingError as exc:
         if db.sqlstate(exc) != UNDEFINED_TABLE:
             raise
         # no version table (a new tenant): the running mark is committed, the rest rolled back
         rows = connection.execute(_BEGIN_WITHOUT_VERSION_TABLE_SQL, params).all()
-        attempts, status, _ = rows[0]
-        return Started(attempts, status, None)
+        versions = None
     attempts, status, _ = rows[0]
-    return Started(attempts, status, [version for _, _, version in rows if version is not None])
+    return Started(attempts, status, versions)
 
 
 def apply(

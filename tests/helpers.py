@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from tenantfleet import db
+from tenantfleet import alembic_runtime, db
 
 
 def admin_engine(url: str) -> Engine:
@@ -95,6 +95,11 @@ def snapshot(engine: Engine, schemas: Iterable[str]) -> set[tuple[str, ...]]:
         | {("index", *map(str, row)) for row in indexes}
         | set(sequences)
     )
+
+
+def revision_of(engine: Engine, schema: str) -> str | None:
+    with engine.connect() as connection:
+        return alembic_runtime.read_versions(connection, [schema])[schema]
 
 
 def schema_names(engine: Engine) -> set[str]:

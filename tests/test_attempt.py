@@ -42,11 +42,6 @@ def row(engine: Engine, run_id: int, schema: str) -> runs.RunTenant:
     return found
 
 
-def version(engine: Engine, schema: str) -> str | None:
-    with engine.connect() as connection:
-        return alembic_runtime.read_versions(connection, [schema]).get(schema)
-
-
 def no_transaction_open(connection: Connection) -> bool:
     dbapi = connection.connection.dbapi_connection
     assert dbapi is not None
@@ -65,7 +60,7 @@ def test_an_attempt_upgrades_records_and_leaves_no_transaction_open(
     assert found == attempt.Started(attempts=1, status="running", versions=[R1])
     assert attempt.apply(autocommit, found, run_id, "a1", R2, elapsed_ms=5)
     assert no_transaction_open(autocommit)
-    assert version(engine, "a1") == R2
+    assert helpers.revision_of(engine, "a1") == R2
     recorded = row(engine, run_id, "a1")
     assert (recorded.status, recorded.from_revision, recorded.worker) == ("succeeded", R1, "w1")
 
@@ -82,7 +77,7 @@ def test_replayed_sql_and_alembic_online_build_the_same_schema(
         found = attempt.begin(autocommit, run_id, schema, "w1", settings)
         assert attempt.apply(autocommit, found, run_id, schema, "head", elapsed_ms=1)
     alembic_runtime.replayable_sql.cache_clear()
-    assert version(engine, "replayed") == version(engine, "online")
+    assert helpers.revision_of(engine, "replayed") == helpers.revision_of(engine, "online")
     assert structure(engine, "replayed") == structure(engine, "online")
     assert no_transaction_open(autocommit)
 
@@ -96,7 +91,7 @@ def test_a_schema_without_a_version_table_is_migrated_from_base(
     found = attempt.begin(autocommit, run_id, "fresh", "w1", config.load_settings())
     assert (found.attempts, found.versions) == (1, None)
     assert attempt.apply(autocommit, found, run_id, "fresh", R2, elapsed_ms=1)
-    assert version(engine, "fresh") == R2
+    assert helpers.revision_of(engine, "fresh") == R2
 
 
 def test_a_finished_tenant_is_seen_as_such_and_left_alone(
@@ -119,7 +114,7 @@ def test_a_row_finished_meanwhile_rolls_the_upgrade_back(
     with db.begin(engine) as connection:  # e.g. a duplicate delivery gave up on the lock
         runs.mark_failed(connection, run_id, "raced", RuntimeError("lock timeout"), 1)
     assert not attempt.apply(autocommit, found, run_id, "raced", R2, elapsed_ms=1)
-    assert version(engine, "raced") == R1
+    assert helpers.revision_of(engine, "raced") == R1
     assert row(engine, run_id, "raced").status == "failed"
     assert no_transaction_open(autocommit)
 

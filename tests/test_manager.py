@@ -23,11 +23,6 @@ from tests import helpers
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
 
 
-def revision_of(engine: Engine, schema: str) -> str | None:
-    with engine.connect() as connection:
-        return alembic_runtime.read_versions(connection, [schema])[schema]
-
-
 def test_init_public_on_a_new_database_then_status(empty_database_url: str) -> None:
     manager = MigrationManager()
     before = manager.status_public()
@@ -97,12 +92,12 @@ def test_upgrade_and_downgrade_one_tenant_touch_no_other_schema(engine: Engine) 
     step = manager.upgrade_tenant("alpha", R2)
     assert (step.from_revision, step.to_revision) == (R1, R2)
     assert helpers.snapshot(engine, ["beta", "public"]) == others_before
-    assert revision_of(engine, "alpha") == R2 and revision_of(engine, "beta") == R1
+    assert helpers.revision_of(engine, "alpha") == R2 and helpers.revision_of(engine, "beta") == R1
 
     manager.upgrade_tenant("alpha")
     manager.downgrade_tenant("alpha", R1)
     assert helpers.snapshot(engine, ["beta", "public"]) == others_before
-    assert revision_of(engine, "alpha") == R1
+    assert helpers.revision_of(engine, "alpha") == R1
     alpha_r1 = helpers.snapshot(engine, ["alpha"])
     assert alpha_r1 == {
         item if item[1] != "beta" else (item[0], "alpha", *item[2:])
