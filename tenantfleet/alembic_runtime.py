@@ -46,6 +46,10 @@ CONFINE = (
 """Confine the transaction to a schema and lock it (binds: ``confine_params``)."""
 CONFINE_SQL = sa.text(f"{CONFINE}; SELECT to_regclass('{VERSION_TABLE}') IS NOT NULL")
 READ_VERSIONS = f"SELECT version_num FROM {VERSION_TABLE}"
+AT_REVISION_SQL = (
+    f"(SELECT count(*) = 1 AND bool_and(version_num = :revision) FROM {VERSION_TABLE})"
+)
+"""True when the confined schema is at ``:revision`` alone (fails if it has no version table)."""
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,23 @@
-"""One attempt at one tenant, in three round trips to PostgreSQL: begin, apply, commit.
+"""One attempt at one tenant: one round trip to PostgreSQL when it goes as expected, else three.
 
 On a busy machine the fleet waited on round trips more than on PostgreSQL's work: an attempt
-took seven (the raw-SQL floor of the benchmark takes four). The worker's connection is in
-autocommit mode at the driver level, so BEGIN and COMMIT travel inside other statements:
+took seven at first (the raw-SQL floor of the benchmark takes four). The worker's connection is
+in autocommit mode at the driver level, so BEGIN and COMMIT travel inside other statements.
 
-1. ``begin``: mark the tenant ``running`` and commit that at once (progress, committed without
-   waiting for the WAL flush), then BEGIN, confine the session to the schema, take the schema's
-   lock and read, under it, the tenant's run row and the schema's version rows;
-2. ``apply``: the upgrade's SQL (rendered once per process, or Alembic online when it cannot
-   be) and the success mark, in the same transaction; the mark matches no row when another
-   delivery finished the tenant meanwhile, and then everything is rolled back;
-3. ``COMMIT``.
+``at_once``, the common case: most tenants of a run start from the same revision, so a process
+guesses the revision the last tenant it migrated to the same target started from, and sends
+everything in one string: the ``running`` mark, committed at once (progress, without waiting for
+the WAL flush); BEGIN; confine the session to the schema and take its lock; check, under the
+lock, that the schema is at the guessed revision and the tenant still pending; the upgrade's SQL
+(rendered once per process); the success mark; COMMIT. When the check fails it raises
+(``runs.NOT_PENDING``): the transaction aborts before the upgrade, and the attempt goes on the
+long way, with its running mark already in:
+
+1. ``begin``: the running mark (unless ``at_once`` committed it), BEGIN, confine, lock, and read,
+   under the lock, the tenant's run row and the schema's version rows;
+2. ``apply``: the upgrade's SQL (or Alembic online when it cannot be replayed), the success mark
+   and COMMIT; the mark raises when something else finished the tenant meanwhile, which aborts
+   the transaction before the COMMIT, and it is then rolled back.
 
 ``open_transaction`` rolls back whatever is open when the block raises.
 """
@@ -18,13 +25,13 @@ autocommit mode at the driver level, so BEGIN and COMMIT travel inside other sta
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from functools import cache
+from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import psycopg2 as pg_driver
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from tenantfleet import alembic_runtime, db, runs
 from tenantfleet.config import Settings
@@ -40,15 +47,40 @@ def _read_under_lock(versions: str) -> str:
     )
 
 
-_BEGIN_SQL = sa.text(
-    "SELECT set_config('synchronous_commit', 'off', true);"
-    f" {runs.MARK_RUNNING_SQL}; COMMIT; BEGIN; {alembic_runtime.CONFINE}; "
-    + _read_under_lock("v.version_num")
-    + f" LEFT JOIN {alembic_runtime.VERSION_TABLE} AS v ON true"
+def _driver(sql: str) -> str:
+    """``sql``'s ``:name`` binds in psycopg2's own form, so rendered SQL can follow it."""
+    return str(sa.text(sql).compile(dialect=pg_driver.dialect()))
+
+
+_MARK_RUNNING = (
+    f"SELECT set_config('synchronous_commit', 'off', true); {runs.MARK_RUNNING_SQL}; COMMIT"
 )
-_BEGIN_WITHOUT_VERSION_TABLE_SQL = sa.text(
-    f"ROLLBACK; BEGIN; {alembic_runtime.CONFINE}; " + _read_under_lock("NULL")
+_LOCK = f"BEGIN; {alembic_runtime.CONFINE}"
+_READ_WITH_VERSIONS = (
+    _read_under_lock("v.version_num") + f" LEFT JOIN {alembic_runtime.VERSION_TABLE} AS v ON true"
 )
+_BEGIN_SQL = sa.text(f"{_MARK_RUNNING}; {_LOCK}; {_READ_WITH_VERSIONS}")
+_RESTART_SQL = sa.text(f"ROLLBACK; {_LOCK}; {_READ_WITH_VERSIONS}")
+_RESTART_WITHOUT_VERSION_TABLE_SQL = sa.text(f"ROLLBACK; {_LOCK}; " + _read_under_lock("NULL"))
+_AS_GUESSED = _driver(
+    f"{_MARK_RUNNING}; {_LOCK}; SELECT public.tenantfleet_expect("
+    f"{alembic_runtime.AT_REVISION_SQL} AND {runs.STILL_PENDING_SQL},"
+    " 'the schema is not at the guessed revision, or the tenant is no longer pending')"
+)
+_MARK_AND_COMMIT = _driver(runs.MARK_SUCCEEDED_SQL) + ";\nCOMMIT"
+"""The success mark, then COMMIT; the mark raises instead when the row is no longer pending, so
+the COMMIT is never reached."""
+
+_last_from_revision: dict[str, str] = {}
+"""Per target, the revision the last tenant this process migrated to it started from."""
+
+
+class Quick(Enum):
+    """How ``at_once`` went."""
+
+    DONE = "migrated and recorded"
+    MISSED = "the guess did not hold: the running mark is committed, the rest rolled back"
+    NOT_TRIED = "nothing to guess from, or a span that cannot be replayed: nothing sent"
 
 
 @dataclass(frozen=True)
@@ -81,10 +113,50 @@ def open_transaction(connection: Connection) -> Iterator[None]:
         raise
 
 
+def at_once(
+    connection: Connection,
+    run_id: int,
+    schema: str,
+    worker: str,
+    target: str,
+    settings: Settings,
+    max_attempts: int,
+) -> Quick:
+    """The whole attempt in one round trip, if the schema is at the guessed revision."""
+    guess = _last_from_revision.get(target)
+    sql = alembic_runtime.replayable_sql(guess, target) if guess else None
+    if not sql:
+        return Quick.NOT_TRIED
+    params = {
+        "run_id": run_id,
+        "worker": worker,
+        "revision": guess,
+        "max_attempts": max_attempts,
+        "from_revision": guess,
+        "elapsed_ms": 0,
+        **alembic_runtime.confine_params(schema, settings),
+    }
+    statements = [_AS_GUESSED, alembic_runtime.driver_sql(sql), _MARK_AND_COMMIT]
+    try:
+        connection.exec_driver_sql(";\n".join(statements), params)
+    except DBAPIError as exc:
+        if db.sqlstate(exc) not in (runs.NOT_PENDING, UNDEFINED_TABLE):
+            raise
+        return Quick.MISSED
+    return Quick.DONE
+
+
 def begin(
-    connection: Connection, run_id: int, schema: str, worker: str, settings: Settings
+    connection: Connection,
+    run_id: int,
+    schema: str,
+    worker: str,
+    settings: Settings,
+    *,
+    marked: bool = False,
 ) -> Started:
-    """Round trip 1: the running mark (committed), then BEGIN, confine, lock, and read."""
+    """The running mark (unless ``marked``: committed already), then BEGIN, confine, lock, and
+    read under the lock."""
     params = {
         "run_id": run_id,
         "worker": worker,
@@ -92,13 +164,13 @@ def begin(
     }
     versions: list[str] | None
     try:
-        rows = connection.execute(_BEGIN_SQL, params).all()
+        rows = connection.execute(_RESTART_SQL if marked else _BEGIN_SQL, params).all()
         versions = [version for _, _, version in rows if version is not None]
     except ProgrammingError as exc:
         if db.sqlstate(exc) != UNDEFINED_TABLE:
             raise
         # no version table (a new tenant): the running mark is committed, the rest rolled back
-        rows = connection.execute(_BEGIN_WITHOUT_VERSION_TABLE_SQL, params).all()
+        rows = connection.execute(_RESTART_WITHOUT_VERSION_TABLE_SQL, params).all()
         versions = None
     attempts, status, _ = rows[0]
     return Started(attempts, status, versions)
@@ -112,8 +184,8 @@ def apply(
     target: str,
     elapsed_ms: int,
 ) -> bool:
-    """Round trips 2 and 3: upgrade, mark succeeded, COMMIT. False (all rolled back) when the
-    row was no longer pending: another delivery finished this tenant meanwhile."""
+    """Upgrade, mark succeeded, COMMIT. False (all rolled back) when the row was no longer
+    pending: another delivery finished this tenant meanwhile."""
     params: dict[str, Any] = {
         "run_id": run_id,
         "schema": schema,
@@ -123,23 +195,19 @@ def apply(
     sql = alembic_runtime.upgrade_sql(started.versions, target)
     if sql is None:
         alembic_runtime.migrate_online(connection, schema, target)
-        marked = connection.execute(sa.text(runs.MARK_SUCCEEDED_SQL), params)
-    else:
-        statements = [alembic_runtime.driver_sql(sql)] if sql else []
-        marked = connection.exec_driver_sql(
-            ";\n".join([*statements, _driver_form(runs.MARK_SUCCEEDED_SQL)]), params
-        )
-    succeeded = marked.rowcount == 1
-    end(connection, commit=succeeded)
-    return succeeded
+    statements = [alembic_runtime.driver_sql(sql)] if sql else []
+    try:
+        connection.exec_driver_sql(";\n".join([*statements, _MARK_AND_COMMIT]), params)
+    except DBAPIError as exc:
+        if db.sqlstate(exc) != runs.NOT_PENDING:
+            raise
+        end(connection, commit=False)
+        return False
+    if started.versions is not None and len(started.versions) == 1:
+        _last_from_revision[target] = started.versions[0]
+    return True
 
 
 def end(connection: Connection, *, commit: bool) -> None:
     """COMMIT or ROLLBACK the transaction ``begin`` opened."""
     connection.exec_driver_sql("COMMIT" if commit else "ROLLBACK")
-
-
-@cache
-def _driver_form(sql: str) -> str:
-    """``sql``'s ``:name`` binds in psycopg2's own form, to follow rendered SQL in one string."""
-    return str(sa.text(sql).compile(dialect=pg_driver.dialect()))

@@ -136,20 +136,32 @@ MARK_RUNNING_SQL = (
     + _THIS_PENDING_ROW
 )
 """Progress: the attempt begins (the attempt count survives a crash, for the poison cap)."""
+STILL_PENDING_SQL = (
+    "EXISTS (SELECT FROM public.migration_run_tenants "
+    + _THIS_PENDING_ROW
+    + " AND attempts <= :max_attempts)"
+)
+"""True while the tenant is pending in its run and has begun at most ``:max_attempts`` attempts."""
 TENANT_ROW_SQL = (
     "SELECT attempts, status FROM public.migration_run_tenants"
     " WHERE run_id = :run_id AND schema_name = :schema"
 )
 """The row as the attempt sees it, read under the schema's lock."""
+NOT_PENDING = "TF409"
+"""SQLSTATE of ``MARK_SUCCEEDED_SQL`` when the row is no longer pending (public migration
+20251126_000000 defines ``public.tenantfleet_expect``)."""
 MARK_SUCCEEDED_SQL = (
-    "UPDATE public.migration_run_tenants SET status = 'succeeded', from_revision = :from_revision,"
-    " finished_at = now(), updated_at = now(), error_class = NULL, error_message = NULL,"
-    " duration_ms = :elapsed_ms"
+    "WITH marked AS (UPDATE public.migration_run_tenants SET status = 'succeeded',"
+    " from_revision = :from_revision, finished_at = now(), updated_at = now(),"
+    " error_class = NULL, error_message = NULL, duration_ms = :elapsed_ms"
     " + (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::integer "
     + _THIS_PENDING_ROW
+    + " RETURNING 1) SELECT public.tenantfleet_expect(EXISTS (SELECT FROM marked),"
+    " 'the tenant is no longer pending in its run')"
 )
-"""The outcome, sent after the upgrade's SQL in the same round trip and transaction; it matches
-no row when another delivery finished the tenant meanwhile (the caller then rolls back)."""
+"""The outcome, sent after the upgrade's SQL in the same round trip and transaction, with the
+COMMIT after it. When the row is no longer pending (something finished or skipped the tenant
+meanwhile) it raises ``NOT_PENDING``: the transaction aborts and the COMMIT is never run."""
 
 # The same (run, schema) row for the Core statements below.
 _PENDING_ROW = run_tenants.update().where(

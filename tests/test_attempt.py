@@ -1,6 +1,7 @@
-"""One tenant attempt against a real PostgreSQL: three round trips, and every way they can end."""
+"""One tenant attempt against a real PostgreSQL: two round trips, and every way they can end."""
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg2.extensions
 import pytest
@@ -138,3 +139,87 @@ def test_an_unknown_run_tenant_reads_as_none(engine: Engine, autocommit: Connect
     found = attempt.begin(autocommit, 424242, "stray", "w1", config.load_settings())
     assert (found.attempts, found.status) == (None, None)
     attempt.end(autocommit, commit=False)
+
+
+@pytest.fixture
+def guessing(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process's guesses, empty for the test (``attempt.at_once``)."""
+    guesses: dict[str, str] = {}
+    monkeypatch.setattr(attempt, "_last_from_revision", guesses)
+    return guesses
+
+
+@contextmanager
+def statements_sent(connection: Connection) -> Iterator[list[str]]:
+    """Every statement string sent on ``connection`` in the block: one per round trip."""
+    sent: list[str] = []
+
+    def record(_conn: Connection, _cursor: object, statement: str, *_: object) -> None:
+        sent.append(statement)
+
+    sa.event.listen(connection, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(connection, "before_cursor_execute", record)
+
+
+def quick(connection: Connection, run_id: int, schema: str) -> attempt.Quick:
+    return attempt.at_once(
+        connection, run_id, schema, "w1", R2, config.load_settings(), max_attempts=8
+    )
+
+
+def test_a_tenant_where_the_last_one_started_is_migrated_in_one_round_trip(
+    engine: Engine, autocommit: Connection, guessing: dict[str, str]
+) -> None:
+    fleet_setup.provision(engine, ["first", "second"], R1)
+    run_id = start_run(engine, ["first", "second"])
+    assert quick(autocommit, run_id, "first") is attempt.Quick.NOT_TRIED  # nothing to guess yet
+    found = attempt.begin(autocommit, run_id, "first", "w1", config.load_settings())
+    assert attempt.apply(autocommit, found, run_id, "first", R2, elapsed_ms=1)
+    assert guessing == {R2: R1}
+    with statements_sent(autocommit) as sent:
+        assert quick(autocommit, run_id, "second") is attempt.Quick.DONE
+    assert len(sent) == 1
+    assert no_transaction_open(autocommit)
+    assert helpers.revision_of(engine, "second") == R2
+    recorded = row(engine, run_id, "second")
+    assert (recorded.status, recorded.from_revision, recorded.attempts) == ("succeeded", R1, 1)
+    assert structure(engine, "first") == structure(engine, "second")
+
+
+def test_a_wrong_guess_changes_nothing_but_the_running_mark(
+    engine: Engine, autocommit: Connection, guessing: dict[str, str]
+) -> None:
+    fleet_setup.provision(engine, ["ahead"], R2)
+    run_id = start_run(engine, ["ahead"], revision=R2)
+    guessing[R2] = R1
+    assert quick(autocommit, run_id, "ahead") is attempt.Quick.MISSED
+    found = attempt.begin(autocommit, run_id, "ahead", "w1", config.load_settings(), marked=True)
+    assert found == attempt.Started(attempts=1, status="running", versions=[R2])
+    assert attempt.apply(autocommit, found, run_id, "ahead", R2, elapsed_ms=1)
+    assert row(engine, run_id, "ahead").attempts == 1
+
+
+def test_a_guess_on_a_finished_tenant_or_a_schema_without_versions_is_missed(
+    engine: Engine, autocommit: Connection, guessing: dict[str, str]
+) -> None:
+    fleet_setup.provision(engine, ["over"], R1)
+    with db.begin(engine) as connection:
+        connection.execute(sa.schema.CreateSchema("bare"))
+    run_id = start_run(engine, ["over", "bare"])
+    with db.begin(engine) as connection:
+        runs.mark_failed(connection, run_id, "over", RuntimeError("boom"), 1)
+    guessing[R2] = R1
+    settings = config.load_settings()
+    assert quick(autocommit, run_id, "over") is attempt.Quick.MISSED
+    found = attempt.begin(autocommit, run_id, "over", "w1", settings, marked=True)
+    assert (found.status, found.attempts) == ("failed", 0)
+    attempt.end(autocommit, commit=False)
+    assert helpers.revision_of(engine, "over") == R1
+    assert quick(autocommit, run_id, "bare") is attempt.Quick.MISSED
+    found = attempt.begin(autocommit, run_id, "bare", "w1", settings, marked=True)
+    assert (found.status, found.attempts, found.versions) == ("running", 1, None)
+    attempt.end(autocommit, commit=False)
+    assert no_transaction_open(autocommit)

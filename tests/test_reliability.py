@@ -163,6 +163,10 @@ def test_kill_9_of_a_worker_child_mid_run(private: Private, fleet: Fleet) -> Non
     victim = worker_children(worker)[0]  # both children are held by the locked tenants
     kill_hard(victim.pid)
     killed_at = time.monotonic()
+    # The victim sent its whole attempt in one statement string: its orphaned session would
+    # finish the tenant itself once the lock is gone. Keep the lock until the requeued task
+    # has begun its own attempt, so the test shows the redelivery.
+    wait_for(lambda: max(attempts(fleet.engine, run_id).values()) >= 2)
     lock.release()
     result = finish(producer)
     recovered = time.monotonic() - killed_at
@@ -170,7 +174,6 @@ def test_kill_9_of_a_worker_child_mid_run(private: Private, fleet: Fleet) -> Non
     assert f"run {run_id}: succeeded - {FLEET} succeeded" in result.out
     structures, _ = three_checks(fleet, run_id)
     assert set(structures.values()) == {"r2"}
-    assert max(attempts(fleet.engine, run_id).values()) >= 2  # the interrupted tenant ran again
     RESULTS["kill -9 worker child"] = {
         "tenants": FLEET,
         "lost_or_half": 0,
@@ -190,8 +193,11 @@ def test_kill_9_of_a_whole_worker_mid_run(private: Private, fleet: Fleet) -> Non
     for process in [*worker_children(worker), worker]:
         kill_hard(process.pid)
     killed_at = time.monotonic()
-    lock.release()
     private.start_worker(fleet.url)  # a replacement comes up, as an orchestrator would do
+    # Until the orphaned sessions give up on the lock, they could finish the two tenants
+    # themselves (scenario 1a); keep it until the producer has re-sent them.
+    wait_for(lambda: max(attempts(fleet.engine, run_id).values()) >= 2)
+    lock.release()
     result = finish(producer)
     recovered = time.monotonic() - killed_at
     assert result.code == 0, result.err
