@@ -1,5 +1,3 @@
-import sys
+from tenantfleet.cli import entry
 
-from tenantfleet.cli import main
-
-sys.exit(main())
+entry()
