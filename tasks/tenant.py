@@ -1,7 +1,7 @@
 """The tenant task: migrate one schema in one transaction, and record how it went.
 
 Each attempt (``tenantfleet.attempt``: one round trip when the tenant is where the last one was,
-else three):
+else two or three):
 1. marks the tenant ``running`` in the run table (a finished tenant is never touched again);
 2. in one transaction: confines the session to the schema, takes the per-schema advisory lock
    (waiting at most ``lock_timeout``), reads the run row and the revision under the lock, skips

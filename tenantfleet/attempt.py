@@ -1,4 +1,4 @@
-"""One attempt at one tenant: one round trip to PostgreSQL when it goes as expected, else three.
+"""One attempt at one tenant: one round trip to PostgreSQL when it goes as expected, else 2-3.
 
 On a busy machine the fleet waited on round trips more than on PostgreSQL's work: an attempt
 took seven at first (the raw-SQL floor of the benchmark takes four). The worker's connection is
@@ -10,8 +10,8 @@ everything in one string: the ``running`` mark, committed at once (progress, wit
 the WAL flush); BEGIN; confine the session to the schema and take its lock; check, under the
 lock, that the schema is at the guessed revision and the tenant still pending; the upgrade's SQL
 (rendered once per process); the success mark; COMMIT. When the check fails it raises
-(``runs.NOT_PENDING``): the transaction aborts before the upgrade, and the attempt goes on the
-long way, with its running mark already in:
+(``runs.NOT_PENDING``, or an undefined table without a version table): the transaction aborts
+before the upgrade, and the attempt goes the long way, with its running mark already in:
 
 1. ``begin``: the running mark (unless ``at_once`` committed it), BEGIN, confine, lock, and read,
    under the lock, the tenant's run row and the schema's version rows;
