@@ -113,6 +113,11 @@ def open_transaction(connection: Connection) -> Iterator[None]:
         raise
 
 
+def _begin_params(run_id: int, schema: str, worker: str, settings: Settings) -> dict[str, Any]:
+    """The binds of the running mark, the confinement and the read under the lock."""
+    return {"run_id": run_id, "worker": worker, **alembic_runtime.confine_params(schema, settings)}
+
+
 def at_once(
     connection: Connection,
     run_id: int,
@@ -128,13 +133,11 @@ def at_once(
     if not sql:
         return Quick.NOT_TRIED
     params = {
-        "run_id": run_id,
-        "worker": worker,
+        **_begin_params(run_id, schema, worker, settings),
         "revision": guess,
         "max_attempts": max_attempts,
         "from_revision": guess,
         "elapsed_ms": 0,
-        **alembic_runtime.confine_params(schema, settings),
     }
     statements = [_AS_GUESSED, alembic_runtime.driver_sql(sql), _MARK_AND_COMMIT]
     try:
@@ -157,11 +160,7 @@ def begin(
 ) -> Started:
     """The running mark (unless ``marked``: committed already), then BEGIN, confine, lock, and
     read under the lock."""
-    params = {
-        "run_id": run_id,
-        "worker": worker,
-        **alembic_runtime.confine_params(schema, settings),
-    }
+    params = _begin_params(run_id, schema, worker, settings)
     versions: list[str] | None
     try:
         rows = connection.execute(_RESTART_SQL if marked else _BEGIN_SQL, params).all()

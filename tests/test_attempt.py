@@ -1,4 +1,5 @@
-"""One tenant attempt against a real PostgreSQL: two round trips, and every way they can end."""
+"""One tenant attempt against a real PostgreSQL: one round trip when the guess holds, two or three
+when it does not, and every way they can end."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager

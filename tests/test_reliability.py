@@ -174,6 +174,7 @@ def test_kill_9_of_a_worker_child_mid_run(private: Private, fleet: Fleet) -> Non
     assert f"run {run_id}: succeeded - {FLEET} succeeded" in result.out
     structures, _ = three_checks(fleet, run_id)
     assert set(structures.values()) == {"r2"}
+    assert max(attempts(fleet.engine, run_id).values()) >= 2  # the interrupted tenant ran again
     RESULTS["kill -9 worker child"] = {
         "tenants": FLEET,
         "lost_or_half": 0,
