@@ -27,13 +27,14 @@ import migrations
 from migrations.public.models import PublicBase
 from migrations.tenant.models import TenantBase
 from tenantfleet import config as tf_config
-from tenantfleet import db, locks
+from tenantfleet import db, locks, replay
 from tenantfleet.errors import InvalidSchemaName, TenantStateError, UnknownRevision
 from tenantfleet.names import validate_schema_name
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 PUBLIC_INI = MIGRATIONS_DIR / "public" / "alembic.ini"
 TENANT_INI = MIGRATIONS_DIR / "tenant" / "alembic.ini"
+"""The default tenant environment (the seed's); ``TENANTFLEET_TENANT_ALEMBIC`` names another."""
 VERSION_TABLE = "alembic_version"
 VERSION_READ_CHUNK = 250
 
@@ -67,8 +68,13 @@ def public_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+def tenant_ini() -> Path:
+    """The tenant environment's ``alembic.ini``: the configured one, or the seed's."""
+    return tf_config.load_settings().tenant_alembic or TENANT_INI
+
+
 def tenant_config(schema: str, connection: Connection | None = None) -> Config:
-    cfg = Config(str(TENANT_INI))
+    cfg = Config(str(tenant_ini()))
     cfg.attributes["schema"] = validate_schema_name(schema)
     cfg.attributes["connection"] = connection
     return cfg
@@ -77,7 +83,14 @@ def tenant_config(schema: str, connection: Connection | None = None) -> Config:
 @cache
 def tenant_script() -> ScriptDirectory:
     """The tenant revisions, parsed once per process."""
-    return ScriptDirectory.from_config(Config(str(TENANT_INI)))
+    return ScriptDirectory.from_config(Config(str(tenant_ini())))
+
+
+def forget_scripts() -> None:
+    """Drop what this process parsed or rendered of the tenant revisions: read them again."""
+    tenant_script.cache_clear()
+    replayable_sql.cache_clear()
+    _process_tenant_config.cache_clear()
 
 
 @cache
@@ -208,7 +221,6 @@ def migrate_tenant(
     destination: str | None,
     *,
     downgrade: bool = False,
-    replay: bool = True,
     has_version_table: bool | None = None,
 ) -> Step:
     """Move one tenant to ``destination`` (an id, or None for base) inside the caller's transaction.
@@ -218,12 +230,12 @@ def migrate_tenant(
     the span's SQL rendered once per process (``replayable_sql``) when they can, and otherwise run
     Alembic online, as ``alembic upgrade`` would.
     """
-    if replay and not downgrade and destination is not None:
+    if not downgrade and destination is not None:
         has_table, versions = version_rows(connection, has_version_table)
         sql = upgrade_sql(versions if has_table else None, destination)
         if sql is not None:
             if sql:
-                connection.exec_driver_sql(driver_sql(sql), ())
+                connection.exec_driver_sql(replay.driver_sql(sql), ())
             return Step(schema, current_revision(versions), destination)
     return migrate_online(connection, schema, destination, downgrade=downgrade)
 
@@ -231,18 +243,15 @@ def migrate_tenant(
 def upgrade_sql(versions: list[str] | None, destination: str) -> str | None:
     """The SQL that brings a tenant whose version rows are ``versions`` (None: no version table)
     to ``destination`` ("" when it is there), or None when Alembic must run it online."""
-    if versions is not None and len(versions) > 1:
-        return None  # a branched tenant: Alembic works out the steps
+    if versions is not None and len(versions) != 1:
+        # a branched tenant, or one downgraded to base (an empty version table): Alembic
+        # works out the steps
+        return None
     return replayable_sql(current_revision(versions), destination)
 
 
 def current_revision(versions: list[str] | None) -> str | None:
     return ",".join(versions) if versions else None
-
-
-def driver_sql(sql: str) -> str:
-    """Rendered SQL as a psycopg2 query string (its ``%`` doubled: no parameters in it)."""
-    return sql.replace("%", "%%")
 
 
 def migrate_online(
@@ -256,7 +265,9 @@ def migrate_online(
         seen["from"] = tuple(rev)
         if downgrade:
             return script._downgrade_revs(destination or "base", rev)
-        return script._upgrade_revs(destination or "heads", rev)
+        if destination is None:
+            return []  # an upgrade to base: nothing to do
+        return script._upgrade_revs(destination, rev)
 
     cfg = _process_tenant_config()
     cfg.attributes["schema"] = schema
@@ -281,61 +292,30 @@ def version_rows(connection: Connection, has_table: bool | None = None) -> tuple
     return True, list(rows)
 
 
-REPLAY_PROBES = ("tenantfleet_probe_a", "tenantfleet_probe_b")
-
-
 @cache
 def replayable_sql(current: str | None, destination: str) -> str | None:
-    """The SQL of the upgrade ``current`` -> ``destination``, rendered once by Alembic's offline
-    mode, if every tenant can run it as is; else None (run Alembic online).
-
-    Tenant revisions carry no schema and run with the tenant alone on the search_path, so their
-    SQL is the same for every tenant. Not replayed: a span with a revision marked
-    ``online_only = True`` (data-dependent logic), one that cannot render offline (it reads the
-    database), one whose SQL differs with the schema it is rendered for, or when
-    ``TENANTFLEET_REPLAY_SQL`` is false. An empty string means there is nothing to do.
-    """
-    if not tf_config.load_settings().replay_sql:
-        return None
-    script = tenant_script()
+    """The SQL of the upgrade ``current`` -> ``destination`` when every tenant can replay it as
+    is (``tenantfleet.replay``: revisions opt in); "" when there is nothing to do; else None (run
+    Alembic online). Rendered once per process; ``TENANTFLEET_REPLAY_SQL=false`` turns it off."""
     if current == destination:
         return ""
-    try:
-        span = list(script.iterate_revisions(destination, current or "base"))
-        if any(getattr(rev.module, "online_only", False) for rev in span):
-            return None
-        renders = {_render_offline(current, destination, probe) for probe in REPLAY_PROBES}
-    except Exception:  # anything offline mode cannot do: fall back to Alembic online
+    if not tf_config.load_settings().replay_sql:
         return None
-    return renders.pop() if len(renders) == 1 else None
-
-
-def _render_offline(current: str | None, destination: str, probe_schema: str) -> str:
-    script = tenant_script()
-    buffer = io.StringIO()
-    cfg = Config(str(TENANT_INI), output_buffer=buffer)
-    cfg.attributes["schema"] = probe_schema
-
-    def steps(rev: Any, _context: Any) -> Any:
-        return script._upgrade_revs(destination, rev)
-
-    with EnvironmentContext(
-        cfg, script, fn=steps, as_sql=True, starting_rev=current, destination_rev=destination
-    ) as env:
-        env.configure(
-            dialect_name="postgresql",
-            literal_binds=True,
-            output_buffer=buffer,
-            transactional_ddl=False,
-            **tenant_context_options(),
+    try:
+        return replay.render(
+            tenant_script(), _render_config, tenant_context_options(), current, destination
         )
-        env.run_migrations()
-    return buffer.getvalue()
+    except Exception:  # NotReplayable, or anything offline mode cannot do: run online
+        return None
+
+
+def _render_config(buffer: io.StringIO) -> Config:
+    return Config(str(tenant_ini()), output_buffer=buffer)
 
 
 @cache
 def _process_tenant_config() -> Config:
-    return Config(str(TENANT_INI))
+    return Config(str(tenant_ini()))
 
 
 def read_versions(connection: Connection, schemas: Iterable[str]) -> dict[str, str | None]:

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import psycopg2 as pg_driver
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from tenantfleet import alembic_runtime, db, runs
+from tenantfleet import alembic_runtime, db, replay, runs
 from tenantfleet.config import Settings
 
 UNDEFINED_TABLE = "42P01"
@@ -139,7 +139,7 @@ def at_once(
         "from_revision": guess,
         "elapsed_ms": 0,
     }
-    statements = [_AS_GUESSED, alembic_runtime.driver_sql(sql), _MARK_AND_COMMIT]
+    statements = [_AS_GUESSED, replay.driver_sql(sql), _MARK_AND_COMMIT]
     try:
         connection.exec_driver_sql(";\n".join(statements), params)
     except DBAPIError as exc:
@@ -194,7 +194,7 @@ def apply(
     sql = alembic_runtime.upgrade_sql(started.versions, target)
     if sql is None:
         alembic_runtime.migrate_online(connection, schema, target)
-    statements = [alembic_runtime.driver_sql(sql)] if sql else []
+    statements = [replay.driver_sql(sql)] if sql else []
     try:
         connection.exec_driver_sql(";\n".join([*statements, _MARK_AND_COMMIT]), params)
     except DBAPIError as exc:

@@ -35,6 +35,7 @@ class Settings:
     stale_run_after: float = 600.0
     replay_sql: bool = True
     stall_resume: float = 30.0
+    tenant_alembic: Path | None = None
 
     def __post_init__(self) -> None:
         if self.visibility_timeout <= self.task_time_limit:
@@ -106,7 +107,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stale_run_after=_number(env, "TENANTFLEET_STALE_RUN_AFTER", 600.0, minimum=1.0),
         replay_sql=_flag(env, "TENANTFLEET_REPLAY_SQL", True),
         stall_resume=_number(env, "TENANTFLEET_STALL_RESUME", 30.0),
+        tenant_alembic=_existing_file(env, "TENANTFLEET_TENANT_ALEMBIC"),
     )
+
+
+def _existing_file(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    path = Path(raw).absolute()
+    if not path.is_file():
+        raise ConfigError(f"{name} names no file: {raw!r}")
+    return path
 
 
 def database_url(settings: Settings) -> str:

@@ -1,11 +1,14 @@
 """Helpers shared by the tests: databases, the CLI as a subprocess, catalog snapshots."""
 
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -105,3 +108,29 @@ def revision_of(engine: Engine, schema: str) -> str | None:
 def schema_names(engine: Engine) -> set[str]:
     with engine.connect() as connection:
         return set(connection.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars())
+
+
+SEED_HEAD = "20250415_000000"
+
+
+def tenant_env(directory: Path, revisions: Sequence[tuple[str, str]]) -> Path:
+    """A copy of the seed's tenant environment in ``directory`` with ``revisions`` (id, module
+    body after the header) chained after the seed's head; its ``alembic.ini``."""
+    target = directory / "tenant_env"
+    shutil.copytree(
+        Path(alembic_runtime.TENANT_INI).parent,
+        target,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    down = SEED_HEAD
+    for revision, body in revisions:
+        header = (
+            f'"""{revision}"""\n\nimport sqlalchemy as sa\nfrom alembic import context, op\n\n'
+            f"revision = {revision!r}\ndown_revision = {down!r}\n"
+            "branch_labels = None\ndepends_on = None\n"
+        )
+        (target / "alembic" / "versions" / f"{revision}.py").write_text(
+            header + textwrap.dedent(body)
+        )
+        down = revision
+    return target / "alembic.ini"

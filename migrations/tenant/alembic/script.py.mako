@@ -12,6 +12,7 @@ revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
+# tenantfleet_replay = True  # only if upgrade() runs the same SQL for every tenant (see README)
 
 
 def upgrade() -> None:

@@ -12,6 +12,7 @@ revision = "20250102_000001"
 down_revision = None
 branch_labels = None
 depends_on = None
+tenantfleet_replay = True  # the same SQL for every tenant: no reads, no branching
 
 
 def upgrade() -> None:

@@ -12,6 +12,7 @@ revision = "20250415_000000"
 down_revision = "20250301_000000"
 branch_labels = None
 depends_on = None
+tenantfleet_replay = True  # the same SQL for every tenant: no reads, no branching
 
 
 def upgrade() -> None:

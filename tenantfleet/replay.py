@@ -1,0 +1,139 @@
+"""Replaying an upgrade's SQL: rendered once by Alembic's offline mode, run as is per tenant.
+
+Replay is much faster than running Alembic for every tenant, but it is only right when the SQL
+Alembic would run online is the same for every tenant. That cannot be proven from the outside (a
+revision may branch on the schema's name, on the data, on the clock), so replay is **opt-in per
+revision**: a revision whose module sets ``tenantfleet_replay = True`` declares that its upgrade
+runs the same statements whatever the tenant. Even then a span is rendered under guards, and runs
+online (as ``alembic upgrade`` would) when any guard trips:
+
+- every revision of the span opted in;
+- it renders offline without asking for the database (``op.get_bind()``, ``context.get_bind()``);
+- no statement has a bind parameter without a value (``op.execute("... :name ...")`` fails online,
+  and offline it would render as NULL);
+- the SQL is the same when rendered for two different schema names.
+
+The SQL is rendered with a dialect that does not escape ``%`` (named parameters), and escaped once
+for psycopg2 by ``driver_sql``: a ``%`` in a literal reaches every tenant as one ``%``.
+"""
+
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from unittest import mock
+
+from alembic.config import Config
+from alembic.operations import Operations
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.postgresql.base import PGCompiler
+from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+from sqlalchemy.sql.elements import BindParameter
+
+OPT_IN = "tenantfleet_replay"
+"""The module attribute a revision sets to ``True`` to let its upgrade be replayed."""
+PROBES = ("tenantfleet_probe_a", "tenantfleet_probe_b")
+RENDER_DIALECT = "postgresql+tenantfleet_render"
+"""A URL dialect name: SQLAlchemy loads it from the registry entry below."""
+
+
+class NotReplayable(Exception):
+    """A span that must run online; the message says why."""
+
+
+class _RenderCompiler(PGCompiler):
+    def render_literal_bindparam(self, bindparam: BindParameter[Any], *args: Any, **kw: Any) -> Any:
+        if bindparam.required and bindparam.value is None and bindparam.callable is None:
+            raise NotReplayable(f"bind parameter {bindparam.key!r} has no value")
+        return super().render_literal_bindparam(bindparam, *args, **kw)
+
+
+class RenderDialect(PGDialect_psycopg2):
+    """PostgreSQL for offline rendering: named parameters (no ``%`` escaping), strict binds."""
+
+    statement_compiler = _RenderCompiler
+
+    def __init__(self, **kw: Any) -> None:
+        kw.setdefault("paramstyle", "named")
+        super().__init__(**kw)
+
+
+registry.register(RENDER_DIALECT.replace("+", "."), __name__, "RenderDialect")
+
+
+def driver_sql(sql: str) -> str:
+    """Rendered SQL as a psycopg2 query string: its ``%`` doubled (it carries no parameters)."""
+    return sql.replace("%", "%%")
+
+
+def _no_bind(*_: Any, **__: Any) -> Any:
+    raise NotReplayable("the revision reads the database (get_bind)")
+
+
+@contextmanager
+def _offline_guards() -> Iterator[None]:
+    """While rendering, asking for the database is refused rather than handed a mock."""
+    with (
+        mock.patch.object(Operations, "get_bind", _no_bind),
+        mock.patch.object(EnvironmentContext, "get_bind", _no_bind),
+    ):
+        yield
+
+
+def opted_in(script: ScriptDirectory, current: str | None, destination: str) -> bool:
+    span = list(script.iterate_revisions(destination, current or "base"))
+    return all(getattr(rev.module, OPT_IN, False) is True for rev in span)
+
+
+def render(
+    script: ScriptDirectory,
+    make_config: Callable[[io.StringIO], Config],
+    context_options: dict[str, Any],
+    current: str | None,
+    destination: str,
+) -> str:
+    """The span's SQL, the same for every tenant; ``NotReplayable`` (or any error of offline
+    mode) when it cannot be replayed."""
+    if not opted_in(script, current, destination):
+        raise NotReplayable(f"not every revision up to {destination} sets {OPT_IN} = True")
+    renders = {
+        _render_one(script, make_config, context_options, current, destination, probe)
+        for probe in PROBES
+    }
+    if len(renders) != 1:
+        raise NotReplayable("its SQL depends on the schema it runs in")
+    return renders.pop()
+
+
+def _render_one(
+    script: ScriptDirectory,
+    make_config: Callable[[io.StringIO], Config],
+    context_options: dict[str, Any],
+    current: str | None,
+    destination: str,
+    probe_schema: str,
+) -> str:
+    buffer = io.StringIO()
+    cfg = make_config(buffer)
+    cfg.attributes["schema"] = probe_schema
+
+    def steps(rev: Any, _context: Any) -> Any:
+        return script._upgrade_revs(destination, rev)
+
+    with (
+        _offline_guards(),
+        EnvironmentContext(
+            cfg, script, fn=steps, as_sql=True, starting_rev=current, destination_rev=destination
+        ) as env,
+    ):
+        env.configure(
+            dialect_name=RENDER_DIALECT,
+            literal_binds=True,
+            output_buffer=buffer,
+            transactional_ddl=False,
+            **context_options,
+        )
+        env.run_migrations()
+    return buffer.getvalue()
