@@ -306,9 +306,9 @@ class Bench:
         engine = db.make_engine(self.url)
         with engine.connect() as connection:
             run_id = runs.latest_run_id(connection)
-        from tenantfleet import producer
+        from tenantfleet import follow
 
-        producer.wait(engine, run_id, poll_interval=0.5)
+        follow.until_closed(engine, run_id, follow.Watch(poll_interval=0.5))
         engine.dispose()
         callback = [
             float(m)

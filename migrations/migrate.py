@@ -120,6 +120,12 @@ class MigrationManager:
         except TenantStateError:
             return Status(schema, current, head, [], known=False)
 
+    def set_active(self, schema: str, active: bool, reason: str | None = None) -> registry.Tenant:
+        """Take a tenant out of fleet runs (``active=False``, with a reason), or back in."""
+        with db.begin(self.engine) as connection:
+            self.require_public(connection)
+            return registry.set_active(connection, schema, active, reason)
+
     def list_tenants(self) -> list[registry.Tenant]:
         with db.connect(self.engine) as connection:
             self.require_public(connection)
@@ -142,8 +148,8 @@ class MigrationManager:
         try:
             step = runtime.migrate_tenant(connection, schema, target, downgrade=downgrade)
         except DBAPIError as exc:
-            if db.is_transient(exc):
-                raise
+            if db.is_unreachable(exc):
+                raise  # the database, not the tenant: exit 2
             reason = db.first_line(exc)
             raise MigrationFailed(f"tenant {schema!r} rolled back: {reason}") from None
         registry.record_revision(connection, schema, target)

@@ -16,14 +16,22 @@ RECHECK_SECONDS = 5.0
 
 
 def close(run_id: int, attempt: int = 0) -> str:
-    """Finalize the run now, or schedule another look while tenants are pending."""
-    with db.begin(resources.engine()) as connection:
-        closed = runs.finalize(connection, run_id)
+    """Finalize the run now, or schedule another look while tenants are pending (or while the
+    database cannot be reached: too many clients, a restart)."""
+    try:
+        with db.begin(resources.engine()) as connection:
+            closed = runs.finalize(connection, run_id)
+    except Exception as exc:
+        if not db.is_transient(exc):
+            raise
+        closed = None
     if closed is not None:
         return closed.status
     cfg = resources.settings()
     if attempt * RECHECK_SECONDS < cfg.visibility_timeout + cfg.task_time_limit:
-        close_run.apply_async((run_id, attempt + 1), countdown=RECHECK_SECONDS)
+        close_run.apply_async(
+            (run_id, attempt + 1), countdown=RECHECK_SECONDS, queue=resources.queues().control
+        )
     return "pending"
 
 

@@ -52,12 +52,19 @@ def backoff_seconds(retries: int) -> float:
 # results, so the worker skips two Redis round trips per tenant and the producer a subscription.
 @app.task(name="tenantfleet.migrate_tenant", bind=True, max_retries=None, ignore_result=True)
 def migrate_tenant(
-    self: Task, run_id: int, schema: str, target: str, max_failures: int | None = None
+    self: Task,
+    run_id: int,
+    schema: str,
+    target: str,
+    max_failures: int | None = None,
+    run_uid: str | None = None,
 ) -> str:
-    """Bring ``schema`` to ``target`` for run ``run_id``; returns the tenant's final status.
-
-    With ``max_failures``, a tenant whose run already has that many failures is skipped.
+    """Bring ``schema`` to ``target`` for run ``run_id`` (``run_uid``); returns the tenant's final
+    status. With ``max_failures``, a tenant whose run already has that many failures is skipped.
     """
+    if run_uid is None:
+        raise UnknownRunTenant(f"{schema}: the message of run {run_id} carries no run uid")
+    task = runs.TenantTask(run_id, run_uid, schema, target)
     settings = resources.settings()
     worker = self.request.hostname or socket.gethostname()
     started = time.monotonic()
@@ -68,19 +75,19 @@ def migrate_tenant(
         ):
             max_attempts = settings.max_retries + POISON_MARGIN
             quick = (
-                attempt.at_once(connection, run_id, schema, worker, target, settings, max_attempts)
+                attempt.at_once(connection, task, worker, settings, max_attempts)
                 if not max_failures  # the failure budget is checked between begin and apply
                 else attempt.Quick.NOT_TRIED
             )
             if quick is attempt.Quick.DONE:
                 return "succeeded"
             found = attempt.begin(
-                connection, run_id, schema, worker, settings, marked=quick is attempt.Quick.MISSED
+                connection, task, worker, settings, marked=quick is attempt.Quick.MISSED
             )
             if found.attempts is None:
                 raise UnknownRunTenant(
-                    f"{schema}: run {run_id} has no such tenant in this worker's database"
-                    " (is the worker pointed at another database than the producer?)"
+                    f"{schema}: run {run_id} ({run_uid}) for target {target} has no such tenant"
+                    " in this worker's database"
                 )
             if not found.pending:
                 attempt.end(connection, commit=False)
@@ -90,33 +97,39 @@ def migrate_tenant(
                     f"{found.attempts - 1} attempts ended without an outcome (the worker died or"
                     " hit the hard time limit each time); giving up"
                 )
-            if max_failures and runs.mark_skipped_if_budget_spent(
-                connection, run_id, schema, max_failures
-            ):
+            if max_failures and runs.mark_skipped_if_budget_spent(connection, task, max_failures):
                 attempt.end(connection, commit=True)
                 return "skipped"
             elapsed_ms = int((time.monotonic() - started) * 1000)
-            if not attempt.apply(connection, found, run_id, schema, target, elapsed_ms):
+            if not attempt.apply(connection, found, task, elapsed_ms):
                 return "duplicate"  # another delivery finished this tenant meanwhile
         return "succeeded"
     except (Retry, UnknownRunTenant):
         raise
     except Exception as exc:
-        raise _fail_or_retry(self, run_id, schema, exc, started) from None
+        raise _fail_or_retry(self, task, exc, started) from None
 
 
 def _fail_or_retry(
-    task: Task, run_id: int, schema: str, error: Exception, started: float
+    celery_task: Task, task: runs.TenantTask, error: Exception, started: float
 ) -> BaseException:
-    """Record the error and return what the task should raise: a retry or the final failure."""
+    """Record the error and return what the task should raise: a retry or the final failure.
+
+    A lost database connection is retried without limit (the outage is ridden out, the tenant
+    keeps its task); other transient errors (lock timeout, deadlock, ...) up to
+    ``TENANTFLEET_MAX_RETRIES`` times.
+    """
     exc = db.interruption(error)  # a soft time limit shows as the QueryCanceled it caused
-    if db.is_transient(exc) and task.request.retries < resources.settings().max_retries:
-        _record(lambda c: runs.mark_retrying(c, run_id, schema, exc), resources.engine())
-        return task.retry(exc=exc, countdown=backoff_seconds(task.request.retries), throw=False)
+    retries = celery_task.request.retries
+    if db.is_unreachable(exc) or (
+        db.is_transient(exc) and retries < resources.settings().max_retries
+    ):
+        _record(lambda c: runs.mark_retrying(c, task, exc), resources.engine())
+        return celery_task.retry(exc=exc, countdown=backoff_seconds(retries), throw=False)
     elapsed = int((time.monotonic() - started) * 1000)
-    _record(lambda c: runs.mark_failed(c, run_id, schema, exc, elapsed), resources.engine())
+    _record(lambda c: runs.mark_failed(c, task, exc, elapsed), resources.engine())
     error_class, _ = db.describe_error(exc)
-    return TenantMigrationFailed(f"{schema}: {error_class}: {db.first_line(exc)}")
+    return TenantMigrationFailed(f"{task.schema}: {error_class}: {db.first_line(exc)}")
 
 
 def _record(write: Callable[[Connection], None], engine: Engine) -> None:

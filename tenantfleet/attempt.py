@@ -113,27 +113,29 @@ def open_transaction(connection: Connection) -> Iterator[None]:
         raise
 
 
-def _begin_params(run_id: int, schema: str, worker: str, settings: Settings) -> dict[str, Any]:
+def _begin_params(task: runs.TenantTask, worker: str, settings: Settings) -> dict[str, Any]:
     """The binds of the running mark, the confinement and the read under the lock."""
-    return {"run_id": run_id, "worker": worker, **alembic_runtime.confine_params(schema, settings)}
+    return {
+        **task.binds(),
+        "worker": worker,
+        **alembic_runtime.confine_params(task.schema, settings),
+    }
 
 
 def at_once(
     connection: Connection,
-    run_id: int,
-    schema: str,
+    task: runs.TenantTask,
     worker: str,
-    target: str,
     settings: Settings,
     max_attempts: int,
 ) -> Quick:
     """The whole attempt in one round trip, if the schema is at the guessed revision."""
-    guess = _last_from_revision.get(target)
-    sql = alembic_runtime.replayable_sql(guess, target) if guess else None
+    guess = _last_from_revision.get(task.target)
+    sql = alembic_runtime.replayable_sql(guess, task.target) if guess else None
     if not sql:
         return Quick.NOT_TRIED
     params = {
-        **_begin_params(run_id, schema, worker, settings),
+        **_begin_params(task, worker, settings),
         "revision": guess,
         "max_attempts": max_attempts,
         "from_revision": guess,
@@ -151,8 +153,7 @@ def at_once(
 
 def begin(
     connection: Connection,
-    run_id: int,
-    schema: str,
+    task: runs.TenantTask,
     worker: str,
     settings: Settings,
     *,
@@ -160,7 +161,7 @@ def begin(
 ) -> Started:
     """The running mark (unless ``marked``: committed already), then BEGIN, confine, lock, and
     read under the lock."""
-    params = _begin_params(run_id, schema, worker, settings)
+    params = _begin_params(task, worker, settings)
     versions: list[str] | None
     try:
         rows = connection.execute(_RESTART_SQL if marked else _BEGIN_SQL, params).all()
@@ -175,25 +176,17 @@ def begin(
     return Started(attempts, status, versions)
 
 
-def apply(
-    connection: Connection,
-    started: Started,
-    run_id: int,
-    schema: str,
-    target: str,
-    elapsed_ms: int,
-) -> bool:
+def apply(connection: Connection, started: Started, task: runs.TenantTask, elapsed_ms: int) -> bool:
     """Upgrade, mark succeeded, COMMIT. False (all rolled back) when the row was no longer
     pending: another delivery finished this tenant meanwhile."""
     params: dict[str, Any] = {
-        "run_id": run_id,
-        "schema": schema,
+        **task.binds(),
         "from_revision": started.from_revision,
         "elapsed_ms": elapsed_ms,
     }
-    sql = alembic_runtime.upgrade_sql(started.versions, target)
+    sql = alembic_runtime.upgrade_sql(started.versions, task.target)
     if sql is None:
-        alembic_runtime.migrate_online(connection, schema, target)
+        alembic_runtime.migrate_online(connection, task.schema, task.target)
     statements = [replay.driver_sql(sql)] if sql else []
     try:
         connection.exec_driver_sql(";\n".join([*statements, _MARK_AND_COMMIT]), params)
@@ -203,7 +196,7 @@ def apply(
         end(connection, commit=False)
         return False
     if started.versions is not None and len(started.versions) == 1:
-        _last_from_revision[target] = started.versions[0]
+        _last_from_revision[task.target] = started.versions[0]
     return True
 
 

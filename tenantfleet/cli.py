@@ -7,17 +7,31 @@ configuration or connection error, 3 ``--timeout`` reached while the run goes on
 import argparse
 import gc
 import json
+import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from datetime import datetime
+from typing import Any, NoReturn, TextIO
 
 from sqlalchemy.exc import DBAPIError
 
 from migrations.migrate import MigrationManager, Status
-from tenantfleet import config, db, demo, embedded, fleet, guard, output, processes, producer, runs
+from tenantfleet import (
+    config,
+    db,
+    demo,
+    embedded,
+    fleet,
+    follow,
+    guard,
+    output,
+    processes,
+    producer,
+    runs,
+)
 from tenantfleet.errors import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TENANT_FAILURES,
     EXIT_TIMEOUT,
@@ -38,8 +52,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
+    print(json.dumps(value, indent=2, default=_json_value))
+
+
+def _number(kind: type, minimum: float, what: str) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` of at least ``minimum``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+SECONDS = _number(float, 0.001, "a positive number of seconds")
+COUNT = _number(int, 1, "a whole number of at least 1")
+COUNT_OR_ZERO = _number(int, 0, "a whole number of at least 0")
+PORT = _number(int, 1, "a port number")
 
 
 def _print_status(status: Status, as_json: bool) -> None:
@@ -91,6 +131,25 @@ def cmd_tenant_downgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tenant_deactivate(args: argparse.Namespace) -> int:
+    tenant = MigrationManager().set_active(args.schema, False, args.reason)
+    _print_tenant(tenant, args.json, "deactivated: fleet runs leave it alone")
+    return EXIT_OK
+
+
+def cmd_tenant_activate(args: argparse.Namespace) -> int:
+    tenant = MigrationManager().set_active(args.schema, True)
+    _print_tenant(tenant, args.json, "active: fleet runs migrate it again")
+    return EXIT_OK
+
+
+def _print_tenant(tenant: Any, as_json: bool, what: str) -> None:
+    if as_json:
+        _print_json(output.tenant_dict(tenant))
+    else:
+        print(f"{tenant.schema_name}: {what}")
+
+
 def cmd_tenant_status(args: argparse.Namespace) -> int:
     _print_status(MigrationManager().status_tenant(args.schema), args.json)
     return EXIT_OK
@@ -127,12 +186,34 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         canary_tenants=tuple(args.canary_tenant or ()),
         max_failures=args.max_failures,
         wait_for_active=args.wait_for_active,
+        strict=args.strict,
     )
     if args.dry_run:
         return _dry_run(manager, options, sql=args.sql, as_json=args.json)
-    started = time.monotonic()
-    run_id = producer.start(manager, options, _say)
-    return _follow(manager, run_id, args, started=started)
+    watch = _watch(manager, args.timeout)
+    run_id = producer.start(manager, options, _say, watch)
+    return _follow(manager, run_id, args, watch)
+
+
+def _watch(manager: MigrationManager, timeout: float | None) -> follow.Watch:
+    """How this command follows its run: from now, with its timeout, saying things on stderr,
+    sending again the tenants that lost their task when nothing moves."""
+
+    def resend_lost_tasks(run_id: int) -> None:
+        sent = producer.resend_lost(manager, run_id, manager.settings.stall_resume)
+        if sent:
+            _say(
+                f"\nno tenant finished for {manager.settings.stall_resume:g} s:"
+                f" {sent} tenants with no live task sent again"
+            )
+
+    return follow.Watch(
+        timeout=timeout,
+        poll_interval=manager.settings.poll_interval,
+        stall_after=manager.settings.stall_resume,
+        on_stall=resend_lost_tasks,
+        say=_say,
+    )
 
 
 def _dry_run(
@@ -154,35 +235,23 @@ def _dry_run(
 
 
 def _follow(
-    manager: MigrationManager, run_id: int, args: argparse.Namespace, *, started: float
+    manager: MigrationManager, run_id: int, args: argparse.Namespace, watch: follow.Watch
 ) -> int:
     """Print the run id (no --wait), or follow the run to its end and print its summary."""
     if not args.wait:
+        report = producer.report(manager.engine, run_id)
+        closed = report["finished_at"] is not None
         if args.json:
-            _print_json(producer.report(manager.engine, run_id))
+            _print_json(report)
+        elif closed:
+            print(output.run_summary(report))
         else:
             print(f"run {run_id} enqueued; follow it with `tenantfleet status {run_id}`")
-        return EXIT_OK
+        return _run_exit_code(report["status"]) if closed else EXIT_OK
     progress = Progress()
-
-    def resume_lost_tasks() -> None:
-        sent = producer.resume_stalled(manager, run_id)
-        if sent:
-            _say(
-                f"\nno tenant finished for {manager.settings.stall_resume:g} s:"
-                f" {sent} tenants with no live task enqueued again"
-            )
-
-    run = producer.wait(
-        manager.engine,
-        run_id,
-        timeout=args.timeout,
-        poll_interval=manager.settings.poll_interval,
-        on_progress=progress,
-        started=started,
-        on_stall=resume_lost_tasks,
-        stall_after=manager.settings.stall_resume,
-    )
+    watch.on_progress = progress
+    watch.app, watch.queues = producer.app(), producer.queues_of(manager)
+    run = follow.until_closed(manager.engine, run_id, watch)
     progress.close()
     report = producer.report(manager.engine, run_id)
     if args.json:
@@ -203,26 +272,37 @@ def _run_exit_code(status: str) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     manager = MigrationManager()
-    started = time.monotonic()
+    watch = _watch(manager, args.timeout)
     run_id = producer.retry(
         manager,
         args.run_id,
         tuple(args.tenant or ()),
         wait_for_active=args.wait_for_active,
         say=_say,
+        watch=watch,
     )
     if run_id is None:
-        print(f"run {args.run_id} has nothing to retry")
+        message = f"run {args.run_id} has nothing to retry"
+        if args.json:
+            _print_json({"run_id": None, "retry_of": args.run_id, "message": message})
+        else:
+            print(message)
         return EXIT_OK
-    return _follow(manager, run_id, args, started=started)
+    return _follow(manager, run_id, args, watch)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     manager = MigrationManager()
-    started = time.monotonic()
-    sent = producer.resume(manager, args.run_id, _say)
-    _say(f"run {args.run_id}: {sent} tenants enqueued again")
-    return _follow(manager, args.run_id, args, started=started)
+    watch = _watch(manager, args.timeout)
+    with db.connect(manager.engine) as connection:
+        manager.require_public(connection)
+        before = runs.get_run(connection, args.run_id)
+    sent = producer.resume(manager, args.run_id, _say, watch)
+    if before.finished_at is not None:
+        _say(f"run {args.run_id} is closed ({before.status}): nothing to resume")
+    else:
+        _say(f"run {args.run_id}: {sent} tenants enqueued again")
+    return _follow(manager, args.run_id, args, watch)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -237,11 +317,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state is not None:
         report["alive"] = state.alive
         report["idle_seconds"] = round(state.idle_seconds, 1)
+        queues = producer.queues_of(manager)
+        ours, others = follow.consumers(producer.app(), queues)
+        report["workers"] = ours
+        report["waiting_for"] = None if ours else follow.no_worker_message(queues, others)
     if args.json:
         _print_json(report)
     else:
         print(output.status_report(report))
-    return EXIT_OK if report["finished_at"] is None else _run_exit_code(report["status"])
+    if state is None:
+        return _run_exit_code(report["status"])
+    return EXIT_TIMEOUT if state.alive else EXIT_TENANT_FAILURES
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -291,10 +377,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     flower = demo.start_flower(settings, args.port, print) if args.flower else None
     try:
         print(f"migrating {len(schemas)} tenants to head with `tenantfleet migrate --wait`")
-        started = time.monotonic()
-        run_id = producer.start(manager, producer.MigrateOptions(include=tuple(schemas)))
-        follow = argparse.Namespace(wait=True, timeout=None, json=False)
-        code = _follow(manager, run_id, follow, started=started)
+        watch = _watch(manager, None)
+        run_id = producer.start(
+            manager, producer.MigrateOptions(include=tuple(schemas)), _say, watch
+        )
+        as_migrate = argparse.Namespace(wait=True, timeout=None, json=False)
+        code = _follow(manager, run_id, as_migrate, watch)
         if flower is not None:
             print(f"Flower: http://127.0.0.1:{args.port}/tasks  (Ctrl-C to stop)")
             flower.wait()
@@ -352,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tenantfleet",
         description="Migration workers for schema-per-tenant PostgreSQL.",
         epilog="Exit codes: 0 ok, 1 tenants failed or skipped, 2 usage/config/connection error,"
-        " 3 --timeout reached.",
+        " 3 --timeout reached or the run is still open, 130 interrupted.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -390,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     t_down.add_argument("--revision", required=True)
     t_status = _command(tenant_cmds, "status", cmd_tenant_status, "one tenant's revisions")
     t_status.add_argument("schema")
+    t_off = _command(
+        tenant_cmds, "deactivate", cmd_tenant_deactivate, "take a tenant out of fleet runs"
+    )
+    t_off.add_argument("schema")
+    t_off.add_argument("--reason", help="why (shown by `tenants list` and `fleet`)")
+    t_on = _command(tenant_cmds, "activate", cmd_tenant_activate, "put a tenant back in")
+    t_on.add_argument("schema")
 
     tenants = commands.add_parser("tenants", help="the registry")
     tenants_cmds = tenants.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -402,11 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--tenant", action="append", metavar="S", help="only this schema")
     migrate.add_argument("--exclude", action="append", metavar="S", help="skip this schema")
     migrate.add_argument("--wait", action="store_true", help="follow the run to its end")
-    migrate.add_argument("--timeout", type=float, metavar="SECONDS", help="exit 3 after")
+    migrate.add_argument("--timeout", type=SECONDS, metavar="SECONDS", help="exit 3 after")
     migrate.add_argument("--no-public", action="store_true", help="do not upgrade public first")
     migrate.add_argument(
         "--canary",
-        type=int,
+        type=COUNT_OR_ZERO,
         default=0,
         metavar="N",
         help="migrate the first N tenants (by schema name) first; the rest only if all succeed",
@@ -416,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument(
         "--max-failures",
-        type=int,
+        type=COUNT,
         metavar="N",
         help="after N failed tenants, skip the tenants not started yet",
     )
@@ -424,6 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--sql", action="store_true", help="with --dry-run: one tenant's SQL")
     migrate.add_argument(
         "--wait-for-active", action="store_true", help="wait for an active run instead of refusing"
+    )
+    migrate.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2) when a tenant cannot be migrated, instead of skipping it",
     )
 
     retry = _command(commands, "retry", cmd_retry, "migrate again what a run did not finish")
@@ -435,12 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_id", type=int)
     for follower in (retry, resume):
         follower.add_argument("--wait", action="store_true", help="follow the run to its end")
-        follower.add_argument("--timeout", type=float, metavar="SECONDS", help="exit 3 after")
+        follower.add_argument("--timeout", type=SECONDS, metavar="SECONDS", help="exit 3 after")
     retry.add_argument("--wait-for-active", action="store_true")
     status = _command(commands, "status", cmd_status, "a run: counts, failures, slowest tenants")
     status.add_argument("run_id", type=int, nargs="?", help="default: the latest run")
     runs_cmd = _command(commands, "runs", cmd_runs, "recent runs")
-    runs_cmd.add_argument("--limit", type=int, default=20)
+    runs_cmd.add_argument("--limit", type=COUNT, default=20)
     _command(commands, "fleet", cmd_fleet, "tenants per revision, behind head, drift")
 
     worker = _command(
@@ -450,20 +550,20 @@ def build_parser() -> argparse.ArgumentParser:
         "run a Celery worker (celery -A workers worker)",
         json_flag=False,
     )
-    worker.add_argument("--concurrency", "-c", type=int, default=os.cpu_count() or 2)
+    worker.add_argument("--concurrency", "-c", type=COUNT, default=os.cpu_count() or 2)
     worker.add_argument("--loglevel", default="INFO")
     flower = _command(
         commands, "flower", cmd_flower, "run Flower (celery -A workers flower)", json_flag=False
     )
     flower.add_argument("--address", default="127.0.0.1")
-    flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument("--port", type=PORT, default=5555)
     demo_cmd = _command(
         commands, "demo", cmd_demo, "a fleet migration on the embedded stack", json_flag=False
     )
-    demo_cmd.add_argument("--tenants", type=int, default=200)
-    demo_cmd.add_argument("--workers", type=int, default=2)
+    demo_cmd.add_argument("--tenants", type=COUNT, default=200)
+    demo_cmd.add_argument("--workers", type=COUNT, default=2)
     demo_cmd.add_argument("--flower", action="store_true", help="keep Flower up until Ctrl-C")
-    demo_cmd.add_argument("--port", type=int, default=5555)
+    demo_cmd.add_argument("--port", type=PORT, default=5555)
 
     dev = commands.add_parser("dev", help="the embedded default stack")
     dev_cmds = dev.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -473,24 +573,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """One line on stderr; with ``--json``, the same as a JSON object on stdout."""
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _print_json({"error": message, "exit_code": code})
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="tenantfleet: %(message)s")
     try:
         return int(args.func(args))
     except TenantfleetError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, str(exc), exc.exit_code)
     except DBAPIError as exc:
         if args.debug:
             raise
-        reason = db.first_line(exc)
-        print(f"error: database: {reason}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, f"database: {db.first_line(exc)}", EXIT_USAGE)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", EXIT_INTERRUPTED)
+
+
+class _PipeSafe:
+    """stdout that takes a closed pipe (``tenantfleet tenants list | head -1``) as a normal end:
+    what is left to print goes nowhere, and the command keeps its own exit code."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def entry() -> NoReturn:
@@ -500,6 +634,8 @@ def entry() -> NoReturn:
     collection over every object SQLAlchemy, Alembic and Celery created: 0.1-0.2 s off every
     command, the deploy hook's included. Everything is still released at exit.
     """
+    sys.stdout = _PipeSafe(sys.stdout)
     code = main()
+    sys.stdout.flush()
     gc.freeze()
     sys.exit(code)

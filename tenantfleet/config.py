@@ -11,9 +11,6 @@ from pathlib import Path
 
 from tenantfleet.errors import ConfigError
 
-TENANT_QUEUE = "tenantfleet.tenants"
-CONTROL_QUEUE = "tenantfleet.control"
-
 
 @dataclass(frozen=True)
 class Settings:

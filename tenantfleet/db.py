@@ -91,8 +91,12 @@ def sqlstate(exc: BaseException) -> str | None:
     return getattr(orig, "pgcode", None)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True when the same work may succeed if tried again: lost connections, lock waits, ..."""
+UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when the server cannot be talked to right now: connect failures, lost connections,
+    a server shutting down or starting up, no free connection slot."""
     if isinstance(exc, ConnectionFailed):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
@@ -100,7 +104,12 @@ def is_transient(exc: BaseException) -> bool:
     code = sqlstate(exc)
     if code is None:
         return isinstance(exc, OperationalError)
-    return code in TRANSIENT_SQLSTATES or code.startswith("08")
+    return code in UNREACHABLE_SQLSTATES or code.startswith("08")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same work may succeed if tried again: lost connections, lock waits, ..."""
+    return is_unreachable(exc) or sqlstate(exc) in TRANSIENT_SQLSTATES
 
 
 def first_line(exc: BaseException) -> str:

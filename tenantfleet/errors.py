@@ -8,6 +8,7 @@ EXIT_OK = 0
 EXIT_TENANT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
+EXIT_INTERRUPTED = 130
 
 
 class TenantfleetError(Exception):

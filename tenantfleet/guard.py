@@ -1,10 +1,11 @@
 """Which run is active: the single-run guard's view of the run tables.
 
-A run is active while it is open and alive. Alive means a tenant of it holds its schema's lock (a
-migration is in progress right now), or something happened to it within
-``TENANTFLEET_STALE_RUN_AFTER`` seconds. An open run that is neither was abandoned (its producer
-died before enqueuing, its queue was lost): it blocks nobody, and ``tenantfleet resume`` finishes
-it. An open run whose tenants are all final is closed on sight.
+A run is active while it is open and alive. Alive means its producer is still sending its tasks
+(it holds the run's dispatch lock), or a tenant of it holds its schema's lock (a migration is in
+progress right now), or, once every task was sent, something happened to it within
+``TENANTFLEET_STALE_RUN_AFTER`` seconds. An open run that is none of these was abandoned (its
+producer died before sending everything, its queue was lost): it blocks nobody, and
+``tenantfleet resume`` finishes it. An open run whose tenants are all final is closed on sight.
 """
 
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ def open_runs(connection: Connection, stale_after: float) -> list[OpenRun]:
             continue
         pending = [t.schema_name for t in runs.tenants_of(connection, run.id, runs.PENDING)]
         idle = runs.idle_seconds(connection, run.id)
-        alive = idle < stale_after or bool(locks.held(connection, pending))
+        recent = run.dispatched_at is not None and idle < stale_after
+        sending = bool(locks.held(connection, [locks.dispatching(run.uid)]))
+        alive = recent or sending or bool(locks.held(connection, pending))
         found.append(OpenRun(run, runs.counts(connection, run.id), alive, idle))
     return found
 

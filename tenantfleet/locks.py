@@ -41,3 +41,17 @@ def held(connection: Connection, schemas: Sequence[str]) -> set[str]:
         {"schemas": list(schemas)},
     )
     return set(rows.scalars())
+
+
+def dispatching(run_uid: str) -> str:
+    """The lock a producer holds while it sends a run's tasks (not a valid schema name)."""
+    return f"dispatch:{run_uid}"
+
+
+def hold(connection: Connection, name: str) -> bool:
+    """Take a session-level lock on ``name`` if free: held until the connection closes."""
+    taken = connection.execute(
+        sa.text(f"SELECT pg_try_advisory_lock({key_sql(':name')})"), {"name": name}
+    ).scalar()
+    connection.commit()
+    return bool(taken)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from tenantfleet import config
-from tenantfleet.config import CONTROL_QUEUE, TENANT_QUEUE
 from tenantfleet.errors import ConnectionFailed
 
 READY_TIMEOUT_S = 60.0
@@ -34,7 +33,6 @@ def worker_argv(
 ) -> list[str]:
     return [
         *CELERY, "worker",
-        "-Q", f"{TENANT_QUEUE},{CONTROL_QUEUE}",
         "--concurrency", str(concurrency),
         "--hostname", hostname,
         "--loglevel", loglevel,

@@ -8,6 +8,7 @@ import io
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +17,11 @@ from alembic import command
 from sqlalchemy.engine import Engine
 
 from migrations.migrate import MigrationManager
-from tenantfleet import alembic_runtime, db, guard, locks, registry, runs
+from tenantfleet import alembic_runtime, db, follow, guard, locks, registry, runs
 from tenantfleet.errors import ConnectionFailed, RunActive, TenantStateError, UsageError
 from tenantfleet.names import shorten, validate_schema_name
+from tenantfleet.queues import Queues, of_database
 
-FINALIZE_GRACE_SECONDS = 3.0
 BROKER_CONNECT_TIMEOUT_S = 5.0
 RETRYABLE = ("failed", "skipped", *runs.PENDING)
 
@@ -42,15 +43,19 @@ class MigrateOptions:
     max_failures: int | None = None
     wait_for_active: bool = False
     parent_run_id: int | None = None
+    strict: bool = False
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Which selected tenants are behind the target, and from where."""
+    """Which selected tenants are behind the target, and from where; which cannot be migrated."""
 
     target: str
     behind: list[tuple[str, str | None]]
     up_to_date: list[str] = field(default_factory=list)
+    not_migratable: list[tuple[str, str | None, str, str]] = field(default_factory=list)
+    """(schema, revision, error class, reason): registered without a schema, or at a revision
+    the scripts do not know. Recorded ``skipped`` in the run; the others go on."""
 
 
 def validate(options: MigrateOptions) -> str:
@@ -76,22 +81,33 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
             manager.require_public(connection)
         schemas = registry.select_for_migration(connection, options.include, options.exclude)
         versions = alembic_runtime.read_versions(connection, schemas)
-    missing = [s for s in schemas if s not in versions]
-    if missing:
-        raise TenantStateError(
-            f"registered but without a schema: {shorten(missing)} (fix the registry or --exclude)"
-        )
     known = {r.revision for r in script.walk_revisions()} | {None}
-    unknown = [s for s in schemas if versions[s] not in known]
-    if unknown:
+    not_migratable: list[tuple[str, str | None, str, str]] = []
+    for schema in schemas:
+        if schema not in versions:
+            not_migratable.append(
+                (schema, None, "SchemaMissing", "registered, but the schema does not exist")
+            )
+        elif versions[schema] not in known:
+            not_migratable.append(
+                (
+                    schema,
+                    versions[schema],
+                    "UnknownRevision",
+                    f"at {versions[schema]!r}, a revision the migration scripts do not know",
+                )
+            )
+    if not_migratable and options.strict:
+        first = not_migratable[0]
         raise TenantStateError(
-            f"at a revision the migration scripts do not know: {shorten(unknown)}"
-            f" ({versions[unknown[0]]!r} in {unknown[0]!r}); --exclude them or fix alembic_version"
+            f"{len(not_migratable)} tenants cannot be migrated (--strict):"
+            f" {shorten([s for s, *_ in not_migratable])} ({first[0]}: {first[3]})"
         )
+    skip = {schema for schema, *_ in not_migratable}
     below = alembic_runtime.revisions_below(script, target)
-    behind = [(s, versions[s]) for s in schemas if versions[s] in below]
-    at_or_past = [s for s in schemas if versions[s] not in below]
-    return Plan(target, behind, at_or_past)
+    behind = [(s, versions[s]) for s in schemas if s not in skip and versions[s] in below]
+    at_or_past = [s for s in schemas if s not in skip and versions[s] not in below]
+    return Plan(target, behind, at_or_past, not_migratable)
 
 
 def choose_canaries(chosen: Plan, options: MigrateOptions) -> list[str]:
@@ -105,32 +121,45 @@ def choose_canaries(chosen: Plan, options: MigrateOptions) -> list[str]:
     return behind[: options.canary]
 
 
-def start(manager: MigrationManager, options: MigrateOptions, say: Say = _quiet) -> int:
-    """Upgrade public, plan, record the run (one at a time), enqueue; the run id."""
+def start(
+    manager: MigrationManager,
+    options: MigrateOptions,
+    say: Say = _quiet,
+    watch: follow.Watch | None = None,
+) -> int:
+    """Upgrade public, plan, record the run (one at a time), send its tasks; the run id.
+
+    Canaries are sent first and followed (``watch``: timeout, watchdog); the others are sent
+    only if every canary succeeded. While it records and sends, the producer holds the run's
+    dispatch lock, so a run whose producer died before sending everything is seen abandoned
+    at once (``guard``) instead of blocking every deploy until it goes stale.
+    """
     validate(options)
+    watch = watch or follow.Watch()
     while True:
         if options.wait_for_active:
-            wait_for_no_active_run(manager, say)
+            wait_for_no_active_run(manager, say, watch)
         if options.upgrade_public:
             manager.upgrade_public()
         chosen = plan(manager, options)
         canaries = choose_canaries(chosen, options)
         if chosen.behind:
-            check_broker(_app())
-        try:
-            run_id = _record(manager, chosen, options, canaries)
-        except RunActive:
-            if not options.wait_for_active:
-                raise
-            continue
-        break
-    if chosen.behind:
-        dispatch(manager, run_id, say, fresh=True)
-    return run_id
+            check_broker(app())
+        uid = str(uuid.uuid4())
+        with db.connect(manager.engine) as holder:
+            locks.hold(holder, locks.dispatching(uid))  # a new uid: always free
+            try:
+                run_id = _record(manager, chosen, options, canaries, uid)
+            except RunActive:
+                if not options.wait_for_active:
+                    raise
+                continue
+            _dispatch(manager, run_id, [s for s, _ in chosen.behind], say, watch)
+        return run_id
 
 
 def _record(
-    manager: MigrationManager, chosen: Plan, options: MigrateOptions, canaries: list[str]
+    manager: MigrationManager, chosen: Plan, options: MigrateOptions, canaries: list[str], uid: str
 ) -> int:
     """Write the run under the producers' lock, unless another run is active."""
     with db.begin(manager.engine) as connection:
@@ -155,75 +184,75 @@ def _record(
             },
             producer=f"{socket.gethostname()}:{os.getpid()}",
             parent_run_id=options.parent_run_id,
+            uid=uid,
+            skipped=chosen.not_migratable,
         )
 
 
-def dispatch(
-    manager: MigrationManager,
-    run_id: int,
-    say: Say = _quiet,
-    *,
-    fresh: bool,
-    include_queued: bool = True,
+def _dispatch(
+    manager: MigrationManager, run_id: int, to_send: Sequence[str], say: Say, watch: follow.Watch
 ) -> int:
-    """Enqueue the run's pending tenants that no live task is migrating; how many were sent.
-
-    Canaries go first and the others only if every canary succeeded; otherwise the others are
-    recorded as skipped and the run is closed. ``fresh`` (a run just written) skips the lock
-    check, as no task can exist yet; without ``include_queued`` only ``running`` tenants whose
-    schema lock nobody holds (their worker died) are sent again.
-    """
+    """Send ``to_send`` (pending tenants of the run), canaries first; mark the run dispatched.
+    How many tasks were sent. Raises ``StoppedFollowing`` when ``watch`` times out while the
+    canaries run (``resume`` sends the rest later)."""
     engine = manager.engine
-    states = runs.PENDING if include_queued else ("running",)
     with db.connect(engine) as connection:
         run = runs.get_run(connection, run_id)
-        pending = [t.schema_name for t in runs.tenants_of(connection, run_id, states)]
-        busy = set() if fresh else locks.held(connection, pending)
-    canaries = [c for c in run.options.get("canaries", []) if c in pending]
+        canary_states = runs.statuses(connection, run_id, run.options.get("canaries", []))
     max_failures = run.options.get("max_failures")
-    app = _app()
-    check_broker(app)
+    fleet_queues = queues_of(manager)
+    celery_app = app()
     sent = 0
-    if canaries:
-        to_send = [c for c in canaries if c not in busy]
-        enqueue(app, run_id, run.target_revision, to_send, max_failures)
-        sent += len(to_send)
-        say(f"run {run_id}: waiting for {len(canaries)} canary tenants")
-        outcome = wait_for_tenants(engine, run_id, canaries, manager.settings.poll_interval)
-        failed = [c for c in canaries if outcome[c] != "succeeded"]
+    unfinished = [c for c, state in canary_states.items() if state not in runs.FINAL]
+    if canary_states:
+        first = [c for c in unfinished if c in to_send]
+        enqueue(celery_app, fleet_queues, run, first, max_failures)
+        sent += len(first)
+        if unfinished:
+            say(f"run {run_id}: waiting for {len(unfinished)} canary tenants")
+            watch.app, watch.queues = celery_app, fleet_queues
+            outcome = follow.until_final(engine, run_id, unfinished, watch)
+            if outcome is None:
+                raise follow.StoppedFollowing(
+                    f"--timeout reached while the canaries of run {run_id} ran; the rest is not"
+                    f" sent: `tenantfleet resume {run_id}` sends it once they succeed"
+                )
+            canary_states.update(outcome)
+        failed = [c for c, state in canary_states.items() if state != "succeeded"]
         if failed:
             with db.begin(engine) as connection:
                 skipped = runs.skip_pending(
                     connection, run_id, f"skipped: canary {shorten(failed)} did not succeed"
                 )
+                runs.mark_dispatched(connection, run_id)
                 runs.finalize(connection, run_id)
             say(f"run {run_id}: canary {shorten(failed)} failed; {skipped} tenants skipped")
             return sent
-    rest = [s for s in pending if s not in canaries and s not in busy]
-    enqueue(app, run_id, run.target_revision, rest, max_failures)
+    rest = [s for s in to_send if s not in canary_states]
+    enqueue(celery_app, fleet_queues, run, rest, max_failures)
+    with db.begin(engine) as connection:
+        runs.mark_dispatched(connection, run_id)
+        runs.finalize(connection, run_id)  # closes a run that had nothing to send
     return sent + len(rest)
 
 
-def wait_for_tenants(
-    engine: Engine, run_id: int, schemas: Sequence[str], poll_interval: float
-) -> dict[str, str]:
-    """Block until every one of ``schemas`` is final in the run; their statuses."""
-    while True:
-        with db.connect(engine) as connection:
-            states = runs.statuses(connection, run_id, schemas)
-        if all(state in runs.FINAL for state in states.values()):
-            return states
-        time.sleep(poll_interval)
-
-
-def wait_for_no_active_run(manager: MigrationManager, say: Say) -> None:
+def wait_for_no_active_run(manager: MigrationManager, say: Say, watch: follow.Watch) -> None:
+    """Wait until no run is active, rechecking staleness on every look; ``StoppedFollowing``
+    at the watch's timeout."""
+    said: set[int] = set()
     while True:
         with db.begin(manager.engine) as connection:
             active = guard.active_run(connection, manager.settings.stale_run_after)
         if active is None:
             return
-        say(f"waiting for run {active.run.id} to finish")
-        wait(manager.engine, active.run.id, poll_interval=manager.settings.poll_interval)
+        if active.run.id not in said:
+            said.add(active.run.id)
+            say(f"waiting for run {active.run.id} to finish")
+        if watch.expired():
+            raise follow.StoppedFollowing(
+                f"--timeout reached while waiting for run {active.run.id} to finish"
+            )
+        time.sleep(max(manager.settings.poll_interval, 0.5))
 
 
 def retry(
@@ -233,6 +262,7 @@ def retry(
     *,
     wait_for_active: bool = False,
     say: Say = _quiet,
+    watch: follow.Watch | None = None,
 ) -> int | None:
     """A new run, linked to ``run_id``, for its tenants that failed, were skipped or never
     finished (narrowed to ``tenants`` if given); None when there is nothing to retry."""
@@ -257,37 +287,56 @@ def retry(
         wait_for_active=wait_for_active,
         parent_run_id=run_id,
     )
-    return start(manager, options, say)
+    return start(manager, options, say, watch)
 
 
 def resume(
-    manager: MigrationManager, run_id: int, say: Say = _quiet, *, include_queued: bool = True
+    manager: MigrationManager,
+    run_id: int,
+    say: Say = _quiet,
+    watch: follow.Watch | None = None,
+    *,
+    only: Sequence[str] | None = None,
 ) -> int:
-    """Finish an open run whose tasks were lost; how many tenants were enqueued again."""
+    """Send again the pending tenants of an open run whose schema lock nobody holds (``only``
+    those, if given); how many were sent. A closed run has nothing to resume (0)."""
     with db.begin(manager.engine) as connection:
+        run = runs.get_run(connection, run_id)
         if runs.finalize(connection, run_id) is not None:
             return 0
-    return dispatch(manager, run_id, say, fresh=False, include_queued=include_queued)
+        pending = [t.schema_name for t in runs.tenants_of(connection, run_id, runs.PENDING)]
+        if only is not None:
+            pending = [s for s in pending if s in only]
+        busy = locks.held(connection, pending)
+    check_broker(app())
+    with db.connect(manager.engine) as holder:
+        if not locks.hold(holder, locks.dispatching(run.uid)):
+            raise RunActive(f"run {run_id} is being sent by its producer ({run.producer})")
+        return _dispatch(
+            manager, run_id, [s for s in pending if s not in busy], say, watch or follow.Watch()
+        )
 
 
-def resume_stalled(manager: MigrationManager, run_id: int) -> int:
-    """What ``--wait`` does when no tenant finished for a while: send again the tenants whose
-    worker died (running, lock free), and the queued ones too if the broker holds no tenant
-    task at all (it lost them). A healthy but slow queue is left alone."""
-    backlog = broker_backlog(_app())
-    return resume(manager, run_id, include_queued=backlog == 0)
-
-
-def broker_backlog(app: Any) -> int | None:
-    """Tenant tasks the broker holds (queued or delivered, unacked); None if it cannot tell."""
-    from tenantfleet.config import TENANT_QUEUE
-
-    try:
-        with app.connection_for_write() as connection:
-            client = connection.default_channel.client
-            return int(client.llen(TENANT_QUEUE)) + int(client.hlen("unacked"))
-    except Exception:
-        return None
+def resend_lost(manager: MigrationManager, run_id: int, quiet_for: float) -> int:
+    """What the watchdog of ``--wait`` does when no tenant finished for ``quiet_for`` seconds:
+    decide from the rows and the schema locks which pending tenants have no live task, and
+    send them again. A ``running`` or ``retrying`` tenant whose lock nobody holds and whose row
+    has not moved lost its worker; ``queued`` tenants are lost when nothing of the run is being
+    migrated at all. A duplicate task of a live tenant does nothing, so doubt costs one round
+    trip, never a second migration."""
+    with db.connect(manager.engine) as connection:
+        run = runs.get_run(connection, run_id)
+        quiet = runs.quiet_pending(connection, run_id, quiet_for)
+        pending = [t.schema_name for t in runs.tenants_of(connection, run_id, runs.PENDING)]
+        held = locks.held(connection, pending)
+    if run.dispatched_at is None:  # the canary phase: the others were never sent
+        canaries = set(run.options.get("canaries", []))
+        quiet = [(s, status) for s, status in quiet if s in canaries]
+    lost = [s for s, status in quiet if status != "queued" and s not in held]
+    if not held:
+        lost += [s for s, status in quiet if status == "queued"]
+    enqueue(app(), queues_of(manager), run, lost, run.options.get("max_failures"))
+    return len(lost)
 
 
 def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
@@ -300,10 +349,17 @@ def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
     return buffer.getvalue()
 
 
-def _app() -> Any:
-    from workers import app
+def app() -> Any:
+    """The Celery app, imported on first use (it reads the configuration)."""
+    from workers import app as celery_app
 
-    return app
+    return celery_app
+
+
+def queues_of(manager: MigrationManager) -> Queues:
+    """The broker queues of the manager's database."""
+    with db.connect(manager.engine) as connection:
+        return of_database(connection)
 
 
 def check_broker(app: Any) -> None:
@@ -319,9 +375,14 @@ PUBLISH_BATCH = 100  # small enough that workers start on the first messages at 
 
 
 def enqueue(
-    app: Any, run_id: int, target: str, schemas: Sequence[str], max_failures: int | None = None
+    app: Any,
+    queues: Queues,
+    run: runs.Run,
+    schemas: Sequence[str],
+    max_failures: int | None = None,
 ) -> None:
-    """``chord(group(one task per tenant), finalize_run)``, ``finalize_run_on_error`` on error."""
+    """``chord(group(one task per tenant), finalize_run)``, ``finalize_run_on_error`` on error,
+    on the queues of the run's database."""
     if not schemas:
         return
     from celery import chord, group
@@ -329,83 +390,21 @@ def enqueue(
     from tasks.finalize import finalize_run, finalize_run_on_error
     from tasks.tenant import migrate_tenant
 
-    extra = {"max_failures": max_failures} if max_failures else {}
-    body = finalize_run.s(run_id=run_id)
-    body.link_error(finalize_run_on_error.s(run_id=run_id))
+    extra: dict[str, Any] = {"run_uid": run.uid}
+    if max_failures:
+        extra["max_failures"] = max_failures
+    body = finalize_run.s(run_id=run.id).set(queue=queues.control)
+    body.link_error(finalize_run_on_error.s(run_id=run.id).set(queue=queues.control))
     # No time limits in the message: the worker's TENANTFLEET_TASK_TIME_LIMIT decides (Celery
     # would otherwise send the producer's setting with every task, and it would win).
     header = group(
-        migrate_tenant.si(run_id, schema, target, **extra).set(
-            time_limit=None, soft_time_limit=None
+        migrate_tenant.si(run.id, schema, run.target_revision, **extra).set(
+            queue=queues.tenants, time_limit=None, soft_time_limit=None
         )
         for schema in schemas
     )
     with app.batched_publishing(PUBLISH_BATCH):
         chord(header, body).apply_async()
-
-
-ProgressCallback = Callable[[runs.Counts, float], None]
-DATABASE_OUTAGE_LIMIT_S = 120.0
-
-
-def wait(
-    engine: Engine,
-    run_id: int,
-    *,
-    timeout: float | None = None,
-    poll_interval: float = 0.1,
-    on_progress: ProgressCallback | None = None,
-    started: float | None = None,
-    on_stall: Callable[[], None] | None = None,
-    stall_after: float = 0.0,
-) -> runs.Run | None:
-    """Follow the run through the run tables until it is closed; None on ``timeout``.
-
-    The chord callback closes the run; if every tenant is final and it still has not, after
-    a grace period, the producer closes it itself (the chord state may have been lost). When no
-    tenant has finished for ``stall_after`` seconds, ``on_stall`` is called (``resume``: the
-    broker may have lost the tasks). A database outage is waited out for up to two minutes.
-    ``started`` (a ``time.monotonic()`` value) is when the command began, for rates and timeout.
-    """
-    started = time.monotonic() if started is None else started
-    settled_at: float | None = None
-    last_done, last_change = -1, time.monotonic()
-    outage_since: float | None = None
-    while True:
-        try:
-            with db.connect(engine) as connection:
-                run = runs.get_run(connection, run_id)
-                tally = runs.counts(connection, run_id)
-            outage_since = None
-        except Exception as exc:
-            if not db.is_transient(exc):
-                raise
-            outage_since = outage_since or time.monotonic()
-            if time.monotonic() - outage_since > DATABASE_OUTAGE_LIMIT_S:
-                raise
-            time.sleep(poll_interval)
-            continue
-        now = time.monotonic()
-        elapsed = now - started
-        if on_progress is not None:
-            on_progress(tally, elapsed)
-        if run.finished_at is not None:
-            return run
-        if tally.done != last_done:
-            last_done, last_change = tally.done, now
-        elif on_stall is not None and stall_after > 0 and now - last_change >= stall_after:
-            on_stall()
-            last_change = now
-        if tally.pending == 0:
-            settled_at = settled_at if settled_at is not None else elapsed
-            if elapsed - settled_at >= FINALIZE_GRACE_SECONDS:
-                with db.begin(engine) as connection:
-                    closed = runs.finalize(connection, run_id)
-                if closed is not None:
-                    return closed
-        if timeout is not None and elapsed >= timeout:
-            return None
-        time.sleep(poll_interval)
 
 
 def report(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class Tenant:
     last_migration_status: str | None
     last_migrated_at: datetime | None
     last_run_id: int | None
+    deactivated_reason: str | None
 
 
 _TENANT_COLUMNS = [tenant_registry.c[f.name] for f in fields(Tenant)]
@@ -125,9 +126,13 @@ def record_revision(connection: Connection, schema: str, revision: str | None) -
 
 
 def apply_run_outcomes(connection: Connection, run_id: int) -> int:
-    """Copy each finished tenant's outcome in run ``run_id`` onto its registry row, at once."""
+    """Copy each finished tenant's outcome in run ``run_id`` onto its registry row, at once.
+
+    ``current_revision`` is not written here: it changes with the schema itself, in the tenant's
+    own transaction (``runs.MARK_SUCCEEDED_SQL``), so it is true even for a run that never closes
+    and is never overwritten with a plan-time guess.
+    """
     rt = migration_run_tenants
-    succeeded = rt.c.status == "succeeded"
     result = connection.execute(
         tenant_registry.update()
         .where(
@@ -136,7 +141,6 @@ def apply_run_outcomes(connection: Connection, run_id: int) -> int:
             rt.c.status.in_(("succeeded", "failed", "skipped")),
         )
         .values(
-            current_revision=sa.case((succeeded, rt.c.to_revision), else_=rt.c.from_revision),
             last_migration_status=rt.c.status,
             last_migrated_at=sa.func.coalesce(rt.c.finished_at, sa.func.now()),
             last_run_id=run_id,
@@ -144,3 +148,21 @@ def apply_run_outcomes(connection: Connection, run_id: int) -> int:
         )
     )
     return result.rowcount
+
+
+def set_active(connection: Connection, schema: str, active: bool, reason: str | None) -> Tenant:
+    """Take a tenant out of fleet runs (with a reason), or back in."""
+    found = connection.execute(
+        tenant_registry.update()
+        .where(tenant_registry.c.schema_name == validate_schema_name(schema))
+        .values(
+            is_active=active,
+            deactivated_reason=None if active else reason,
+            deactivated_at=None if active else sa.func.now(),
+            updated_at=sa.func.now(),
+        )
+        .returning(tenant_registry.c.id)
+    ).first()
+    if found is None:
+        raise UnknownTenant(f"no tenant with schema {schema!r} in public.tenant_registry")
+    return get(connection, schema)

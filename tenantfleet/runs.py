@@ -56,6 +56,8 @@ class Run:
     producer: str | None
     created_at: datetime
     finished_at: datetime | None
+    uid: str
+    dispatched_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,29 @@ class RunTenant:
     error_message: str | None
 
 
+@dataclass(frozen=True)
+class TenantTask:
+    """What one tenant task is about: a run (id and uid), a schema, a target revision."""
+
+    run_id: int
+    run_uid: str
+    schema: str
+    target: str
+
+    def binds(self) -> dict[str, Any]:
+        """The binds of the statements that name this task's row (``_THIS_RUN``)."""
+        return {
+            "run_id": self.run_id,
+            "run_uid": self.run_uid,
+            "schema": self.schema,
+            "target": self.target,
+        }
+
+    def core_binds(self) -> dict[str, Any]:
+        """The same, for the Core statements below (``_PENDING_ROW``)."""
+        return {"b_run_id": self.run_id, "b_run_uid": self.run_uid, "b_schema": self.schema}
+
+
 _RUN_COLUMNS = [runs.c[f.name] for f in fields(Run)]
 _TENANT_COLUMNS = [run_tenants.c[f.name] for f in fields(RunTenant)]
 
@@ -86,18 +111,25 @@ def create_run(
     options: dict[str, Any] | None = None,
     producer: str | None = None,
     parent_run_id: int | None = None,
+    uid: str | None = None,
+    skipped: Sequence[tuple[str, str | None, str, str]] = (),
 ) -> int:
-    """Write the run and one ``queued`` row per tenant in ``behind`` (schema, from revision).
+    """Write the run and one ``queued`` row per tenant in ``behind`` (schema, from revision), and
+    one ``skipped`` row per tenant in ``skipped`` (schema, revision, error class, reason): tenants
+    the plan found it cannot migrate.
 
-    A run with no tenant is born finished, as ``nothing_to_do``.
+    A run with no tenant is born finished, as ``nothing_to_do``; one with only skipped tenants is
+    closed by ``finalize``.
     """
-    empty = not behind
+    empty = not behind and not skipped
+    extra = {"uid": uid} if uid else {}
     run_id: int = connection.execute(
         runs.insert()
         .values(
+            **extra,
             target_revision=target_revision,
             status="nothing_to_do" if empty else "running",
-            total=len(behind),
+            total=len(behind) + len(skipped),
             up_to_date=up_to_date,
             options=options or {},
             producer=producer,
@@ -120,15 +152,44 @@ def create_run(
                 "froms": [from_revision for _, from_revision in behind],
             },
         )
+    if skipped:
+        connection.execute(
+            run_tenants.insert().values(status="skipped", finished_at=sa.func.now()),
+            [
+                {
+                    "run_id": run_id,
+                    "schema_name": schema,
+                    "from_revision": revision,
+                    "to_revision": target_revision,
+                    "error_class": error_class,
+                    "error_message": reason,
+                }
+                for schema, revision, error_class, reason in skipped
+            ],
+        )
     return run_id
+
+
+def mark_dispatched(connection: Connection, run_id: int) -> None:
+    """Every task of the run was sent."""
+    connection.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.dispatched_at.is_(None))
+        .values(dispatched_at=sa.func.now())
+    )
 
 
 # The tenant task's statements, as SQL text with :run_id and :schema, because the task sends
 # them together with other statements in one round trip (``tenantfleet.attempt``). A row that
 # is final is never changed again.
+_THIS_RUN = (
+    "run_id = :run_id AND schema_name = :schema AND to_revision = :target"
+    " AND run_id IN (SELECT id FROM public.migration_runs WHERE uid = CAST(:run_uid AS uuid))"
+)
+"""The task's own row: its run id *and* uid (ids repeat across databases that share a broker)
+and its target (a message for another target never marks this row)."""
 _THIS_PENDING_ROW = (
-    "WHERE run_id = :run_id AND schema_name = :schema"
-    f" AND status IN ({', '.join(repr(status) for status in PENDING)})"
+    f"WHERE {_THIS_RUN} AND status IN ({', '.join(repr(status) for status in PENDING)})"
 )
 MARK_RUNNING_SQL = (
     "UPDATE public.migration_run_tenants SET status = 'running', attempts = attempts + 1,"
@@ -142,10 +203,7 @@ STILL_PENDING_SQL = (
     + " AND attempts <= :max_attempts)"
 )
 """True while the tenant is pending in its run and has begun at most ``:max_attempts`` attempts."""
-TENANT_ROW_SQL = (
-    "SELECT attempts, status FROM public.migration_run_tenants"
-    " WHERE run_id = :run_id AND schema_name = :schema"
-)
+TENANT_ROW_SQL = f"SELECT attempts, status FROM public.migration_run_tenants WHERE {_THIS_RUN}"
 """The row as the attempt sees it, read under the schema's lock."""
 NOT_PENDING = "TF409"
 """SQLSTATE of ``MARK_SUCCEEDED_SQL`` when the row is no longer pending (public migration
@@ -156,17 +214,22 @@ MARK_SUCCEEDED_SQL = (
     " error_class = NULL, error_message = NULL, duration_ms = :elapsed_ms"
     " + (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::integer "
     + _THIS_PENDING_ROW
-    + " RETURNING 1) SELECT public.tenantfleet_expect(EXISTS (SELECT FROM marked),"
+    + " RETURNING 1), registered AS (UPDATE public.tenant_registry"
+    " SET current_revision = :target, updated_at = now()"
+    " WHERE schema_name = :schema AND EXISTS (SELECT FROM marked))"
+    " SELECT public.tenantfleet_expect(EXISTS (SELECT FROM marked),"
     " 'the tenant is no longer pending in its run')"
 )
 """The outcome, sent after the upgrade's SQL in the same round trip and transaction, with the
-COMMIT after it. When the row is no longer pending (something finished or skipped the tenant
-meanwhile) it raises ``NOT_PENDING``: the transaction aborts and the COMMIT is never run."""
+COMMIT after it; the registry's ``current_revision`` changes with the schema, in that commit.
+When the row is no longer pending (something finished or skipped the tenant meanwhile) it raises
+``NOT_PENDING``: the transaction aborts and the COMMIT is never run."""
 
 # The same (run, schema) row for the Core statements below.
 _PENDING_ROW = run_tenants.update().where(
     run_tenants.c.run_id == sa.bindparam("b_run_id"),
     run_tenants.c.schema_name == sa.bindparam("b_schema"),
+    run_tenants.c.run_id.in_(sa.select(runs.c.id).where(runs.c.uid == sa.bindparam("b_run_uid"))),
     run_tenants.c.status.in_(PENDING),
 )
 _MARK_ERROR = _PENDING_ROW.values(
@@ -180,19 +243,18 @@ _MARK_ERROR = _PENDING_ROW.values(
 
 
 def mark_failed(
-    connection: Connection, run_id: int, schema: str, error: BaseException, duration_ms: int
+    connection: Connection, task: TenantTask, error: BaseException, duration_ms: int
 ) -> None:
-    _mark_error(connection, run_id, schema, "failed", error, duration_ms)
+    _mark_error(connection, task, "failed", error, duration_ms)
 
 
-def mark_retrying(connection: Connection, run_id: int, schema: str, error: BaseException) -> None:
-    _mark_error(connection, run_id, schema, "retrying", error, None)
+def mark_retrying(connection: Connection, task: TenantTask, error: BaseException) -> None:
+    _mark_error(connection, task, "retrying", error, None)
 
 
 def _mark_error(
     connection: Connection,
-    run_id: int,
-    schema: str,
+    task: TenantTask,
     status: str,
     error: BaseException,
     duration_ms: int | None,
@@ -201,8 +263,7 @@ def _mark_error(
     connection.execute(
         _MARK_ERROR,
         {
-            "b_run_id": run_id,
-            "b_schema": schema,
+            **task.core_binds(),
             "b_status": status,
             "b_final": status in FINAL,
             "b_duration": duration_ms,
@@ -212,13 +273,16 @@ def _mark_error(
     )
 
 
-def counts(connection: Connection, run_id: int) -> Counts:
-    """How many tenants of the run sit in each state, in one aggregate query."""
-    rows = connection.execute(
+def counts(connection: Connection, run_id: int, schemas: Sequence[str] | None = None) -> Counts:
+    """How many tenants of the run (or of ``schemas`` in it) sit in each state, in one query."""
+    query = (
         sa.select(run_tenants.c.status, sa.func.count())
         .where(run_tenants.c.run_id == run_id)
         .group_by(run_tenants.c.status)
-    ).all()
+    )
+    if schemas is not None:
+        query = query.where(run_tenants.c.schema_name.in_(list(schemas)))
+    rows = connection.execute(query).all()
     by_status = {status: int(n) for status, n in rows}
     return Counts(total=sum(by_status.values()), **by_status)
 
@@ -243,14 +307,19 @@ def tenants_of(
     return [RunTenant(*row) for row in connection.execute(query)]
 
 
-def run_status(tally: Counts) -> str:
-    """``partial``: some tenants failed, the rest succeeded. ``failed``: none succeeded, or the
-    run was stopped (a canary failed, the failure budget ran out) and tenants were skipped."""
+NOT_MIGRATABLE = ("SchemaMissing", "UnknownRevision")
+"""``error_class`` of the tenants a plan skipped because it cannot migrate them."""
+
+
+def run_status(tally: Counts, not_migratable: int = 0) -> str:
+    """``partial``: some tenants failed or could not be migrated, the rest succeeded. ``failed``:
+    none succeeded, or the run was stopped (a canary failed, the failure budget ran out) and
+    tenants were skipped."""
     if tally.total == 0:
         return "nothing_to_do"
     if tally.failed == 0 and tally.skipped == 0:
         return "succeeded"
-    if tally.succeeded == 0 or tally.skipped:
+    if tally.succeeded == 0 or tally.skipped > not_migratable:
         return "failed"
     return "partial"
 
@@ -272,11 +341,16 @@ def finalize(connection: Connection, run_id: int) -> Run | None:
     if tally.pending:
         return None
     registry.apply_run_outcomes(connection, run_id)
+    not_migratable = connection.execute(
+        sa.select(sa.func.count()).where(
+            run_tenants.c.run_id == run_id, run_tenants.c.error_class.in_(NOT_MIGRATABLE)
+        )
+    ).scalar_one()
     connection.execute(
         runs.update()
         .where(runs.c.id == run_id)
         .values(
-            status=run_status(tally),
+            status=run_status(tally, not_migratable),
             succeeded=tally.succeeded,
             failed=tally.failed,
             skipped=tally.skipped,
@@ -287,13 +361,13 @@ def finalize(connection: Connection, run_id: int) -> Run | None:
 
 
 def mark_skipped_if_budget_spent(
-    connection: Connection, run_id: int, schema: str, max_failures: int
+    connection: Connection, task: TenantTask, max_failures: int
 ) -> bool:
     """Skip this tenant, untouched, when the run already has ``max_failures`` failures."""
     failed = connection.execute(
         sa.select(sa.func.count())
         .select_from(run_tenants)
-        .where(run_tenants.c.run_id == run_id, run_tenants.c.status == "failed")
+        .where(run_tenants.c.run_id == task.run_id, run_tenants.c.status == "failed")
     ).scalar_one()
     if failed < max_failures:
         return False
@@ -305,7 +379,7 @@ def mark_skipped_if_budget_spent(
             error_class="MaxFailuresReached",
             error_message=f"skipped: {failed} tenants of the run failed (--max-failures)",
         ),
-        {"b_run_id": run_id, "b_schema": schema},
+        task.core_binds(),
     )
     return True
 
@@ -364,6 +438,22 @@ def idle_seconds(connection: Connection, run_id: int) -> float:
         sa.select(sa.func.extract("epoch", sa.func.now() - last))
     ).scalar_one()
     return float(seconds)
+
+
+def quiet_pending(connection: Connection, run_id: int, quiet_for: float) -> list[tuple[str, str]]:
+    """(schema, status) of the run's pending tenants whose row has not changed for
+    ``quiet_for`` seconds."""
+    rows = connection.execute(
+        sa.select(run_tenants.c.schema_name, run_tenants.c.status)
+        .where(
+            run_tenants.c.run_id == run_id,
+            run_tenants.c.status.in_(PENDING),
+            run_tenants.c.updated_at
+            <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, quiet_for),
+        )
+        .order_by(run_tenants.c.schema_name)
+    )
+    return [(schema, status) for schema, status in rows]
 
 
 def slowest(connection: Connection, run_id: int, limit: int = 5) -> list[RunTenant]:

@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, config, db, processes
+from tenantfleet import alembic_runtime, config, db, follow, processes, runs
+from tenantfleet.queues import Queues, of_database
 from tests import helpers
 
 
@@ -57,6 +58,29 @@ class Stack:
                 return found
             time.sleep(0.3)
         return found
+
+    @property
+    def queues(self) -> Queues:
+        with self.engine.connect() as connection:
+            return of_database(connection)
+
+    def send_by_hand(self, run_id: int, schema: str, target: str, uid: str | None = None) -> Any:
+        """One tenant task as the producer sends it, asking for its result (the fleet's own
+        tasks store none)."""
+        from tasks.tenant import migrate_tenant
+
+        if uid is None:
+            with self.engine.connect() as connection:
+                uid = runs.get_run(connection, run_id).uid
+        return migrate_tenant.apply_async(
+            (run_id, schema, target),
+            {"run_uid": uid},
+            queue=self.queues.tenants,
+            ignore_result=False,
+        )
+
+    def until_closed(self, run_id: int, timeout: float = 120) -> runs.Run | None:
+        return follow.until_closed(self.engine, run_id, follow.Watch(timeout=timeout))
 
     def revisions(self, schemas: list[str]) -> dict[str, str | None]:
         with self.engine.connect() as connection:

@@ -1,6 +1,7 @@
 """One tenant attempt against a real PostgreSQL: one round trip when the guess holds, two or three
 when it does not, and every way they can end."""
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,13 +30,21 @@ def start_run(engine: Engine, schemas: list[str], revision: str | None = R1) -> 
         return runs.create_run(connection, R2, [(schema, revision) for schema in schemas])
 
 
+def task(engine: Engine, run_id: int, schema: str, target: str = R2) -> runs.TenantTask:
+    """The task a worker would get for ``schema`` in run ``run_id``."""
+    with engine.connect() as connection:
+        return runs.TenantTask(run_id, runs.get_run(connection, run_id).uid, schema, target)
+
+
 def provisioned_and_begun(
     engine: Engine, connection: Connection, schema: str
 ) -> tuple[int, attempt.Started]:
     """A W1 tenant at r1, a run for it, and an attempt begun on ``connection``."""
     fleet_setup.provision(engine, [schema], R1)
     run_id = start_run(engine, [schema])
-    return run_id, attempt.begin(connection, run_id, schema, "w1", config.load_settings())
+    return run_id, attempt.begin(
+        connection, task(engine, run_id, schema), "w1", config.load_settings()
+    )
 
 
 def row(engine: Engine, run_id: int, schema: str) -> runs.RunTenant:
@@ -60,7 +69,7 @@ def test_an_attempt_upgrades_records_and_leaves_no_transaction_open(
 ) -> None:
     run_id, found = provisioned_and_begun(engine, autocommit, "a1")
     assert found == attempt.Started(attempts=1, status="running", versions=[R1])
-    assert attempt.apply(autocommit, found, run_id, "a1", R2, elapsed_ms=5)
+    assert attempt.apply(autocommit, found, task(engine, run_id, "a1", R2), elapsed_ms=5)
     assert no_transaction_open(autocommit)
     assert helpers.revision_of(engine, "a1") == R2
     recorded = row(engine, run_id, "a1")
@@ -76,8 +85,13 @@ def test_replayed_sql_and_alembic_online_build_the_same_schema(
     for schema, replay in (("replayed", "true"), ("online", "false")):
         monkeypatch.setenv("TENANTFLEET_REPLAY_SQL", replay)
         alembic_runtime.replayable_sql.cache_clear()
-        found = attempt.begin(autocommit, run_id, schema, "w1", settings)
-        assert attempt.apply(autocommit, found, run_id, schema, "head", elapsed_ms=1)
+        found = attempt.begin(autocommit, task(engine, run_id, schema), "w1", settings)
+        assert attempt.apply(
+            autocommit,
+            found,
+            task(engine, run_id, schema),
+            elapsed_ms=1,
+        )
     alembic_runtime.replayable_sql.cache_clear()
     assert helpers.revision_of(engine, "replayed") == helpers.revision_of(engine, "online")
     assert structure(engine, "replayed") == structure(engine, "online")
@@ -90,9 +104,9 @@ def test_a_schema_without_a_version_table_is_migrated_from_base(
     with db.begin(engine) as connection:
         connection.execute(sa.schema.CreateSchema("fresh"))
     run_id = start_run(engine, ["fresh"], revision=None)
-    found = attempt.begin(autocommit, run_id, "fresh", "w1", config.load_settings())
+    found = attempt.begin(autocommit, task(engine, run_id, "fresh"), "w1", config.load_settings())
     assert (found.attempts, found.versions) == (1, None)
-    assert attempt.apply(autocommit, found, run_id, "fresh", R2, elapsed_ms=1)
+    assert attempt.apply(autocommit, found, task(engine, run_id, "fresh", R2), elapsed_ms=1)
     assert helpers.revision_of(engine, "fresh") == R2
 
 
@@ -102,8 +116,8 @@ def test_a_finished_tenant_is_seen_as_such_and_left_alone(
     fleet_setup.provision(engine, ["done"], R1)
     run_id = start_run(engine, ["done"])
     with db.begin(engine) as connection:
-        runs.mark_failed(connection, run_id, "done", RuntimeError("boom"), 1)
-    found = attempt.begin(autocommit, run_id, "done", "w1", config.load_settings())
+        runs.mark_failed(connection, task(engine, run_id, "done"), RuntimeError("boom"), 1)
+    found = attempt.begin(autocommit, task(engine, run_id, "done"), "w1", config.load_settings())
     assert (found.status, found.pending, found.attempts) == ("failed", False, 0)
     attempt.end(autocommit, commit=False)
     assert no_transaction_open(autocommit)
@@ -114,8 +128,8 @@ def test_a_row_finished_meanwhile_rolls_the_upgrade_back(
 ) -> None:
     run_id, found = provisioned_and_begun(engine, autocommit, "raced")
     with db.begin(engine) as connection:  # e.g. a duplicate delivery gave up on the lock
-        runs.mark_failed(connection, run_id, "raced", RuntimeError("lock timeout"), 1)
-    assert not attempt.apply(autocommit, found, run_id, "raced", R2, elapsed_ms=1)
+        runs.mark_failed(connection, task(engine, run_id, "raced"), RuntimeError("lock timeout"), 1)
+    assert not attempt.apply(autocommit, found, task(engine, run_id, "raced", R2), elapsed_ms=1)
     assert helpers.revision_of(engine, "raced") == R1
     assert row(engine, run_id, "raced").status == "failed"
     assert no_transaction_open(autocommit)
@@ -137,7 +151,8 @@ def test_an_error_inside_the_attempt_releases_the_lock_and_the_transaction(
 
 def test_an_unknown_run_tenant_reads_as_none(engine: Engine, autocommit: Connection) -> None:
     fleet_setup.provision(engine, ["stray"], R1)
-    found = attempt.begin(autocommit, 424242, "stray", "w1", config.load_settings())
+    stray = runs.TenantTask(424242, str(uuid.uuid4()), "stray", R2)
+    found = attempt.begin(autocommit, stray, "w1", config.load_settings())
     assert (found.attempts, found.status) == (None, None)
     attempt.end(autocommit, commit=False)
 
@@ -165,10 +180,8 @@ def statements_sent(connection: Connection) -> Iterator[list[str]]:
         sa.event.remove(connection, "before_cursor_execute", record)
 
 
-def quick(connection: Connection, run_id: int, schema: str) -> attempt.Quick:
-    return attempt.at_once(
-        connection, run_id, schema, "w1", R2, config.load_settings(), max_attempts=8
-    )
+def quick(connection: Connection, tenant: runs.TenantTask) -> attempt.Quick:
+    return attempt.at_once(connection, tenant, "w1", config.load_settings(), max_attempts=8)
 
 
 def test_a_tenant_where_the_last_one_started_is_migrated_in_one_round_trip(
@@ -176,12 +189,14 @@ def test_a_tenant_where_the_last_one_started_is_migrated_in_one_round_trip(
 ) -> None:
     fleet_setup.provision(engine, ["first", "second"], R1)
     run_id = start_run(engine, ["first", "second"])
-    assert quick(autocommit, run_id, "first") is attempt.Quick.NOT_TRIED  # nothing to guess yet
-    found = attempt.begin(autocommit, run_id, "first", "w1", config.load_settings())
-    assert attempt.apply(autocommit, found, run_id, "first", R2, elapsed_ms=1)
+    assert (
+        quick(autocommit, task(engine, run_id, "first")) is attempt.Quick.NOT_TRIED
+    )  # nothing to guess yet
+    found = attempt.begin(autocommit, task(engine, run_id, "first"), "w1", config.load_settings())
+    assert attempt.apply(autocommit, found, task(engine, run_id, "first", R2), elapsed_ms=1)
     assert guessing == {R2: R1}
     with statements_sent(autocommit) as sent:
-        assert quick(autocommit, run_id, "second") is attempt.Quick.DONE
+        assert quick(autocommit, task(engine, run_id, "second")) is attempt.Quick.DONE
     assert len(sent) == 1
     assert no_transaction_open(autocommit)
     assert helpers.revision_of(engine, "second") == R2
@@ -196,10 +211,12 @@ def test_a_wrong_guess_changes_nothing_but_the_running_mark(
     fleet_setup.provision(engine, ["ahead"], R2)
     run_id = start_run(engine, ["ahead"], revision=R2)
     guessing[R2] = R1
-    assert quick(autocommit, run_id, "ahead") is attempt.Quick.MISSED
-    found = attempt.begin(autocommit, run_id, "ahead", "w1", config.load_settings(), marked=True)
+    assert quick(autocommit, task(engine, run_id, "ahead")) is attempt.Quick.MISSED
+    found = attempt.begin(
+        autocommit, task(engine, run_id, "ahead"), "w1", config.load_settings(), marked=True
+    )
     assert found == attempt.Started(attempts=1, status="running", versions=[R2])
-    assert attempt.apply(autocommit, found, run_id, "ahead", R2, elapsed_ms=1)
+    assert attempt.apply(autocommit, found, task(engine, run_id, "ahead", R2), elapsed_ms=1)
     assert row(engine, run_id, "ahead").attempts == 1
 
 
@@ -211,16 +228,16 @@ def test_a_guess_on_a_finished_tenant_or_a_schema_without_versions_is_missed(
         connection.execute(sa.schema.CreateSchema("bare"))
     run_id = start_run(engine, ["over", "bare"])
     with db.begin(engine) as connection:
-        runs.mark_failed(connection, run_id, "over", RuntimeError("boom"), 1)
+        runs.mark_failed(connection, task(engine, run_id, "over"), RuntimeError("boom"), 1)
     guessing[R2] = R1
     settings = config.load_settings()
-    assert quick(autocommit, run_id, "over") is attempt.Quick.MISSED
-    found = attempt.begin(autocommit, run_id, "over", "w1", settings, marked=True)
+    assert quick(autocommit, task(engine, run_id, "over")) is attempt.Quick.MISSED
+    found = attempt.begin(autocommit, task(engine, run_id, "over"), "w1", settings, marked=True)
     assert (found.status, found.attempts) == ("failed", 0)
     attempt.end(autocommit, commit=False)
     assert helpers.revision_of(engine, "over") == R1
-    assert quick(autocommit, run_id, "bare") is attempt.Quick.MISSED
-    found = attempt.begin(autocommit, run_id, "bare", "w1", settings, marked=True)
+    assert quick(autocommit, task(engine, run_id, "bare")) is attempt.Quick.MISSED
+    found = attempt.begin(autocommit, task(engine, run_id, "bare"), "w1", settings, marked=True)
     assert (found.status, found.attempts, found.versions) == ("running", 1, None)
     attempt.end(autocommit, commit=False)
     assert no_transaction_open(autocommit)

@@ -1,9 +1,9 @@
 """The fleet migration end to end: real Redis, PostgreSQL, worker processes and Flower."""
 
 import json
-import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -124,39 +124,50 @@ def test_the_chord_callback_closes_the_run_without_the_producer(stack: Stack) ->
 def test_timeout_exits_3_and_a_locked_tenant_retries_until_the_lock_goes(stack: Stack) -> None:
     schemas = fleet_setup.fleet_names(4, prefix="lk")
     fleet_setup.provision(stack.engine, schemas, R1)
-    blocker = stack.engine.connect()
-    transaction = blocker.begin()
-    blocker.execute(sa.text("LOCK TABLE lk00002.users IN ACCESS EXCLUSIVE MODE"))
-    release = threading.Timer(2.5, transaction.rollback)
-    release.start()
-    try:
+    with stack.engine.connect() as blocker:
+        transaction = blocker.begin()
+        blocker.execute(sa.text("LOCK TABLE lk00002.users IN ACCESS EXCLUSIVE MODE"))
         result = migrate(stack, "--wait", "--timeout", "1")
         assert result.code == 3, result.err
         assert "--timeout of 1 s reached" in result.err
         run_id = int(result.out.split()[1].rstrip(":"))
-    finally:
-        release.join()
-        blocker.close()
-    closed = producer.wait(stack.engine, run_id, timeout=60)
+        # the condition meant: the tenant met the lock and went back to wait for a retry
+        wait_for_row(stack, run_id, "lk00002", lambda t: t.status == "retrying")
+        transaction.rollback()
+    closed = stack.until_closed(run_id)
     assert closed is not None and closed.status == "succeeded"
     with stack.engine.connect() as connection:
         locked = {t.schema_name: t for t in runs.tenants_of(connection, run_id)}["lk00002"]
     assert locked.attempts >= 2 and locked.status == "succeeded"
 
 
+def wait_for_row(
+    stack: Stack,
+    run_id: int,
+    schema: str,
+    condition: Callable[[runs.RunTenant], bool],
+    timeout: float = 120,
+) -> runs.RunTenant:
+    """Poll the tenant's run row until ``condition`` holds (no fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with stack.engine.connect() as connection:
+            found = {t.schema_name: t for t in runs.tenants_of(connection, run_id)}[schema]
+        if condition(found):
+            return found
+        assert time.monotonic() < deadline, found
+        time.sleep(0.05)
+
+
 def test_a_duplicate_delivery_never_migrates_a_schema_twice(stack: Stack) -> None:
     from migrations.migrate import MigrationManager
-    from tasks.tenant import migrate_tenant
 
     schemas = fleet_setup.fleet_names(1, prefix="dup")
     fleet_setup.provision(stack.engine, schemas, R1)
     run_id = producer.start(MigrationManager(engine=stack.engine), producer.MigrateOptions())
-    # sent by hand, asking for the results the fleet's own tasks do not store
-    copies = [
-        migrate_tenant.apply_async((run_id, "dup00001", R3), ignore_result=False) for _ in range(3)
-    ]
+    copies = [stack.send_by_hand(run_id, "dup00001", R3) for _ in range(3)]
     outcomes = [copy.get(timeout=60) for copy in copies]
-    assert producer.wait(stack.engine, run_id, timeout=60) is not None
+    assert stack.until_closed(run_id) is not None
     assert set(outcomes) <= {"succeeded", "duplicate"} and "duplicate" in outcomes
     with stack.engine.connect() as connection:
         [row] = runs.tenants_of(connection, run_id)
@@ -171,9 +182,7 @@ def test_a_duplicate_delivery_never_migrates_a_schema_twice(stack: Stack) -> Non
 
 
 def test_a_task_for_a_run_this_database_does_not_know_fails_loudly(stack: Stack) -> None:
-    from tasks.tenant import migrate_tenant
-
-    copy = migrate_tenant.apply_async((999999, "nobody", R3), ignore_result=False)
+    copy = stack.send_by_hand(999999, "nobody", R3, uid=str(uuid.uuid4()))
     with pytest.raises(Exception, match="has no such tenant in this worker's database"):
         copy.get(timeout=60)
 
@@ -188,7 +197,7 @@ def test_bad_migrate_requests_are_refused_before_anything_changes(stack: Stack) 
         (["--revision", "base"], "only upgrades"),
         (["--tenant", "x;drop"], "invalid schema name"),
         (["--tenant", "ghost"], "not in public.tenant_registry: ghost"),
-        (["--tenant", "bad00002"], "registered but without a schema: bad00002"),
+        (["--tenant", "bad00002", "--strict"], "cannot be migrated (--strict): bad00002"),
         (["--timeout", "5"], "--timeout goes with --wait"),
     ]
     for args, message in cases:

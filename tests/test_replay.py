@@ -103,10 +103,12 @@ def provision_at_seed_head(engine: Engine, schemas: list[str]) -> None:
 def by_worker(engine: Engine, connection: Connection, schemas: list[str], target: str) -> None:
     with db.begin(engine) as setup:
         run_id = runs.create_run(setup, target, [(s, HEAD) for s in schemas])
+        uid = runs.get_run(setup, run_id).uid
     settings = config.load_settings()
     for schema in schemas:
-        found = attempt.begin(connection, run_id, schema, "w1", settings)
-        assert attempt.apply(connection, found, run_id, schema, target, elapsed_ms=1)
+        task = runs.TenantTask(run_id, uid, schema, target)
+        found = attempt.begin(connection, task, "w1", settings)
+        assert attempt.apply(connection, found, task, elapsed_ms=1)
 
 
 def by_alembic(schemas: list[str], target: str) -> None:

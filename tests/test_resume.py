@@ -10,7 +10,6 @@ from pathlib import Path
 import redis
 
 from tenantfleet import fleet_setup, processes, runs
-from tenantfleet.config import TENANT_QUEUE
 from tests import helpers
 from tests.fleet import running_fleet
 from tests.test_fleet import migrate
@@ -28,8 +27,9 @@ def test_resume_after_the_broker_queue_was_emptied_completes_the_run(
         assert started.code == 0
         run_id = int(started.out.split()[1])
         broker = redis.Redis(unix_socket_path=redis_url.removeprefix("redis+socket://"))
-        assert broker.llen(TENANT_QUEUE) == 12
-        broker.delete(TENANT_QUEUE)  # the broker lost every queued task
+        queue = idle.queues.tenants
+        assert broker.llen(queue) == 12
+        broker.delete(queue)  # the broker lost every queued task
         worker = idle.start_worker()
         try:
             time.sleep(1.0)

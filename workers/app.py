@@ -6,10 +6,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
 
 from tenantfleet import config
-from tenantfleet.config import CONTROL_QUEUE, TENANT_QUEUE
 
 TASK_MODULES = ["tasks.tenant", "tasks.finalize"]
 
@@ -59,9 +57,9 @@ def create_app(settings: config.Settings | None = None) -> FleetCelery:
         result_backend_transport_options=transport,
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
-        task_queues=[Queue(TENANT_QUEUE), Queue(CONTROL_QUEUE)],
-        task_default_queue=CONTROL_QUEUE,
-        task_routes={"tenantfleet.migrate_tenant": {"queue": TENANT_QUEUE}},
+        # every task names its queue: the queues of the database it belongs to (queues.py);
+        # workers consume their own database's (resources.py), never this default
+        task_default_queue="tenantfleet.unrouted",
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

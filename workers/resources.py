@@ -4,14 +4,23 @@ The engines are made after the fork (a pool must never be shared between process
 tenant scripts are loaded in the parent when it imports this, so children inherit them.
 """
 
+import logging
 import os
+import time
 from functools import cache
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from tenantfleet import alembic_runtime, config, db
+from tenantfleet import queues as fleet_queues
+from tenantfleet.errors import ConnectionFailed
+
+logger = logging.getLogger(__name__)
+DATABASE_WAIT_S = 2.0
 
 
 @cache
@@ -40,6 +49,33 @@ def _engine(kind: str, options: dict[str, Any]) -> Engine:
             config.database_url(settings()), pool_size=1, max_overflow=1, **options
         )
     return _engines[key]
+
+
+@cache
+def queues() -> fleet_queues.Queues:
+    """This worker's database's queues; waits (logging why) until the database answers."""
+    probe = db.make_engine(config.database_url(settings()), poolclass=NullPool)
+    try:
+        while True:
+            try:
+                with db.connect(probe) as connection:
+                    return fleet_queues.of_database(connection)
+            except (ConnectionFailed, DBAPIError) as exc:
+                logger.warning("waiting for the database: %s", db.first_line(exc))
+                time.sleep(DATABASE_WAIT_S)
+    finally:
+        probe.dispose()
+
+
+@celeryd_after_setup.connect
+def _consume_this_databases_queues(instance: Any, **_: object) -> None:
+    """``celery -A workers worker`` consumes its database's queues, and only those."""
+    chosen = queues()
+    amqp_queues = instance.app.amqp.queues
+    for name in chosen.names:
+        amqp_queues.add(name)
+    amqp_queues.select(chosen.names)
+    logger.info("consuming %s", ", ".join(chosen.names))
 
 
 @worker_process_init.connect

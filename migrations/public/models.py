@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RUN_STATUSES = ("running", "succeeded", "partial", "failed", "nothing_to_do")
@@ -50,6 +50,8 @@ class TenantRegistry(PublicBase):
     last_run_id: Mapped[int | None] = mapped_column(
         sa.BigInteger, sa.ForeignKey("migration_runs.id", ondelete="SET NULL")
     )
+    deactivated_reason: Mapped[str | None] = mapped_column(sa.Text)
+    deactivated_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class MigrationRun(PublicBase):
@@ -80,6 +82,10 @@ class MigrationRun(PublicBase):
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    uid: Mapped[str] = mapped_column(
+        UUID(as_uuid=False), server_default=sa.text("gen_random_uuid()")
+    )
+    dispatched_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class MigrationRunTenant(PublicBase):

@@ -1,0 +1,213 @@
+"""Following a run through the run tables until it (or some of its tenants) is done.
+
+What a person waiting on a deploy needs to hear is said here, within seconds: no worker consumes
+this database's queue (or only workers of another database answer); the database is unreachable
+and the wait goes on; nothing has moved for a while and lost tenants were sent again. The wait
+ends when the run closes, at ``--timeout`` (``None`` back), or after an outage longer than
+``OUTAGE_LIMIT_S`` with no timeout given (``StoppedFollowing``, exit 3: the run goes on).
+"""
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+
+from tenantfleet import db, runs
+from tenantfleet.errors import EXIT_TIMEOUT, TenantfleetError
+from tenantfleet.queues import Queues
+
+FINALIZE_GRACE_SECONDS = 3.0
+NO_WORKER_CHECK_AFTER_S = 3.0
+"""With nothing finished for this long, ask the workers which queues they consume."""
+WORKER_CHECK_EVERY_S = 10.0
+OUTAGE_LIMIT_S = 600.0
+"""Without ``--timeout``, stop following after the database was unreachable this long."""
+OUTAGE_SAY_EVERY_S = 15.0
+INSPECT_TIMEOUT_S = 1.0
+
+Say = Callable[[str], None]
+ProgressCallback = Callable[[runs.Counts, float], None]
+T = TypeVar("T")
+
+
+class StoppedFollowing(TenantfleetError):
+    """The command stops following; the run goes on (exit 3, as for ``--timeout``)."""
+
+    exit_code = EXIT_TIMEOUT
+
+
+def _quiet(_: str) -> None:
+    """Say nothing."""
+
+
+@dataclass
+class Watch:
+    """How a command follows a run: its clock, timeout, progress display and watchdog."""
+
+    started: float = field(default_factory=time.monotonic)
+    timeout: float | None = None
+    poll_interval: float = 0.1
+    stall_after: float = 0.0
+    on_progress: ProgressCallback | None = None
+    on_stall: Callable[[int], None] | None = None
+    """Called with the run id when no tenant finished for ``stall_after`` seconds."""
+    say: Say = _quiet
+    app: Any = None
+    queues: Queues | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def expired(self) -> bool:
+        return self.timeout is not None and self.elapsed() >= self.timeout
+
+
+def consumers(app: Any, queues: Queues) -> tuple[list[str], list[str]]:
+    """(workers consuming this database's tenant queue, workers answering that do not)."""
+    try:
+        answers = app.control.inspect(timeout=INSPECT_TIMEOUT_S).active_queues() or {}
+    except Exception:
+        return [], []
+    ours = sorted(w for w, qs in answers.items() if any(q["name"] == queues.tenants for q in qs))
+    others = sorted(w for w in answers if w not in ours)
+    return ours, others
+
+
+def no_worker_message(queues: Queues, others: Sequence[str]) -> str:
+    message = f"no worker consumes this database's tenant queue ({queues.tenants})"
+    if others:
+        message += (
+            f"; {len(others)} workers answer but consume other databases' queues"
+            f" ({', '.join(others[:3])}): are they pointed at another database?"
+        )
+    else:
+        message += "; start one with `tenantfleet worker` (same TENANTFLEET_DATABASE_URL)"
+    return message
+
+
+class _Loop:
+    """The polling loop shared by every wait: progress, watchdogs, outage, timeout."""
+
+    def __init__(self, engine: Engine, run_id: int, watch: Watch) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.watch = watch
+        self.last_done = -1
+        self.last_change = time.monotonic()
+        self.next_worker_check = 0.0
+        self.next_stall = 0.0
+        self.workers_missing = False
+        self.outage_since: float | None = None
+        self.outage_said = 0.0
+
+    def run(self, look: Callable[[Connection], tuple[T | None, runs.Counts]]) -> T | None:
+        watch = self.watch
+        while True:
+            try:
+                with db.connect(self.engine) as connection:
+                    result, tally = look(connection)
+            except Exception as exc:
+                if not db.is_unreachable(exc):
+                    raise
+                self._outage(exc)
+                if watch.expired():
+                    return None
+                time.sleep(max(watch.poll_interval, 0.5))
+                continue
+            if self.outage_since is not None:
+                watch.say("the database answers again; following the run")
+                self.outage_since = None
+            if result is not None:
+                return result
+            if watch.on_progress is not None:
+                watch.on_progress(tally, watch.elapsed())
+            self._watchdogs(tally)
+            if watch.expired():
+                return None
+            time.sleep(watch.poll_interval)
+
+    def _outage(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self.outage_since = self.outage_since or now
+        down_for = now - self.outage_since
+        if self.watch.timeout is None and down_for > OUTAGE_LIMIT_S:
+            raise StoppedFollowing(
+                f"the database has been unreachable for {down_for:.0f} s; the run goes on"
+                " (workers retry until it is back): follow it with `tenantfleet status`"
+            )
+        if now - self.outage_said >= OUTAGE_SAY_EVERY_S:
+            self.outage_said = now
+            self.watch.say(
+                f"the database is unreachable ({db.first_line(exc)}); waiting for it"
+                f" ({down_for:.0f} s so far)"
+            )
+
+    def _watchdogs(self, tally: runs.Counts) -> None:
+        watch = self.watch
+        now = time.monotonic()
+        if tally.done != self.last_done:
+            self.last_done, self.last_change = tally.done, now
+        quiet = now - self.last_change
+        if (
+            watch.app is not None
+            and watch.queues is not None
+            and quiet >= NO_WORKER_CHECK_AFTER_S
+            and now >= self.next_worker_check
+        ):
+            self.next_worker_check = now + WORKER_CHECK_EVERY_S
+            ours, others = consumers(watch.app, watch.queues)
+            if not ours:
+                self.workers_missing = True
+                watch.say(no_worker_message(watch.queues, others))
+            elif self.workers_missing:
+                self.workers_missing = False
+                watch.say(f"worker {ours[0]} consumes the tenant queue now")
+        if (
+            watch.on_stall is not None
+            and watch.stall_after > 0
+            and quiet >= watch.stall_after
+            and now >= self.next_stall
+            and not self.workers_missing
+        ):
+            self.next_stall = now + watch.stall_after
+            watch.on_stall(self.run_id)
+
+
+def until_closed(engine: Engine, run_id: int, watch: Watch) -> runs.Run | None:
+    """Follow the run until it is closed; None at ``watch.timeout``.
+
+    The chord callback closes the run; if every tenant is final and it still has not, after a
+    grace period, the follower closes it itself (the chord state may have been lost).
+    """
+    settled_at: list[float] = []
+
+    def look(connection: Connection) -> tuple[runs.Run | None, runs.Counts]:
+        run = runs.get_run(connection, run_id)
+        tally = runs.counts(connection, run_id)
+        if run.finished_at is not None:
+            return run, tally
+        if tally.pending == 0:
+            settled_at.append(time.monotonic())
+            if settled_at[-1] - settled_at[0] >= FINALIZE_GRACE_SECONDS:
+                with connection.begin():
+                    return runs.finalize(connection, run_id), tally
+        return None, tally
+
+    return _Loop(engine, run_id, watch).run(look)
+
+
+def until_final(
+    engine: Engine, run_id: int, schemas: Sequence[str], watch: Watch
+) -> dict[str, str] | None:
+    """Follow until every one of ``schemas`` is final in the run; their statuses, or None at
+    ``watch.timeout``."""
+
+    def look(connection: Connection) -> tuple[dict[str, str] | None, runs.Counts]:
+        tally = runs.counts(connection, run_id, schemas)
+        if tally.pending == 0:
+            return runs.statuses(connection, run_id, schemas), tally
+        return None, tally
+
+    return _Loop(engine, run_id, watch).run(look)
