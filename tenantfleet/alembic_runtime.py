@@ -7,6 +7,7 @@ its schema, locked and configured the same way whether it is migrated by ``alemb
 """
 
 import io
+import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +29,12 @@ from migrations.public.models import PublicBase
 from migrations.tenant.models import TenantBase
 from tenantfleet import config as tf_config
 from tenantfleet import db, locks, replay
-from tenantfleet.errors import InvalidSchemaName, TenantStateError, UnknownRevision
+from tenantfleet.errors import (
+    InvalidSchemaName,
+    TenantStateError,
+    UnknownRevision,
+    UnsupportedRevision,
+)
 from tenantfleet.names import validate_schema_name
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
@@ -278,7 +284,19 @@ def migrate_online(
             env.run_migrations()
     except CommandError as exc:
         raise TenantStateError(f"tenant {schema!r}: {exc}") from None
+    except AssertionError as exc:
+        if not _raised_in(exc, "autocommit_block"):
+            raise
+        raise UnsupportedRevision(
+            f"tenant {schema!r}: a revision uses autocommit_block() (e.g. CREATE INDEX"
+            " CONCURRENTLY), which cannot run inside the tenant's one transaction; the tenant"
+            " was rolled back"
+        ) from None
     return Step(schema, ",".join(seen.get("from", ())) or None, destination)
+
+
+def _raised_in(exc: BaseException, function: str) -> bool:
+    return any(frame.name == function for frame in traceback.extract_tb(exc.__traceback__))
 
 
 def version_rows(connection: Connection, has_table: bool | None = None) -> tuple[bool, list[str]]:

@@ -89,7 +89,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=env.get("TENANTFLEET_DATABASE_URL") or None,
         broker_url=env.get("TENANTFLEET_BROKER_URL") or None,
         result_backend=env.get("TENANTFLEET_RESULT_BACKEND") or None,
-        state_dir=Path(env.get("TENANTFLEET_STATE_DIR") or ".tenantfleet").absolute(),
+        state_dir=state_dir(env.get("TENANTFLEET_STATE_DIR")),
         lock_timeout=_number(env, "TENANTFLEET_LOCK_TIMEOUT", 5.0, minimum=0.001),
         statement_timeout=_number(env, "TENANTFLEET_STATEMENT_TIMEOUT", 300.0, minimum=0.001),
         task_time_limit=time_limit,
@@ -106,6 +106,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stall_resume=_number(env, "TENANTFLEET_STALL_RESUME", 30.0),
         tenant_alembic=_existing_file(env, "TENANTFLEET_TENANT_ALEMBIC"),
     )
+
+
+STATE_DIR_NAME = ".tenantfleet"
+
+
+def state_dir(given: str | None, start: Path | None = None) -> Path:
+    """The embedded stack's directory: the one given, else the nearest ``.tenantfleet`` in the
+    current directory or above it (as git finds ``.git``), else a new one here."""
+    if given:
+        return Path(given).absolute()
+    here = (start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / STATE_DIR_NAME).is_dir():
+            return folder / STATE_DIR_NAME
+    return here / STATE_DIR_NAME
 
 
 def _existing_file(env: Mapping[str, str], name: str) -> Path | None:

@@ -5,6 +5,7 @@ runs ``migrate --wait`` and leaves the summary on screen.
 """
 
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,13 +13,21 @@ from migrations.migrate import MigrationManager
 from tenantfleet import config, fleet_setup, processes
 
 Say = Callable[[str], None]
+PROGRESS_EVERY_S = 2.0
 
 
 def provision(manager: MigrationManager, tenants: int, say: Say) -> list[str]:
     manager.upgrade_public()
     schemas = fleet_setup.fleet_names(tenants, prefix="demo")
     say(f"provisioning {tenants} demo tenants at {fleet_setup.R1} (50 users, 200 orders each)")
-    fleet_setup.provision(manager.engine, schemas, fleet_setup.R1, manager.settings)
+    next_line = [time.monotonic() + PROGRESS_EVERY_S]
+
+    def progress(done: int) -> None:
+        if time.monotonic() >= next_line[0] or done == tenants:
+            next_line[0] = time.monotonic() + PROGRESS_EVERY_S
+            say(f"  {done}/{tenants} tenants provisioned")
+
+    fleet_setup.provision(manager.engine, schemas, fleet_setup.R1, manager.settings, progress)
     return schemas
 
 

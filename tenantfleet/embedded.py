@@ -7,6 +7,7 @@ stop with ``tenantfleet dev down``.
 
 import fcntl
 import hashlib
+import logging
 import subprocess
 import time
 import warnings
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tenantfleet.errors import ConnectionFailed
+
+logger = logging.getLogger("tenantfleet.embedded")
 
 SOCKET_PATH_MAX = 100
 
@@ -53,7 +56,8 @@ def _postgres_running(pgdata: Path) -> str | None:
 def postgres_url(state_dir: Path) -> str:
     """Start (if needed) the embedded PostgreSQL and return its SQLAlchemy URL."""
     pgdata = state_dir / "pg"
-    uri = _postgres_running(pgdata) if pgdata.exists() else None
+    fresh = not pgdata.exists()
+    uri = None if fresh else _postgres_running(pgdata)
     if uri is None:
         with _start_lock(state_dir):
             pgserver = _import_pgserver()
@@ -65,6 +69,8 @@ def postgres_url(state_dir: Path) -> str:
                 raise ConnectionFailed(
                     f"cannot start the embedded PostgreSQL in {pgdata}: {exc}"
                 ) from None
+        if fresh:
+            logger.warning("started a new, empty embedded PostgreSQL in %s", pgdata)
     return _sqlalchemy_url(uri)
 
 

@@ -57,3 +57,7 @@ class MigrationFailed(TenantfleetError):
     """A revision's SQL failed; the tenant was rolled back to where it was."""
 
     exit_code = EXIT_TENANT_FAILURES
+
+
+class UnsupportedRevision(MigrationFailed):
+    """A revision the fleet cannot run as written (e.g. ``autocommit_block``)."""

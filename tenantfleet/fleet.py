@@ -17,6 +17,8 @@ class FleetReport:
     behind: list[str] = field(default_factory=list)
     unknown: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    deactivated: dict[str, str | None] = field(default_factory=dict)
+    """Inactive tenants and why (``tenant deactivate --reason``)."""
 
 
 def survey(connection: Connection) -> FleetReport:
@@ -40,4 +42,5 @@ def survey(connection: Connection) -> FleetReport:
         behind=behind,
         unknown=dict(sorted(unknown.items())),
         missing=missing,
+        deactivated={t.schema_name: t.deactivated_reason for t in tenants if not t.is_active},
     )

@@ -4,7 +4,7 @@ Each tenant: a schema, a registry row, its tables at a given revision, 50 users 
 One transaction per tenant, on the fast Alembic path.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -33,13 +33,18 @@ def fleet_names(count: int, prefix: str = "t") -> list[str]:
 
 
 def provision(
-    engine: Engine, schemas: Iterable[str], revision: str, settings: Settings | None = None
+    engine: Engine,
+    schemas: Iterable[str],
+    revision: str,
+    settings: Settings | None = None,
+    on_done: Callable[[int], None] | None = None,
 ) -> None:
-    """Create (or reset) each schema at ``revision`` with W1's seed rows.
+    """Create (or reset) each schema at ``revision`` with W1's seed rows; ``on_done`` is told
+    how many are ready after each one.
 
     A schema that exists already is dropped and created again, so a second demo starts afresh.
     """
-    for schema in schemas:
+    for done, schema in enumerate(schemas, start=1):
         with db.begin(engine) as connection:
             connection.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
             connection.execute(sa.schema.CreateSchema(schema))
@@ -50,3 +55,5 @@ def provision(
             connection.execute(SEED_USERS)
             connection.execute(SEED_ORDERS)
             registry.record_revision(connection, schema, revision)
+        if on_done is not None:
+            on_done(done)

@@ -191,8 +191,9 @@ def until_closed(engine: Engine, run_id: int, watch: Watch) -> runs.Run | None:
         if tally.pending == 0:
             settled_at.append(time.monotonic())
             if settled_at[-1] - settled_at[0] >= FINALIZE_GRACE_SECONDS:
-                with connection.begin():
-                    return runs.finalize(connection, run_id), tally
+                closed = runs.finalize(connection, run_id)
+                connection.commit()
+                return closed, tally
         return None, tally
 
     return _Loop(engine, run_id, watch).run(look)

@@ -35,7 +35,9 @@ def step_text(step: Step) -> str:
 
 
 def tenant_dict(tenant: Tenant) -> dict[str, Any]:
-    return asdict(tenant)
+    """A registry row as JSON: ``schema``, as everywhere else, not the column's name."""
+    found = asdict(tenant)
+    return {"schema": found.pop("schema_name"), **found}
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -56,7 +58,7 @@ def tenants_table(tenants: list[Tenant]) -> str:
             [
                 t.schema_name,
                 t.tenant_name,
-                t.is_active,
+                "yes" if t.is_active else f"no: {t.deactivated_reason or 'no reason given'}",
                 t.current_revision,
                 t.last_migration_status,
                 t.last_run_id,
@@ -79,6 +81,7 @@ def run_summary(report: dict[str, Any]) -> str:
         f"target {report['target_revision']}"
     ]
     failed = [t for t in report["tenants"] if t["status"] in ("failed", "skipped")]
+    failed.sort(key=lambda t: (t["status"] != "failed", t["schema"]))
     if failed:
         lines.append("")
         lines.append(
@@ -115,6 +118,8 @@ def status_report(report: dict[str, Any]) -> str:
             f" last activity {report['idle_seconds']} s ago"
             + ("" if report["alive"] else f"; `tenantfleet resume {report['run_id']}` finishes it")
         )
+        if report.get("waiting_for"):
+            lines.append(f"waiting: {report['waiting_for']}")
     if report.get("slowest"):
         lines.append("")
         lines.append("slowest tenants:")
@@ -233,5 +238,12 @@ def fleet_text(report: FleetReport) -> str:
     if report.missing:
         lines.append(
             f"\nregistered without a schema ({len(report.missing)}): " + shorten(report.missing, 20)
+        )
+    if report.deactivated:
+        lines.append(
+            f"\ntaken out of fleet runs ({len(report.deactivated)}): "
+            + shorten(
+                [f"{s} ({r or 'no reason given'})" for s, r in report.deactivated.items()], 20
+            )
         )
     return "\n".join(lines)

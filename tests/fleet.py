@@ -114,6 +114,7 @@ def running_fleet(
 ) -> Iterator[Stack]:
     """A database cloned from the template, ``concurrency`` worker processes (none if 0), Flower."""
     url = helpers.create_database(admin_url, template=helpers.database_name(template_url))
+    logs.mkdir(parents=True, exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TENANTFLEET_DATABASE_URL", url)
         env = processes.child_env(config.load_settings(), **worker_env)

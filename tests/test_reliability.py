@@ -121,6 +121,20 @@ def wait_for(predicate: object, timeout: float = 60, every: float = 0.1) -> None
         time.sleep(every)
 
 
+def waiting_on_advisory_locks(engine: Engine) -> int:
+    """Sessions of this database waiting for an advisory lock (a schema's, here)."""
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())"
+                )
+            ).scalar_one()
+        )
+
+
 def tally(engine: Engine, run_id: int) -> runs.Counts:
     with engine.connect() as connection:
         return runs.counts(connection, run_id)
@@ -202,7 +216,7 @@ def test_kill_9_of_a_whole_worker_mid_run(private: Private, fleet: Fleet) -> Non
     result = finish(producer)
     recovered = time.monotonic() - killed_at
     assert result.code == 0, result.err
-    assert "enqueued again" in result.err  # the waiting producer re-sent the orphans
+    assert "sent again" in result.err  # the waiting producer re-sent the orphans
     structures, _ = three_checks(fleet, run_id)
     assert set(structures.values()) == {"r2"}
     RESULTS["kill -9 whole worker"] = {
@@ -323,9 +337,14 @@ def test_a_duplicate_delivery_waits_for_the_lock_and_never_migrates_twice(
     wait_for(lambda: tally(fleet.engine, run_id).running == 1)
     env = private.env(fleet.url)
     send = (
-        "from tasks.tenant import migrate_tenant; import sys; "
-        f"print(migrate_tenant.apply_async(({run_id}, 't00001', '{R2}'), ignore_result=False)"
-        ".get(timeout=120))"
+        "from tasks.tenant import migrate_tenant\n"
+        "from tenantfleet import config, db, queues, runs\n"
+        "engine = db.make_engine(config.database_url(config.load_settings()))\n"
+        "with engine.connect() as c:\n"
+        f"    q, uid = queues.of_database(c), runs.get_run(c, {run_id}).uid\n"
+        f"sent = migrate_tenant.apply_async(({run_id}, 't00001', '{R2}'), {{'run_uid': uid}},"
+        " queue=q.tenants, ignore_result=False)\n"
+        "print(sent.get(timeout=120))\n"
     )
     import subprocess
     import sys
@@ -337,7 +356,8 @@ def test_a_duplicate_delivery_waits_for_the_lock_and_never_migrates_twice(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
+    # the condition meant: the duplicate waits for the schema's lock, held by the first
+    wait_for(lambda: waiting_on_advisory_locks(fleet.engine) >= 1)
     lock.release()
     out, err = duplicate.communicate(timeout=120)
     assert out.strip() == "duplicate", err

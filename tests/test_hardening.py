@@ -1,0 +1,231 @@
+"""What a new user and an attacker found (issue 11), each reproduced against real workers.
+
+One bad tenant never stops the fleet; every exit code and every ``--json`` tells the truth; a
+person waiting hears why within seconds; the registry says what the schemas are.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from tenantfleet import fleet_setup, registry, runs
+from tests import helpers
+from tests.fleet import Stack
+from tests.test_fleet import break_tenants, migrate, repair_tenants
+
+R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(stack: Stack) -> Iterator[None]:
+    stack.deactivate_all()
+    yield
+
+
+def cli(stack: Stack, *args: str, **env: str) -> helpers.Result:
+    return helpers.run_cli(
+        *args, env={"TENANTFLEET_DATABASE_URL": stack.database_url, **env}, timeout=300
+    )
+
+
+def provision(stack: Stack, prefix: str, count: int, revision: str = R1) -> list[str]:
+    schemas = fleet_setup.fleet_names(count, prefix=prefix)
+    fleet_setup.provision(stack.engine, schemas, revision)
+    return schemas
+
+
+def registry_revisions(stack: Stack, schemas: list[str]) -> dict[str, str | None]:
+    with stack.engine.connect() as connection:
+        return {
+            t.schema_name: t.current_revision
+            for t in registry.list_tenants(connection)
+            if t.schema_name in schemas
+        }
+
+
+# -- B: one bad tenant stops nobody -----------------------------------------------------
+
+
+def test_tenants_that_cannot_be_migrated_are_skipped_with_a_reason_and_the_rest_go_on(
+    stack: Stack,
+) -> None:
+    schemas = provision(stack, "bt", 6)
+    with stack.engine.begin() as connection:
+        registry.register(connection, "bt_gone", "registered, no schema")
+        connection.execute(sa.text("UPDATE bt00004.alembic_version SET version_num = 'zzz999'"))
+    result = migrate(stack, "--wait", "--json", "--revision", R2)
+    assert result.code == 1, result.err
+    report = json.loads(result.out)
+    by_schema = {t["schema"]: t for t in report["tenants"]}
+    assert report["status"] == "partial"
+    assert by_schema["bt_gone"]["status"] == "skipped"
+    assert "schema does not exist" in by_schema["bt_gone"]["error"]
+    assert by_schema["bt00004"]["status"] == "skipped" and "zzz999" in by_schema["bt00004"]["error"]
+    others = [s for s in schemas if s != "bt00004"]
+    assert all(by_schema[s]["status"] == "succeeded" for s in others)
+    assert set(stack.revisions(others).values()) == {R2}
+    status = cli(stack, "status", str(report["run_id"]))
+    assert status.code == 1 and "bt_gone" in status.out and "zzz999" in status.out
+    fleet = json.loads(cli(stack, "fleet", "--json").out)
+    assert "bt_gone" in fleet["missing"] and fleet["unknown"]["bt00004"] == "zzz999"
+
+    strict = migrate(stack, "--wait", "--strict", "--tenant", "bt_gone", "--tenant", "bt00001")
+    assert strict.code == 2 and "cannot be migrated (--strict)" in strict.err
+
+    off = cli(stack, "tenant", "deactivate", "bt_gone", "--reason", "churned 2026-11")
+    assert off.code == 0, off.err
+    cli(stack, "tenant", "deactivate", "bt00004", "--reason", "restored from an old backup")
+    clean = migrate(stack, "--wait", "--json")
+    assert clean.code == 0, clean.err
+    assert {t["schema"] for t in json.loads(clean.out)["tenants"]} == set(others)
+    listed = json.loads(cli(stack, "tenants", "list", "--json").out)
+    reasons = {t["schema"]: t["deactivated_reason"] for t in listed}
+    assert reasons["bt_gone"] == "churned 2026-11" and reasons["bt00001"] is None
+    assert "churned 2026-11" in cli(stack, "fleet").out
+    assert cli(stack, "tenant", "activate", "bt_gone").code == 0
+    assert cli(stack, "tenant", "deactivate", "nobody_here").code == 2
+
+
+# -- C: exit codes and machine output ----------------------------------------------------
+
+
+def test_a_failed_canary_without_wait_exits_1(stack: Stack) -> None:
+    provision(stack, "cn", 5)
+    break_tenants(stack, ["cn00001"])
+    result = migrate(stack, "--canary", "2", "--revision", R2)
+    assert result.code == 1, (result.out, result.err)
+    assert "failed" in result.out and "cn00001" in result.out
+    repair_tenants(stack, ["cn00001"])
+
+
+def test_every_json_command_prints_json_errors_included(stack: Stack) -> None:
+    provision(stack, "js", 2)
+    done = json.loads(migrate(stack, "--wait", "--json").out)
+    nothing = cli(stack, "retry", str(done["run_id"]), "--json")
+    assert nothing.code == 0
+    assert json.loads(nothing.out)["run_id"] is None
+    for args in (
+        ["status", "987654", "--json"],
+        ["migrate", "--revision", "nope", "--json"],
+        ["tenant", "status", "ghost", "--json"],
+    ):
+        failed = cli(stack, *args)
+        assert failed.code == 2, args
+        assert json.loads(failed.out)["exit_code"] == 2
+        assert failed.err.startswith("error: ") and failed.err.count("\n") == 1
+
+
+def test_timestamps_and_names_have_one_shape(stack: Stack) -> None:
+    provision(stack, "sh", 1)
+    report = json.loads(migrate(stack, "--wait", "--json").out)
+    recent = json.loads(cli(stack, "runs", "--json", "--limit", "1").out)[0]
+    assert "T" in report["created_at"] and "T" in recent["created_at"]
+    listed = json.loads(cli(stack, "tenants", "list", "--json").out)
+    assert all("schema" in t and "schema_name" not in t for t in listed)
+
+
+def test_a_closed_pipe_is_a_normal_end(stack: Stack) -> None:
+    provision(stack, "pp", 30)
+    env = {"TENANTFLEET_DATABASE_URL": stack.database_url}
+    for args in (["tenants", "list"], ["fleet", "--json"]):
+        shell = subprocess.run(
+            f"{sys.executable} -m tenantfleet {' '.join(args)} | head -1; exit ${{PIPESTATUS[0]}}",
+            shell=True,
+            executable="/bin/bash",
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shell.returncode == 0, shell.stderr
+        assert "Traceback" not in shell.stderr and "BrokenPipe" not in shell.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["migrate", "--wait", "--timeout", "-5"],
+        ["migrate", "--canary", "-1"],
+        ["migrate", "--max-failures", "0"],
+        ["runs", "--limit", "-1"],
+        ["runs", "--limit", "many"],
+        ["demo", "--tenants", "0"],
+    ],
+)
+def test_bad_numbers_are_refused_before_anything_happens(stack: Stack, args: list[str]) -> None:
+    with stack.engine.connect() as connection:
+        before = runs.list_runs(connection, 1)
+    result = cli(stack, *args)
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    with stack.engine.connect() as connection:
+        assert runs.list_runs(connection, 1) == before
+
+
+def test_a_lock_timeout_in_tenant_upgrade_is_a_tenant_failure_exit_1(stack: Stack) -> None:
+    provision(stack, "lu", 1)
+    with stack.engine.connect() as blocker, blocker.begin():
+        blocker.execute(sa.text("LOCK TABLE lu00001.users IN ACCESS EXCLUSIVE MODE"))
+        result = cli(stack, "tenant", "upgrade", "lu00001", "--revision", R2)
+    assert result.code == 1, result.err
+    assert "lock timeout" in result.err and result.err.count("\n") == 1
+    assert stack.revisions(["lu00001"]) == {"lu00001": R1}
+
+
+def test_resume_of_a_closed_run_says_there_was_nothing_to_resume(stack: Stack) -> None:
+    provision(stack, "rz", 1)
+    done = json.loads(migrate(stack, "--wait", "--json").out)
+    resumed = cli(stack, "resume", str(done["run_id"]))
+    assert resumed.code == 0
+    assert "nothing to resume" in resumed.err and "enqueued" not in resumed.out + resumed.err
+
+
+# -- the registry tells the truth ---------------------------------------------------------
+
+
+def open_run(stack: Stack, schemas: list[str], target: str = R2) -> int:
+    """A run recorded for ``schemas`` whose tasks nobody sent (yet)."""
+    with stack.engine.begin() as connection:
+        return runs.create_run(connection, target, [(s, R1) for s in schemas])
+
+
+def test_the_registry_follows_each_schema_even_before_its_run_closes(stack: Stack) -> None:
+    schemas = provision(stack, "rg", 3)
+    break_tenants(stack, ["rg00002"])
+    run_id = open_run(stack, schemas)
+    for schema in ("rg00001", "rg00002"):
+        stack.send_by_hand(run_id, schema, R2).get(timeout=120, propagate=False)
+    with stack.engine.connect() as connection:
+        assert runs.get_run(connection, run_id).finished_at is None  # rg00003 is still queued
+    assert registry_revisions(stack, ["rg00001", "rg00002"]) == {"rg00001": R2, "rg00002": R1}
+    # a person upgrades the failed tenant by hand meanwhile: closing the run keeps that
+    repair_tenants(stack, ["rg00002"])
+    assert cli(stack, "tenant", "upgrade", "rg00002", "--revision", R3).code == 0
+    stack.send_by_hand(run_id, "rg00003", R2).get(timeout=120)
+    assert stack.until_closed(run_id) is not None
+    assert registry_revisions(stack, schemas) == {"rg00001": R2, "rg00002": R3, "rg00003": R2}
+
+
+# -- D: a word where a person needs one ---------------------------------------------------
+
+
+def test_status_exit_codes_follow_the_run_abandoned_alive_closed(stack: Stack) -> None:
+    *schemas, bystander = provision(stack, "so", 3)
+    run_id = open_run(stack, schemas)  # recorded, never sent: its producer died
+    abandoned = cli(stack, "status", str(run_id))
+    assert abandoned.code == 1 and "ABANDONED" in abandoned.out
+    unblocked = migrate(stack, "--tenant", bystander, "--wait")  # it blocks no deploy
+    assert unblocked.code == 0, unblocked.err
+    with stack.engine.begin() as connection:
+        runs.mark_dispatched(connection, run_id)
+    alive = cli(stack, "status", str(run_id), "--json")
+    assert alive.code == 3, alive.err
+    assert json.loads(alive.out)["alive"] is True and json.loads(alive.out)["workers"]
+    for schema in schemas:
+        stack.send_by_hand(run_id, schema, R2).get(timeout=120)
+    assert stack.until_closed(run_id) is not None
+    assert cli(stack, "status", str(run_id)).code == 0
