@@ -7,7 +7,14 @@ own tenants to their own target.
 """
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -92,3 +99,66 @@ def test_two_databases_from_one_template_with_the_same_run_ids_stay_apart(
             assert closed is not None and closed.status == "succeeded"
             assert closed.succeeded == tenants
             assert set(stack.revisions(schemas).values()) == {target}
+
+
+def lines_of(stream: IO[str] | None) -> list[str]:
+    """The lines ``stream`` prints, collected as they come (a reader thread)."""
+    collected: list[str] = []
+    assert stream is not None
+    threading.Thread(target=lambda: collected.extend(stream), daemon=True).start()
+    return collected
+
+
+def wait_for_line(lines: list[str], text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in list(lines)):
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.1)
+
+
+def test_waits_end_at_the_timeout_canaries_and_active_runs_included(
+    pg_admin_url: str, template_url: str, tmp_path: Path
+) -> None:
+    """No worker yet: ``--wait-for-active`` and the canary phase both stop at ``--timeout``
+    (exit 3) and say why; Ctrl-C is exit 130; once a worker comes, ``resume`` finishes."""
+    with running_fleet(pg_admin_url, template_url, tmp_path, concurrency=0) as idle:
+        schemas = fleet_setup.fleet_names(6, prefix="ct")
+        fleet_setup.provision(idle.engine, schemas, R1)
+        env = {"TENANTFLEET_DATABASE_URL": idle.database_url}
+        with subprocess.Popen(
+            [sys.executable, "-m", "tenantfleet", "migrate", "--canary", "1", "--wait"],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as first:
+            deadline = time.monotonic() + 60
+            while True:  # the condition meant: the first run is recorded, its canary sent
+                with idle.engine.connect() as connection:
+                    if runs.list_runs(connection, 1):
+                        break
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            second = helpers.run_cli(
+                "migrate", "--wait", "--wait-for-active", "--timeout", "2", env=env
+            )
+            assert second.code == 3, second.err
+            assert "--timeout reached while waiting for run" in second.err
+            said = lines_of(first.stderr)
+            wait_for_line(said, "no worker consumes this database's tenant queue")
+            first.send_signal(signal.SIGINT)
+            assert first.wait(timeout=120) == 130, said
+
+        third = helpers.run_cli("migrate", "--canary", "1", "--wait", "--timeout", "3", env=env)
+        assert third.code == 3, third.err
+        assert "while the canaries of run" in third.err
+        run_id = int(third.err.split("canaries of run ")[1].split()[0])
+        with idle.engine.connect() as connection:
+            assert runs.counts(connection, run_id).queued == 6  # nothing touched, nothing lost
+        worker = idle.start_worker(1)
+        try:
+            resumed = helpers.run_cli("resume", str(run_id), "--wait", env=env, timeout=300)
+            assert resumed.code == 0, resumed.err
+        finally:
+            processes.stop(worker)
+        assert set(idle.revisions(schemas).values()) == {R3}

@@ -291,6 +291,26 @@ def test_postgres_restarted_mid_run(private: Private, fleet: Fleet) -> None:
     }
 
 
+def test_a_database_outage_longer_than_the_retry_budget_is_ridden_out(
+    private: Private, fleet: Fleet
+) -> None:
+    """Down for longer than the workers' retries of other errors would last (8 here): a lost
+    connection is retried without limit, the producer keeps following, nothing is left without
+    a task."""
+    private.start_worker(fleet.url)
+    producer = private.cli_background(fleet.url, "migrate", "--wait", "--revision", R2)
+    wait_for(lambda: _has_run(fleet.engine))
+    run_id = latest_run(fleet.engine)
+    wait_for(lambda: tally(fleet.engine, run_id).done >= 20, every=0.02)
+    fleet.engine.dispose()
+    private.restart_postgres(down_for=20.0)
+    result = finish(producer)
+    assert result.code == 0, result.err
+    assert "the database is unreachable" in result.err and "answers again" in result.err
+    structures, states = three_checks(fleet, run_id)
+    assert set(structures.values()) == {"r2"} and set(states.values()) == {"succeeded"}
+
+
 # -- 4. lock contention ------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from migrations.migrate import MigrationManager
 from tenantfleet import alembic_runtime, attempt, config, db, fleet_setup, runs
+from tenantfleet.errors import UnsupportedRevision
 from tests import helpers
 
 R1 = fleet_setup.R1
@@ -69,6 +70,17 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     pass
+"""
+
+
+CONCURRENT_INDEX = """
+def upgrade() -> None:
+    with op.get_context().autocommit_block():
+        op.create_index("ix_users_email_c", "users", ["email"], postgresql_concurrently=True)
+
+
+def downgrade() -> None:
+    op.drop_index("ix_users_email_c", "users")
 """
 
 
@@ -195,3 +207,13 @@ def test_create_at_base_stays_at_base(engine: Engine) -> None:
     status = MigrationManager(engine=engine).init_tenant("atbase", revision="base")
     assert status.current is None
     assert helpers.revision_of(engine, "atbase") is None
+
+
+def test_an_autocommit_block_fails_the_tenant_with_a_clear_message(
+    engine: Engine, revisions: Callable[..., None]
+) -> None:
+    revisions(("r_conc", CONCURRENT_INDEX))
+    provision_at_seed_head(engine, ["conc"])
+    with pytest.raises(UnsupportedRevision, match="autocommit_block"):
+        MigrationManager(engine=engine).upgrade_tenant("conc", "r_conc")
+    assert helpers.revision_of(engine, "conc") == HEAD
