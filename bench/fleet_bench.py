@@ -95,7 +95,7 @@ def _slices(items: Sequence[str], parts: int) -> list[list[str]]:
 
 
 def build_fleet(url: str, tenants: int, parallel: int) -> list[str]:
-    from migrations.migrate import MigrationManager
+    from tenantfleet.manager import MigrationManager
 
     engine = db.make_engine(url)
     MigrationManager(engine=engine).upgrade_public()

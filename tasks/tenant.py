@@ -21,9 +21,9 @@ from collections.abc import Callable
 from celery import Task
 from celery.exceptions import Retry
 from sqlalchemy.engine import Connection, Engine
+from tenantfleet.workers import app, resources
 
 from tenantfleet import attempt, db, runs
-from workers import app, resources
 
 
 class TenantMigrationFailed(Exception):

@@ -6,6 +6,7 @@ its schema, locked and configured the same way whether it is migrated by ``alemb
 ``ScriptDirectory`` per process and skips env.py, which ``alembic.command`` re-runs on every call.
 """
 
+import importlib.util
 import io
 import traceback
 from collections.abc import Iterable, Iterator
@@ -24,9 +25,6 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-import migrations
-from migrations.public.models import PublicBase
-from migrations.tenant.models import TenantBase
 from tenantfleet import config as tf_config
 from tenantfleet import db, locks, replay
 from tenantfleet.errors import (
@@ -35,13 +33,28 @@ from tenantfleet.errors import (
     UnknownRevision,
     UnsupportedRevision,
 )
+from tenantfleet.models import PublicBase
 from tenantfleet.names import validate_schema_name
 
-MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+def _packaged(name: str) -> Path:
+    """Where a subpackage of the distribution lies, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+MIGRATIONS_DIR = _packaged("tenantfleet.migrations")
+"""The seed's environments: ``migrations/`` in the repository, ``tenantfleet/migrations`` once
+installed. tenantfleet's own tables live in ``public/``; ``tenant/`` is the seed's tenant env."""
 PUBLIC_INI = MIGRATIONS_DIR / "public" / "alembic.ini"
 TENANT_INI = MIGRATIONS_DIR / "tenant" / "alembic.ini"
 """The default tenant environment (the seed's); ``TENANTFLEET_TENANT_ALEMBIC`` names another."""
 VERSION_TABLE = "alembic_version"
+"""The version table in each tenant schema (Alembic's default name)."""
+PUBLIC_VERSION_TABLE = "tenantfleet_version"
+"""tenantfleet's own version table in ``public``: an app's own public history keeps
+``public.alembic_version`` to itself."""
 VERSION_READ_CHUNK = 250
 
 CONFINE = (
@@ -140,9 +153,9 @@ def pending(script: ScriptDirectory, current: str | None, target: str | None) ->
 
 
 def tenant_context_options() -> dict[str, Any]:
-    """``context.configure`` options for the tenant environment (env.py and the fast path)."""
+    """``context.configure`` options of every tenant environment (env.py and the fast path);
+    an env.py adds its own ``target_metadata``."""
     return {
-        "target_metadata": TenantBase.metadata,
         "version_table": VERSION_TABLE,
         "transaction_per_migration": False,
         "compare_type": True,
@@ -150,12 +163,66 @@ def tenant_context_options() -> dict[str, Any]:
 
 
 def public_context_options() -> dict[str, Any]:
+    """``context.configure`` options of tenantfleet's own tables: its own version table, and
+    autogenerate compares only its own tables (an app's public tables are not its business)."""
     return {
         "target_metadata": PublicBase.metadata,
-        "version_table": VERSION_TABLE,
+        "version_table": PUBLIC_VERSION_TABLE,
         "transaction_per_migration": False,
         "compare_type": True,
+        "include_name": _only_tenantfleet_tables,
     }
+
+
+def _only_tenantfleet_tables(name: str | None, type_: str, _parents: Any) -> bool:
+    return type_ != "table" or name in PublicBase.metadata.tables
+
+
+def adopt_legacy_public_version(connection: Connection) -> None:
+    """Move tenantfleet's revision out of ``public.alembic_version`` (where versions before
+    0.2 kept it, sharing it with any app history) into ``public.tenantfleet_version``."""
+    if _regclass(connection, f"public.{PUBLIC_VERSION_TABLE}") or not _regclass(
+        connection, "public.alembic_version"
+    ):
+        return
+    ours = {r.revision for r in public_script().walk_revisions()}
+    rows = connection.execute(sa.text("SELECT version_num FROM public.alembic_version")).scalars()
+    found = list(rows)
+    mine = [r for r in found if r in ours]
+    if not mine:
+        return
+    connection.execute(
+        sa.text(
+            f"CREATE TABLE public.{PUBLIC_VERSION_TABLE} (version_num VARCHAR(32) NOT NULL,"
+            f" CONSTRAINT {PUBLIC_VERSION_TABLE}_pkc PRIMARY KEY (version_num))"
+        )
+    )
+    connection.execute(
+        sa.text(f"INSERT INTO public.{PUBLIC_VERSION_TABLE} SELECT unnest(CAST(:m AS text[]))"),
+        {"m": mine},
+    )
+    if len(mine) == len(found):
+        connection.execute(sa.text("DROP TABLE public.alembic_version"))
+    else:
+        connection.execute(
+            sa.text("DELETE FROM public.alembic_version WHERE version_num = ANY(:m)"), {"m": mine}
+        )
+
+
+def public_revision(connection: Connection) -> str | None:
+    """tenantfleet's public revision (in the legacy table too, before its first upgrade)."""
+    for table in (PUBLIC_VERSION_TABLE, "alembic_version"):
+        if _regclass(connection, f"public.{table}"):
+            rows = connection.execute(sa.text(f"SELECT version_num FROM public.{table}"))
+            ours = {r.revision for r in public_script().walk_revisions()}
+            found = [r for r in rows.scalars() if r in ours or table == PUBLIC_VERSION_TABLE]
+            if found:
+                return found[0]
+    return None
+
+
+def _regclass(connection: Connection, name: str) -> bool:
+    return connection.execute(sa.text("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None
 
 
 def confine_to_schema(

@@ -12,11 +12,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from sqlalchemy.exc import DBAPIError
 
-from migrations.migrate import MigrationManager, Status
 from tenantfleet import (
     config,
     db,
@@ -29,6 +29,7 @@ from tenantfleet import (
     processes,
     producer,
     runs,
+    scaffold,
 )
 from tenantfleet.errors import (
     EXIT_INTERRUPTED,
@@ -39,6 +40,7 @@ from tenantfleet.errors import (
     TenantfleetError,
     UsageError,
 )
+from tenantfleet.manager import MigrationManager, Status
 from tenantfleet.progress import Progress
 from tenantfleet.registry import PROFILE_FIELDS
 
@@ -346,7 +348,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     manager = MigrationManager()
     with db.connect(manager.engine) as connection:
         manager.require_public(connection)
-        report = fleet.survey(connection)
+        report = fleet.survey(connection, manager.settings)
     if args.json:
         _print_json(output.fleet_dict(report))
     else:
@@ -412,6 +414,33 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = config.load_settings()
+    rows = config.describe(settings)
+    where = str(settings.config_file) if settings.config_file else None
+    if args.json:
+        _print_json(
+            {
+                "config_file": where,
+                "settings": [{"key": k, "value": v, "source": src} for k, v, src in rows],
+            }
+        )
+    else:
+        print(f"config file: {where or '(none found)'}\n")
+        print(output.table(["key", "value", "from"], [list(row) for row in rows]))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    tenant_env = Path(args.tenant_env) if args.tenant_env else None
+    written = scaffold.init(Path.cwd(), tenant_env)
+    for path in written:
+        print(f"wrote {path}")
+    if tenant_env is None:
+        print("next: point tenant_alembic at your tenant Alembic environment (or --tenant-env DIR)")
+    return EXIT_OK
+
+
 def cmd_dev_down(args: argparse.Namespace) -> int:
     stopped = embedded.stop(config.load_settings().state_dir)
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -443,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         " 3 --timeout reached or the run is still open, 130 interrupted.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the config file (default: tenantfleet.toml or pyproject.toml, found from here up;"
+        " also TENANTFLEET_CONFIG)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     public = commands.add_parser("public", help="the public schema (registry, run tables)")
@@ -547,13 +582,17 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "worker",
         cmd_worker,
-        "run a Celery worker (celery -A workers worker)",
+        "run a Celery worker (celery -A tenantfleet.workers worker)",
         json_flag=False,
     )
     worker.add_argument("--concurrency", "-c", type=COUNT, default=os.cpu_count() or 2)
     worker.add_argument("--loglevel", default="INFO")
     flower = _command(
-        commands, "flower", cmd_flower, "run Flower (celery -A workers flower)", json_flag=False
+        commands,
+        "flower",
+        cmd_flower,
+        "run Flower (celery -A tenantfleet.workers flower)",
+        json_flag=False,
     )
     flower.add_argument("--address", default="127.0.0.1")
     flower.add_argument("--port", type=PORT, default=5555)
@@ -564,6 +603,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--workers", type=COUNT, default=2)
     demo_cmd.add_argument("--flower", action="store_true", help="keep Flower up until Ctrl-C")
     demo_cmd.add_argument("--port", type=PORT, default=5555)
+
+    _command(
+        commands, "config", cmd_config, "the resolved configuration and where each value came from"
+    )
+    init = _command(
+        commands, "init", cmd_init, "configure tenantfleet in this app", json_flag=False
+    )
+    init.add_argument(
+        "--tenant-env", metavar="DIR", help="also write a tenant Alembic environment in DIR"
+    )
 
     dev = commands.add_parser("dev", help="the embedded default stack")
     dev_cmds = dev.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -584,6 +633,8 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="tenantfleet: %(message)s")
+    if args.config:  # every process this command starts reads the same file
+        os.environ[config.CONFIG_VARIABLE] = str(Path(args.config).absolute())
     try:
         return int(args.func(args))
     except TenantfleetError as exc:

@@ -1,25 +1,41 @@
-"""The one place configuration is read: ``TENANTFLEET_*`` environment variables.
+"""The one place configuration is read.
 
-Anything left unset for the database or the broker falls back to the embedded default stack
-(a PostgreSQL and a Redis from wheels, kept under ``TENANTFLEET_STATE_DIR``).
+Each setting has one key, and comes from (highest first): its ``TENANTFLEET_<KEY>`` environment
+variable; the config file (``[tool.tenantfleet]`` of the app's ``pyproject.toml``, or a
+``tenantfleet.toml`` beside it, found from the current directory upwards as git finds ``.git``,
+or named by ``--config`` / ``TENANTFLEET_CONFIG``); its default. ``describe`` says where each
+value came from (``tenantfleet config``). Anything left unset for the database or the broker
+falls back to the embedded default stack (a PostgreSQL and a Redis from wheels, kept under the
+state directory).
+
+In the file, a value ``"env:NAME"`` is read from the variable ``NAME`` when the settings load,
+so secrets stay in the environment; paths are relative to the file's folder.
 """
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from tenantfleet.errors import ConfigError
+
+ENV_PREFIX = "TENANTFLEET_"
+CONFIG_VARIABLE = "TENANTFLEET_CONFIG"
+STATE_DIR_NAME = ".tenantfleet"
+FILE_NAMES = ("tenantfleet.toml", "pyproject.toml")
+TENANT_SOURCES = ("registry", "query", "discover")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob, with its default. Field docs live in the README's configuration table."""
+    """Every knob, with its default. The README's configuration table documents each key."""
 
     database_url: str | None = None
     broker_url: str | None = None
     result_backend: str | None = None
-    state_dir: Path = Path(".tenantfleet")
+    state_dir: Path = Path(STATE_DIR_NAME)
     lock_timeout: float = 5.0
     statement_timeout: float = 300.0
     task_time_limit: float = 900.0
@@ -33,14 +49,21 @@ class Settings:
     replay_sql: bool = True
     stall_resume: float = 30.0
     tenant_alembic: Path | None = None
+    tenants: str = "registry"
+    tenants_query: str | None = None
+    config_file: Path | None = field(default=None, compare=False)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Where each key's value came from: ``default``, the file, or ``env TENANTFLEET_...``."""
 
     def __post_init__(self) -> None:
         if self.visibility_timeout <= self.task_time_limit:
             raise ConfigError(
-                "TENANTFLEET_VISIBILITY_TIMEOUT must exceed TENANTFLEET_TASK_TIME_LIMIT "
+                "visibility_timeout must exceed task_time_limit "
                 f"({self.visibility_timeout:g} <= {self.task_time_limit:g}): a task still running "
                 "would be delivered a second time"
             )
+        if self.tenants == "query" and not self.tenants_query:
+            raise ConfigError('tenants = "query" needs tenants_query (an SQL query)')
 
     @property
     def soft_time_limit(self) -> float:
@@ -48,67 +71,191 @@ class Settings:
         return max(self.task_time_limit * 0.9, self.task_time_limit - 30.0)
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
-    return value
+Parse = Callable[[str, str, Path | None], Any]
+"""(raw value, where it came from, the config file's folder) -> value."""
 
 
-def _integer(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+def _seconds(minimum: float) -> Parse:
+    def parse(raw: str, where: str, _base: Path | None) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{where} must be a number of seconds, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{where} must be at least {minimum:g}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _whole(raw: str, where: str, _base: Path | None) -> int:
     if not raw.isdigit():
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}")
+        raise ConfigError(f"{where} must be a whole number, got {raw!r}")
     return int(raw)
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
+def _flag(raw: str, where: str, _base: Path | None) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
         return True
-    if raw in ("0", "false", "no", "off"):
+    if lowered in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    raise ConfigError(f"{where} must be true or false, got {raw!r}")
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read ``TENANTFLEET_*`` from ``env`` (default: the process environment)."""
+def _text(raw: str, _where: str, _base: Path | None) -> str:
+    return raw
+
+
+def _one_of(*choices: str) -> Parse:
+    def parse(raw: str, where: str, _base: Path | None) -> str:
+        if raw not in choices:
+            raise ConfigError(f"{where} must be one of {', '.join(choices)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _path(raw: str, _where: str, base: Path | None) -> Path:
+    path = Path(raw).expanduser()
+    return (base / path if base and not path.is_absolute() else path).absolute()
+
+
+def _existing_file(raw: str, where: str, base: Path | None) -> Path:
+    path = _path(raw, where, base)
+    if not path.is_file():
+        raise ConfigError(f"{where} names no file: {raw!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    parse: Parse
+    secret: bool = False
+    """A URL whose password is masked wherever it is shown."""
+
+    @property
+    def variable(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+KEYS = (
+    Key("database_url", _text, secret=True),
+    Key("broker_url", _text, secret=True),
+    Key("result_backend", _text, secret=True),
+    Key("state_dir", _path),
+    Key("lock_timeout", _seconds(0.001)),
+    Key("statement_timeout", _seconds(0.001)),
+    Key("task_time_limit", _seconds(1.0)),
+    Key("visibility_timeout", _seconds(1.0)),
+    Key("max_retries", _whole),
+    Key("retry_backoff", _seconds(0.0)),
+    Key("retry_backoff_max", _seconds(0.0)),
+    Key("task_events", _flag),
+    Key("poll_interval", _seconds(0.01)),
+    Key("stale_run_after", _seconds(1.0)),
+    Key("replay_sql", _flag),
+    Key("stall_resume", _seconds(0.0)),
+    Key("tenant_alembic", _existing_file),
+    Key("tenants", _one_of(*TENANT_SOURCES)),
+    Key("tenants_query", _text),
+)
+KEY_NAMES = tuple(key.name for key in KEYS)
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    path: Path
+    values: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        table = "[tool.tenantfleet]" if self.path.name == "pyproject.toml" else ""
+        return f"{self.path} {table}".strip()
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    """The nearest ``tenantfleet.toml``, or ``pyproject.toml`` with a ``[tool.tenantfleet]``
+    table, in ``start`` (default: the current directory) or above it."""
+    here = (start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        for name in FILE_NAMES:
+            candidate = folder / name
+            if candidate.is_file() and (
+                name != "pyproject.toml" or "tenantfleet" in _toml(candidate).get("tool", {})
+            ):
+                return candidate
+    return None
+
+
+def _toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def read_config_file(path: Path) -> ConfigFile:
+    """The tenantfleet table of ``path``; unknown keys are one clear error."""
+    document = _toml(path)
+    if path.name == "pyproject.toml" or "tool" in document:
+        values = document.get("tool", {}).get("tenantfleet")
+        if values is None:
+            raise ConfigError(f"{path} has no [tool.tenantfleet] table")
+    else:
+        values = document
+    unknown = sorted(set(values) - set(KEY_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {path} (known: {', '.join(KEY_NAMES)})")
+    return ConfigFile(path, dict(values))
+
+
+def _from_file(value: Any, where: str, env: Mapping[str, str]) -> str:
+    """A file value as text; ``env:NAME`` read from the environment."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, a number or a boolean")
+    if value.startswith("env:"):
+        name = value.removeprefix("env:")
+        if not env.get(name):
+            raise ConfigError(f"{where} reads the environment variable {name}, which is not set")
+        return env[name]
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None, config: Path | None = None) -> Settings:
+    """Read the settings: environment over config file over defaults."""
     env = os.environ if env is None else env
-    time_limit = _number(env, "TENANTFLEET_TASK_TIME_LIMIT", 900.0, minimum=1.0)
-    return Settings(
-        database_url=env.get("TENANTFLEET_DATABASE_URL") or None,
-        broker_url=env.get("TENANTFLEET_BROKER_URL") or None,
-        result_backend=env.get("TENANTFLEET_RESULT_BACKEND") or None,
-        state_dir=state_dir(env.get("TENANTFLEET_STATE_DIR")),
-        lock_timeout=_number(env, "TENANTFLEET_LOCK_TIMEOUT", 5.0, minimum=0.001),
-        statement_timeout=_number(env, "TENANTFLEET_STATEMENT_TIMEOUT", 300.0, minimum=0.001),
-        task_time_limit=time_limit,
-        visibility_timeout=_number(
-            env, "TENANTFLEET_VISIBILITY_TIMEOUT", max(3600.0, 2 * time_limit), minimum=1.0
-        ),
-        max_retries=_integer(env, "TENANTFLEET_MAX_RETRIES", 5),
-        retry_backoff=_number(env, "TENANTFLEET_RETRY_BACKOFF", 1.0),
-        retry_backoff_max=_number(env, "TENANTFLEET_RETRY_BACKOFF_MAX", 60.0),
-        task_events=_flag(env, "TENANTFLEET_TASK_EVENTS", True),
-        poll_interval=_number(env, "TENANTFLEET_POLL_INTERVAL", 0.1, minimum=0.01),
-        stale_run_after=_number(env, "TENANTFLEET_STALE_RUN_AFTER", 600.0, minimum=1.0),
-        replay_sql=_flag(env, "TENANTFLEET_REPLAY_SQL", True),
-        stall_resume=_number(env, "TENANTFLEET_STALL_RESUME", 30.0),
-        tenant_alembic=_existing_file(env, "TENANTFLEET_TENANT_ALEMBIC"),
-    )
-
-
-STATE_DIR_NAME = ".tenantfleet"
+    given = config or (Path(env[CONFIG_VARIABLE]) if env.get(CONFIG_VARIABLE) else None)
+    if given is not None and not given.is_file():
+        raise ConfigError(f"the config file {str(given)!r} does not exist")
+    path = given or find_config_file()
+    found = read_config_file(path) if path else None
+    base = path.absolute().parent if path else None
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in KEYS:
+        raw = env.get(key.variable)
+        if raw:
+            values[key.name] = key.parse(raw, key.variable, Path.cwd())
+            sources[key.name] = f"env {key.variable}"
+        elif found is not None and key.name in found.values:
+            where = f"{key.name} in {found.label}"
+            text = _from_file(found.values[key.name], where, env)
+            values[key.name] = key.parse(text, where, base)
+            sources[key.name] = found.label
+        else:
+            sources[key.name] = "default"
+    if "visibility_timeout" not in values:
+        limit = values.get("task_time_limit", Settings.task_time_limit)
+        values["visibility_timeout"] = max(3600.0, 2 * limit)
+    if "state_dir" not in values:
+        values["state_dir"] = state_dir(None)
+    return Settings(**values, config_file=path, sources=sources)
 
 
 def state_dir(given: str | None, start: Path | None = None) -> Path:
@@ -123,14 +270,29 @@ def state_dir(given: str | None, start: Path | None = None) -> Path:
     return here / STATE_DIR_NAME
 
 
-def _existing_file(env: Mapping[str, str], name: str) -> Path | None:
-    raw = env.get(name)
-    if not raw:
-        return None
-    path = Path(raw).absolute()
-    if not path.is_file():
-        raise ConfigError(f"{name} names no file: {raw!r}")
-    return path
+def describe(settings: Settings) -> list[tuple[str, str, str]]:
+    """(key, value as shown, where it came from) for every key; passwords masked."""
+    secret = {key.name for key in KEYS if key.secret}
+    rows = []
+    for item in fields(Settings):
+        if item.name not in KEY_NAMES:
+            continue
+        value = getattr(settings, item.name)
+        shown = "" if value is None else str(value)
+        if item.name in secret and shown:
+            shown = mask_password(shown)
+        rows.append((item.name, shown, settings.sources.get(item.name, "default")))
+    return rows
+
+
+def mask_password(url: str) -> str:
+    """``scheme://user:***@host/...``: a URL fit to print."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def database_url(settings: Settings) -> str:

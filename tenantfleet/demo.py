@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from migrations.migrate import MigrationManager
 from tenantfleet import config, fleet_setup, processes
+from tenantfleet.manager import MigrationManager
 
 Say = Callable[[str], None]
 PROGRESS_EVERY_S = 2.0
@@ -35,7 +35,7 @@ def start_workers(settings: config.Settings, workers: int, say: Say) -> subproce
     log = settings.state_dir / "worker.log"
     say(f"starting {workers} worker processes (log: {log})")
     proc = processes.spawn(processes.worker_argv(workers), processes.child_env(settings), log)
-    from workers import app
+    from tenantfleet.workers import app
 
     processes.wait_for_workers(app)
     return proc

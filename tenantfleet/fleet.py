@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection
 
-from tenantfleet import alembic_runtime, registry
+from tenantfleet import alembic_runtime, registry, tenants
+from tenantfleet.config import Settings
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,19 @@ class FleetReport:
     """Inactive tenants and why (``tenant deactivate --reason``)."""
 
 
-def survey(connection: Connection) -> FleetReport:
-    """Read every registered schema's revision in one pass and sort the fleet by it."""
+def survey(connection: Connection, settings: Settings) -> FleetReport:
+    """Read every schema of the tenant source's revision in one pass and sort the fleet by it."""
     script = alembic_runtime.tenant_script()
     head = script.get_current_head()
     known = {r.revision for r in script.walk_revisions()}
-    tenants = registry.list_tenants(connection)
-    active = [t.schema_name for t in tenants if t.is_active]
+    active = tenants.select(connection, settings)
+    inactive: dict[str, str | None] = {}
+    if settings.tenants == "registry":
+        inactive = {
+            t.schema_name: t.deactivated_reason
+            for t in registry.list_tenants(connection)
+            if not t.is_active
+        }
     versions = alembic_runtime.read_versions(connection, active)
     missing = [s for s in active if s not in versions]
     present = {s: v for s, v in versions.items()}
@@ -37,10 +44,10 @@ def survey(connection: Connection) -> FleetReport:
     return FleetReport(
         head=head,
         tenants=len(active),
-        inactive=len(tenants) - len(active),
+        inactive=len(inactive),
         by_revision=dict(sorted(counted.items())),
         behind=behind,
         unknown=dict(sorted(unknown.items())),
         missing=missing,
-        deactivated={t.schema_name: t.deactivated_reason for t in tenants if not t.is_active},
+        deactivated=inactive,
     )

@@ -3,9 +3,9 @@
 from dataclasses import asdict
 from typing import Any
 
-from migrations.migrate import Status
 from tenantfleet.alembic_runtime import Step
 from tenantfleet.fleet import FleetReport
+from tenantfleet.manager import Status
 from tenantfleet.names import shorten
 from tenantfleet.producer import Plan
 from tenantfleet.registry import Tenant

@@ -21,11 +21,13 @@ def child_env(settings: config.Settings, **extra: str) -> dict[str, str]:
     env["TENANTFLEET_BROKER_URL"] = config.broker_url(settings)
     env["TENANTFLEET_RESULT_BACKEND"] = config.result_backend(settings)
     env["TENANTFLEET_STATE_DIR"] = str(settings.state_dir)
+    if settings.config_file is not None:
+        env[config.CONFIG_VARIABLE] = str(settings.config_file.absolute())
     env.update(extra)
     return env
 
 
-CELERY = [sys.executable, "-m", "celery", "-A", "workers"]
+CELERY = [sys.executable, "-m", "celery", "-A", "tenantfleet.workers"]
 
 
 def worker_argv(

@@ -16,9 +16,9 @@ from typing import Any
 from alembic import command
 from sqlalchemy.engine import Engine
 
-from migrations.migrate import MigrationManager
-from tenantfleet import alembic_runtime, db, follow, guard, locks, registry, runs
+from tenantfleet import alembic_runtime, db, follow, guard, locks, runs, tenants
 from tenantfleet.errors import ConnectionFailed, RunActive, TenantStateError, UsageError
+from tenantfleet.manager import MigrationManager
 from tenantfleet.names import shorten, validate_schema_name
 from tenantfleet.queues import Queues, of_database
 
@@ -79,7 +79,7 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
             manager.require_registry(connection)
         else:
             manager.require_public(connection)
-        schemas = registry.select_for_migration(connection, options.include, options.exclude)
+        schemas = tenants.select(connection, manager.settings, options.include, options.exclude)
         versions = alembic_runtime.read_versions(connection, schemas)
     known = {r.revision for r in script.walk_revisions()} | {None}
     not_migratable: list[tuple[str, str | None, str, str]] = []
@@ -351,7 +351,7 @@ def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
 
 def app() -> Any:
     """The Celery app, imported on first use (it reads the configuration)."""
-    from workers import app as celery_app
+    from tenantfleet.workers import app as celery_app
 
     return celery_app
 
@@ -387,8 +387,8 @@ def enqueue(
         return
     from celery import chord, group
 
-    from tasks.finalize import finalize_run, finalize_run_on_error
-    from tasks.tenant import migrate_tenant
+    from tenantfleet.tasks.finalize import finalize_run, finalize_run_on_error
+    from tenantfleet.tasks.tenant import migrate_tenant
 
     extra: dict[str, Any] = {"run_uid": run.uid}
     if max_failures:

@@ -5,7 +5,7 @@ Queries must not depend on search_path: a tenant transaction has only its own sc
 
 import sqlalchemy as sa
 
-from migrations.public.models import PublicBase
+from tenantfleet.models import PublicBase
 
 _metadata = sa.MetaData()
 tenant_registry = PublicBase.metadata.tables["tenant_registry"].to_metadata(

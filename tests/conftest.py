@@ -59,7 +59,7 @@ def session_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="session")
 def template_url(pg_admin_url: str) -> Iterator[str]:
-    from migrations.migrate import MigrationManager
+    from tenantfleet.manager import MigrationManager
 
     url = helpers.create_database(pg_admin_url, prefix="tf_template")
     engine = db.make_engine(url)

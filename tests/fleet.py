@@ -30,7 +30,7 @@ class Stack:
     env: dict[str, str]
 
     def start_worker(self, concurrency: int = 2) -> "subprocess.Popen[bytes]":
-        from workers import app
+        from tenantfleet.workers import app
 
         name = f"fleet-{uuid.uuid4().hex[:6]}@%h"
         worker = processes.spawn(
@@ -67,7 +67,7 @@ class Stack:
     def send_by_hand(self, run_id: int, schema: str, target: str, uid: str | None = None) -> Any:
         """One tenant task as the producer sends it, asking for its result (the fleet's own
         tasks store none)."""
-        from tasks.tenant import migrate_tenant
+        from tenantfleet.tasks.tenant import migrate_tenant
 
         if uid is None:
             with self.engine.connect() as connection:

@@ -108,7 +108,7 @@ class Private:
         )
 
     def new_database(self) -> str:
-        from migrations.migrate import MigrationManager
+        from tenantfleet.manager import MigrationManager
 
         url = helpers.create_database(self.admin_url)
         engine = db.make_engine(url)

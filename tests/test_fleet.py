@@ -160,7 +160,7 @@ def wait_for_row(
 
 
 def test_a_duplicate_delivery_never_migrates_a_schema_twice(stack: Stack) -> None:
-    from migrations.migrate import MigrationManager
+    from tenantfleet.manager import MigrationManager
 
     schemas = fleet_setup.fleet_names(1, prefix="dup")
     fleet_setup.provision(stack.engine, schemas, R1)

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from migrations.migrate import MigrationManager
 from tenantfleet import cli, db, fleet_setup, processes, registry
 from tenantfleet.errors import InvalidSchemaName
+from tenantfleet.manager import MigrationManager
 from tenantfleet.names import SCHEMA_NAME, validate_schema_name
 from tests import helpers
 from tests.fleet import free_port

@@ -8,7 +8,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from migrations.migrate import MigrationManager
 from tenantfleet import alembic_runtime, registry
 from tenantfleet.errors import (
     ConfigError,
@@ -18,6 +17,7 @@ from tenantfleet.errors import (
     UnknownRevision,
     UnknownTenant,
 )
+from tenantfleet.manager import MigrationManager
 from tests import helpers
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
@@ -251,4 +251,4 @@ def test_malformed_settings_are_one_line_errors() -> None:
         "list",
         env={"TENANTFLEET_TASK_TIME_LIMIT": "100", "TENANTFLEET_VISIBILITY_TIMEOUT": "50"},
     )
-    assert result.code == 2 and "must exceed TENANTFLEET_TASK_TIME_LIMIT" in result.err
+    assert result.code == 2 and "visibility_timeout must exceed task_time_limit" in result.err

@@ -9,11 +9,11 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
+from tenantfleet.migrations.tenant.models import TenantBase
 
-from migrations.migrate import MigrationManager
-from migrations.public.models import PublicBase
-from migrations.tenant.models import TenantBase
 from tenantfleet import alembic_runtime, db
+from tenantfleet.manager import MigrationManager
+from tenantfleet.models import PublicBase
 
 REGISTRY_COLUMNS = [
     "id",
@@ -170,7 +170,7 @@ def test_plain_alembic_upgrades_public_and_a_tenant_as_alembic_users_expect(
         )
     assert tables == {"alembic_version", "users", "orders", "audit_log"}
     assert public_tables == {
-        "alembic_version",
+        "tenantfleet_version",
         "tenant_registry",
         "migration_runs",
         "migration_run_tenants",
@@ -220,3 +220,40 @@ def test_revision_ids_are_the_file_name_prefixes() -> None:
     tenant_chain = [r.revision for r in alembic_runtime.tenant_script().walk_revisions()]
     assert tenant_chain[-2:] == ["20250301_000000", "20250102_000001"]
     assert len(tenant_chain) >= 3
+
+
+def test_an_apps_own_public_history_is_left_alone(empty_database_url: str) -> None:
+    engine = db.make_engine(empty_database_url)
+    with engine.begin() as connection:  # the app's own public Alembic history
+        connection.execute(sa.text("CREATE TABLE public.alembic_version (version_num text)"))
+        connection.execute(sa.text("INSERT INTO public.alembic_version VALUES ('app_0001')"))
+        connection.execute(sa.text("CREATE TABLE public.accounts (id int)"))
+    status = MigrationManager().upgrade_public()
+    assert status.up_to_date
+    with engine.connect() as connection:
+        app_rows = connection.execute(sa.text("SELECT version_num FROM public.alembic_version"))
+        assert app_rows.scalars().all() == ["app_0001"]
+    engine.dispose()
+
+
+def test_a_database_of_an_older_tenantfleet_moves_its_revision_to_its_own_table(
+    empty_database_url: str,
+) -> None:
+    engine = db.make_engine(empty_database_url)
+    MigrationManager(engine=engine).upgrade_public("20251126_000000")
+    with engine.begin() as connection:  # how versions before 0.2 kept it
+        connection.execute(
+            sa.text("ALTER TABLE public.tenantfleet_version RENAME TO alembic_version")
+        )
+        connection.execute(
+            sa.text(
+                "ALTER TABLE public.alembic_version"
+                " RENAME CONSTRAINT tenantfleet_version_pkc TO alembic_version_pkc"
+            )
+        )
+    assert MigrationManager(engine=engine).status_public().current == "20251126_000000"
+    assert MigrationManager(engine=engine).upgrade_public().up_to_date
+    with engine.connect() as connection:
+        legacy = connection.execute(sa.text("SELECT to_regclass('public.alembic_version')"))
+        assert legacy.scalar() is None
+    engine.dispose()

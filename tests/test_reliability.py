@@ -357,7 +357,7 @@ def test_a_duplicate_delivery_waits_for_the_lock_and_never_migrates_twice(
     wait_for(lambda: tally(fleet.engine, run_id).running == 1)
     env = private.env(fleet.url)
     send = (
-        "from tasks.tenant import migrate_tenant\n"
+        "from tenantfleet.tasks.tenant import migrate_tenant\n"
         "from tenantfleet import config, db, queues, runs\n"
         "engine = db.make_engine(config.database_url(config.load_settings()))\n"
         "with engine.connect() as c:\n"

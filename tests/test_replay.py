@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.engine import Connection, Engine
 
-from migrations.migrate import MigrationManager
 from tenantfleet import alembic_runtime, attempt, config, db, fleet_setup, runs
 from tenantfleet.errors import UnsupportedRevision
+from tenantfleet.manager import MigrationManager
 from tests import helpers
 
 R1 = fleet_setup.R1

@@ -1,9 +1,11 @@
-"""The Celery app: ``celery -A workers worker`` and ``celery -A workers flower`` find it here.
+"""The Celery app: ``celery -A tenantfleet.workers worker`` (and ``flower``) find it here.
+
+This folder is installed as ``tenantfleet.workers`` (pyproject's package-dir).
 
 Broker and backend come from ``tenantfleet.config`` (the embedded Redis when nothing is set).
 """
 
-from workers.app import create_app
+from tenantfleet.workers.app import create_app
 
 app = create_app()
 

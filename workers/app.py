@@ -9,7 +9,7 @@ from celery import Celery
 
 from tenantfleet import config
 
-TASK_MODULES = ["tasks.tenant", "tasks.finalize"]
+TASK_MODULES = ["tenantfleet.tasks.tenant", "tenantfleet.tasks.finalize"]
 
 
 class FleetCelery(Celery):

@@ -69,7 +69,7 @@ def queues() -> fleet_queues.Queues:
 
 @celeryd_after_setup.connect
 def _consume_this_databases_queues(instance: Any, **_: object) -> None:
-    """``celery -A workers worker`` consumes its database's queues, and only those."""
+    """``celery -A tenantfleet.workers worker`` consumes its database's queues, and only those."""
     chosen = queues()
     amqp_queues = instance.app.amqp.queues
     for name in chosen.names:

@@ -21,4 +21,5 @@ else:
         context.configure(connection=connection, **runtime.public_context_options())
         with context.begin_transaction():
             runtime.lock_public(connection)
+            runtime.adopt_legacy_public_version(connection)
             context.run_migrations()
