@@ -13,17 +13,21 @@ else two or three):
    retries run out, marks it ``failed`` and raises, so Flower shows the task as FAILURE.
 """
 
+import logging
 import random
 import socket
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 from sqlalchemy.engine import Connection, Engine
 from tenantfleet.workers import app, resources
 
-from tenantfleet import attempt, db, runs
+from tenantfleet import alembic_runtime, attempt, db, runs
+
+logger = logging.getLogger(__name__)
 
 
 class TenantMigrationFailed(Exception):
@@ -67,6 +71,8 @@ def migrate_tenant(
     task = runs.TenantTask(run_id, run_uid, schema, target)
     settings = resources.settings()
     worker = self.request.hostname or socket.gethostname()
+    if not alembic_runtime.knows_revision(target):
+        _hand_back(task, worker)
     started = time.monotonic()
     try:
         with (
@@ -108,6 +114,26 @@ def migrate_tenant(
         raise
     except Exception as exc:
         raise _fail_or_retry(self, task, exc, started) from None
+
+
+HAND_BACK_DELAY_S = 2.0
+"""How long a worker that cannot run a task waits before it gives the message back, so that a
+worker that can gets it rather than this one again at once."""
+
+
+def _hand_back(task: runs.TenantTask, worker: str) -> NoReturn:
+    """This worker's scripts do not define the target (a rolling deploy has not reached this
+    host): touch nothing, say why on the tenant's row and in the log, give the message back."""
+    logger.warning(
+        "%s: revision %s is unknown to this worker's scripts (run %s); handed back for a"
+        " worker that knows it",
+        task.schema,
+        task.target,
+        task.run_id,
+    )
+    _record(lambda c: runs.note_handed_back(c, task, worker), resources.engine())
+    time.sleep(HAND_BACK_DELAY_S)
+    raise Reject(f"revision {task.target} unknown to this worker", requeue=True)
 
 
 def _fail_or_retry(

@@ -105,6 +105,20 @@ def tenant_script() -> ScriptDirectory:
     return ScriptDirectory.from_config(Config(str(tenant_ini())))
 
 
+def knows_revision(revision: str) -> bool:
+    """Whether the tenant scripts define ``revision``, reading them again from disk once if
+    not (a new revision deployed to this host after the process parsed them)."""
+    for attempt in range(2):
+        try:
+            if tenant_script().get_revision(revision) is not None:
+                return True
+        except (CommandError, RevisionError):
+            pass
+        if attempt == 0:
+            forget_scripts()
+    return False
+
+
 def forget_scripts() -> None:
     """Drop what this process parsed or rendered of the tenant revisions: read them again."""
     tenant_script.cache_clear()

@@ -253,6 +253,8 @@ def _follow(
     progress = Progress()
     watch.on_progress = progress
     watch.app, watch.queues = producer.app(), producer.queues_of(manager)
+    with db.connect(manager.engine) as connection:
+        watch.target = runs.get_run(connection, run_id).target_revision
     run = follow.until_closed(manager.engine, run_id, watch)
     progress.close()
     report = producer.report(manager.engine, run_id)
@@ -320,9 +322,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         report["alive"] = state.alive
         report["idle_seconds"] = round(state.idle_seconds, 1)
         queues = producer.queues_of(manager)
-        ours, others = follow.consumers(producer.app(), queues)
+        celery_app = producer.app()
+        ours, others = follow.consumers(celery_app, queues)
+        able = follow.knowing(celery_app, ours, report["target_revision"]) if ours else []
         report["workers"] = ours
-        report["waiting_for"] = None if ours else follow.no_worker_message(queues, others)
+        report["waiting_for"] = (
+            follow.no_worker_message(queues, others)
+            if not ours
+            else None
+            if able
+            else follow.no_knowing_worker_message(report["target_revision"], ours)
+        )
     if args.json:
         _print_json(report)
     else:

@@ -314,5 +314,14 @@ def broker_url(settings: Settings) -> str:
 
 
 def result_backend(settings: Settings) -> str:
-    """The result backend; the broker's Redis unless set apart."""
-    return settings.result_backend or broker_url(settings)
+    """The result backend (it holds the chord's state); the broker's Redis unless set apart.
+    Another broker (RabbitMQ: ``amqp://``) needs one named: Redis or a database."""
+    if settings.result_backend:
+        return settings.result_backend
+    broker = broker_url(settings)
+    if not broker.startswith(("redis://", "rediss://", "redis+socket://")):
+        raise ConfigError(
+            "with a broker that is not Redis, set result_backend (e.g. redis://host:6379/1 or"
+            " db+postgresql://...): it holds the chord's state"
+        )
+    return broker

@@ -56,6 +56,8 @@ class Watch:
     say: Say = _quiet
     app: Any = None
     queues: Queues | None = None
+    target: str | None = None
+    """The run's target revision: the watchdog asks whether any live worker knows it."""
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -73,6 +75,31 @@ def consumers(app: Any, queues: Queues) -> tuple[list[str], list[str]]:
     ours = sorted(w for w, qs in answers.items() if any(q["name"] == queues.tenants for q in qs))
     others = sorted(w for w in answers if w not in ours)
     return ours, others
+
+
+def knowing(app: Any, workers: Sequence[str], revision: str) -> list[str]:
+    """Which of ``workers`` define ``revision`` in their tenant scripts (each reads them again
+    from disk if not yet)."""
+    try:
+        replies = app.control.broadcast(
+            "tenantfleet_knows",
+            arguments={"revision": revision},
+            destination=list(workers),
+            reply=True,
+            timeout=INSPECT_TIMEOUT_S,
+        )
+    except Exception:
+        return list(workers)  # cannot tell: say nothing
+    answers = {name: body for reply in replies or [] for name, body in reply.items()}
+    return sorted(w for w, body in answers.items() if isinstance(body, dict) and body.get("knows"))
+
+
+def no_knowing_worker_message(revision: str, workers: Sequence[str]) -> str:
+    return (
+        f"no live worker knows revision {revision}: the {len(workers)} workers consuming this"
+        " database's queue run older tenant scripts (a deploy not finished?); their tasks are"
+        " handed back and wait, untouched"
+    )
 
 
 def no_worker_message(queues: Queues, others: Sequence[str]) -> str:
@@ -158,12 +185,16 @@ class _Loop:
         ):
             self.next_worker_check = now + WORKER_CHECK_EVERY_S
             ours, others = consumers(watch.app, watch.queues)
+            able = knowing(watch.app, ours, watch.target) if ours and watch.target else ours
             if not ours:
                 self.workers_missing = True
                 watch.say(no_worker_message(watch.queues, others))
+            elif not able and watch.target:
+                self.workers_missing = True
+                watch.say(no_knowing_worker_message(watch.target, ours))
             elif self.workers_missing:
                 self.workers_missing = False
-                watch.say(f"worker {ours[0]} consumes the tenant queue now")
+                watch.say(f"worker {able[0]} takes this database's tenants now")
         if (
             watch.on_stall is not None
             and watch.stall_after > 0

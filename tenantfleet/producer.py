@@ -210,7 +210,7 @@ def _dispatch(
         sent += len(first)
         if unfinished:
             say(f"run {run_id}: waiting for {len(unfinished)} canary tenants")
-            watch.app, watch.queues = celery_app, fleet_queues
+            watch.app, watch.queues, watch.target = celery_app, fleet_queues, run.target_revision
             outcome = follow.until_final(engine, run_id, unfinished, watch)
             if outcome is None:
                 raise follow.StoppedFollowing(

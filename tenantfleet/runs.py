@@ -242,6 +242,26 @@ _MARK_ERROR = _PENDING_ROW.values(
 )
 
 
+WAITING_FOR_A_WORKER = "RevisionNotOnWorker"
+"""``error_class`` of a pending tenant whose task a worker handed back: its scripts do not
+define the target revision (a rolling deploy has not reached it)."""
+
+
+def note_handed_back(connection: Connection, task: TenantTask, worker: str) -> None:
+    """Why the tenant still waits: ``worker`` does not know the target revision."""
+    connection.execute(
+        _PENDING_ROW.values(
+            updated_at=sa.func.now(),
+            error_class=WAITING_FOR_A_WORKER,
+            error_message=(
+                f"waiting for a worker that knows revision {task.target}:"
+                f" {worker} does not (handed back)"
+            ),
+        ),
+        task.core_binds(),
+    )
+
+
 def mark_failed(
     connection: Connection, task: TenantTask, error: BaseException, duration_ms: int
 ) -> None:

@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 from celery.signals import celeryd_after_setup, worker_process_init
+from celery.worker.control import inspect_command
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
@@ -76,6 +77,13 @@ def _consume_this_databases_queues(instance: Any, **_: object) -> None:
         amqp_queues.add(name)
     amqp_queues.select(chosen.names)
     logger.info("consuming %s", ", ".join(chosen.names))
+
+
+@inspect_command(args=[("revision", str)])
+def tenantfleet_knows(_state: Any, revision: str) -> dict[str, bool]:
+    """``app.control.broadcast("tenantfleet_knows", {"revision": R})``: whether this worker's
+    scripts define R (read again from disk if not yet)."""
+    return {"knows": alembic_runtime.knows_revision(revision)}
 
 
 @worker_process_init.connect
