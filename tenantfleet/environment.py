@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from alembic import context
 
 from tenantfleet import alembic_runtime as runtime
+from tenantfleet import replay
 
 __all__ = ["run_tenant_migrations"]
 
@@ -33,11 +34,8 @@ def run_tenant_migrations(target_metadata: Any = None, **configure: Any) -> None
     schema = runtime.schema_from_config(config)
     options = {**runtime.tenant_context_options(), "target_metadata": target_metadata, **configure}
     if context.is_offline_mode():
-        context.configure(
-            url=config.get_main_option("sqlalchemy.url") or "postgresql://",
-            literal_binds=True,
-            **options,
-        )
+        # rendered as it will run: a % in a literal stays one % (psql and the workers alike)
+        context.configure(dialect_name=replay.RENDER_DIALECT, literal_binds=True, **options)
         with context.begin_transaction():
             context.execute(
                 sa.text("SELECT set_config('search_path', quote_ident(:schema), true)").bindparams(

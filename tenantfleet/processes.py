@@ -46,19 +46,23 @@ def flower_argv(address: str, port: int) -> list[str]:
     return [*CELERY, "flower", f"--address={address}", f"--port={port}"]
 
 
-def spawn(argv: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen[bytes]:
-    """Start a child in its own process group, its output to ``log`` (or discarded)."""
+def spawn(
+    argv: list[str], env: dict[str, str], log: Path | None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group (in ``cwd``), its output to ``log`` (or
+    discarded)."""
     if log is None:
         return subprocess.Popen(
             argv,
             env=env,
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     with open(log, "ab") as sink:  # the child keeps its own descriptor
         return subprocess.Popen(
-            argv, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 

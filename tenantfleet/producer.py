@@ -76,7 +76,8 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
     target = validate(options)
     with db.connect(manager.engine) as connection:
         if dry_run:
-            manager.require_registry(connection)
+            if manager.settings.tenants == "registry":
+                manager.require_registry(connection)
         else:
             manager.require_public(connection)
         schemas = tenants.select(connection, manager.settings, options.include, options.exclude)
@@ -340,12 +341,19 @@ def resend_lost(manager: MigrationManager, run_id: int, quiet_for: float) -> int
 
 
 def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
-    """The SQL one tenant's upgrade would run (Alembic offline mode); nothing is touched."""
+    """The SQL one tenant's upgrade would run (Alembic offline mode); nothing is touched. A
+    revision that reads the database cannot be rendered: the SQL stops there, saying so."""
     buffer = io.StringIO()
     cfg = alembic_runtime.tenant_config(schema)
     cfg.output_buffer = buffer
     span = f"{from_revision}:{target}" if from_revision else target
-    command.upgrade(cfg, span, sql=True)
+    try:
+        command.upgrade(cfg, span, sql=True)
+    except Exception as exc:
+        buffer.write(
+            f"\n-- stopped: {type(exc).__name__}: {exc}\n-- (a revision that reads the database"
+            " cannot be rendered offline; the workers run it online)\n"
+        )
     return buffer.getvalue()
 
 

@@ -66,6 +66,6 @@ def create_app(settings: config.Settings | None = None) -> FleetCelery:
         result_expires=7 * 24 * 3600,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=True,
-        worker_consumer="workers.consumer:Consumer",
+        worker_consumer="tenantfleet.workers.consumer:Consumer",
     )
     return app

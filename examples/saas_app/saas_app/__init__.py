@@ -1,0 +1,1 @@
+"""An example SaaS application: accounts in ``public``, one schema per account."""

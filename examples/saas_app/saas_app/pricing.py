@@ -1,0 +1,3 @@
+"""App code that a tenant revision imports."""
+
+DEFAULT_CURRENCY = "EUR"

@@ -1,0 +1,85 @@
+"""Tenant sources other than the registry, and a tenant environment written by ``init``."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tenantfleet import config, fleet_setup, scaffold, tenants
+from tenantfleet.errors import ConfigError, UnknownTenant
+from tests import helpers
+
+R1 = fleet_setup.R1
+
+
+def settings(**values: str) -> config.Settings:
+    return config.load_settings({f"TENANTFLEET_{k.upper()}": v for k, v in values.items()})
+
+
+def test_discover_lists_every_schema_with_a_version_table(engine: Engine) -> None:
+    fleet_setup.provision(engine, ["d1", "d2"], R1)
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE SCHEMA plain_data"))  # no version table: not a tenant
+        connection.execute(sa.text('CREATE SCHEMA "Odd"'))
+        connection.execute(sa.text('CREATE TABLE "Odd".alembic_version (version_num text)'))
+    with engine.connect() as connection:
+        found = tenants.select(connection, settings(tenants="discover"))
+        assert found == ["d1", "d2"]  # "Odd" is not a name tenantfleet accepts
+        assert tenants.select(connection, settings(tenants="discover"), exclude=["d1"]) == ["d2"]
+
+
+def test_the_apps_query_is_read_only_and_its_rows_are_validated(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE public.accounts (schema_name text, active bool)"))
+        connection.execute(
+            sa.text("INSERT INTO public.accounts VALUES ('q1', true), ('q2', true), ('q3', false)")
+        )
+    query = "SELECT schema_name FROM public.accounts WHERE active"
+    with engine.connect() as connection:
+        assert tenants.select(connection, settings(tenants="query", tenants_query=query)) == [
+            "q1",
+            "q2",
+        ]
+        with pytest.raises(UnknownTenant, match="not listed by the tenant source"):
+            tenants.select(
+                connection, settings(tenants="query", tenants_query=query), include=["q3"]
+            )
+        writes = settings(
+            tenants="query", tenants_query="DELETE FROM public.accounts RETURNING 'x'"
+        )
+        with pytest.raises(ConfigError, match="read-only transaction"):
+            tenants.select(connection, writes)
+        bad = settings(tenants="query", tenants_query="SELECT 'Robert''); DROP TABLE x;--'")
+        with pytest.raises(ConfigError, match="invalid schema names"):
+            tenants.select(connection, bad)
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM public.accounts")).scalar() == 3
+
+
+def test_plain_alembic_on_an_environment_written_by_init(
+    tmp_path: Path, database_url: str, engine: Engine
+) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "app"\n')
+    scaffold.init(tmp_path, tmp_path / "tenant_env")
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE SCHEMA acme"))
+
+    def alembic(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "alembic", "-c", "tenant_env/alembic.ini", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    made = alembic("-x", "schema=acme", "revision", "-m", "first")
+    assert made.returncode == 0, made.stderr
+    upgraded = alembic("-x", "schema=acme", "upgrade", "head")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert helpers.revision_of(engine, "acme") is not None
+    refused = alembic("upgrade", "head")
+    assert refused.returncode != 0 and "-x schema=NAME" in refused.stdout + refused.stderr
