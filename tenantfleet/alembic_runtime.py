@@ -401,9 +401,10 @@ def replayable_sql(current: str | None, destination: str) -> str | None:
     if not tf_config.load_settings().replay_sql:
         return None
     try:
-        return replay.render(
+        span = replay.Span(
             tenant_script(), _render_config, tenant_context_options(), current, destination
         )
+        return span.render()
     except Exception:  # NotReplayable, or anything offline mode cannot do: run online
         return None
 

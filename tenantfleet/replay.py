@@ -20,6 +20,7 @@ for psycopg2 by ``driver_sql``: a ``%`` in a literal reaches every tenant as one
 import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
@@ -82,58 +83,55 @@ def _offline_guards() -> Iterator[None]:
         yield
 
 
-def opted_in(script: ScriptDirectory, current: str | None, destination: str) -> bool:
-    span = list(script.iterate_revisions(destination, current or "base"))
-    return all(getattr(rev.module, OPT_IN, False) is True for rev in span)
+@dataclass(frozen=True)
+class Span:
+    """An upgrade from ``current`` to ``destination`` in a tenant environment."""
 
+    script: ScriptDirectory
+    make_config: Callable[[io.StringIO], Config]
+    context_options: dict[str, Any]
+    current: str | None
+    destination: str
 
-def render(
-    script: ScriptDirectory,
-    make_config: Callable[[io.StringIO], Config],
-    context_options: dict[str, Any],
-    current: str | None,
-    destination: str,
-) -> str:
-    """The span's SQL, the same for every tenant; ``NotReplayable`` (or any error of offline
-    mode) when it cannot be replayed."""
-    if not opted_in(script, current, destination):
-        raise NotReplayable(f"not every revision up to {destination} sets {OPT_IN} = True")
-    renders = {
-        _render_one(script, make_config, context_options, current, destination, probe)
-        for probe in PROBES
-    }
-    if len(renders) != 1:
-        raise NotReplayable("its SQL depends on the schema it runs in")
-    return renders.pop()
+    def opted_in(self) -> bool:
+        revisions = self.script.iterate_revisions(self.destination, self.current or "base")
+        return all(getattr(rev.module, OPT_IN, False) is True for rev in revisions)
 
+    def render(self) -> str:
+        """The span's SQL, the same for every tenant; ``NotReplayable`` (or any error of
+        offline mode) when it cannot be replayed."""
+        if not self.opted_in():
+            raise NotReplayable(f"not every revision up to {self.destination} sets {OPT_IN} = True")
+        renders = {self._render_for(probe) for probe in PROBES}
+        if len(renders) != 1:
+            raise NotReplayable("its SQL depends on the schema it runs in")
+        return renders.pop()
 
-def _render_one(
-    script: ScriptDirectory,
-    make_config: Callable[[io.StringIO], Config],
-    context_options: dict[str, Any],
-    current: str | None,
-    destination: str,
-    probe_schema: str,
-) -> str:
-    buffer = io.StringIO()
-    cfg = make_config(buffer)
-    cfg.attributes["schema"] = probe_schema
+    def _render_for(self, probe_schema: str) -> str:
+        buffer = io.StringIO()
+        cfg = self.make_config(buffer)
+        cfg.attributes["schema"] = probe_schema
 
-    def steps(rev: Any, _context: Any) -> Any:
-        return script._upgrade_revs(destination, rev)
+        def steps(rev: Any, _context: Any) -> Any:
+            return self.script._upgrade_revs(self.destination, rev)
 
-    with (
-        _offline_guards(),
-        EnvironmentContext(
-            cfg, script, fn=steps, as_sql=True, starting_rev=current, destination_rev=destination
-        ) as env,
-    ):
-        env.configure(
-            dialect_name=RENDER_DIALECT,
-            literal_binds=True,
-            output_buffer=buffer,
-            transactional_ddl=False,
-            **context_options,
-        )
-        env.run_migrations()
-    return buffer.getvalue()
+        with (
+            _offline_guards(),
+            EnvironmentContext(
+                cfg,
+                self.script,
+                fn=steps,
+                as_sql=True,
+                starting_rev=self.current,
+                destination_rev=self.destination,
+            ) as env,
+        ):
+            env.configure(
+                dialect_name=RENDER_DIALECT,
+                literal_binds=True,
+                output_buffer=buffer,
+                transactional_ddl=False,
+                **self.context_options,
+            )
+            env.run_migrations()
+        return buffer.getvalue()

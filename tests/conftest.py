@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from tenantfleet import db, embedded
 from tests import helpers
@@ -93,6 +93,15 @@ def empty_database_url(pg_admin_url: str, monkeypatch: pytest.MonkeyPatch) -> It
 def engine(database_url: str) -> Iterator[Engine]:
     engine = db.make_engine(database_url)
     yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def autocommit(database_url: str) -> Iterator[Connection]:
+    """A connection as the workers hold it: autocommit at the driver level."""
+    engine = db.make_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        yield connection
     engine.dispose()
 
 

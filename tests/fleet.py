@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, config, db, follow, processes, runs
+from tenantfleet import alembic_runtime, config, db, fleet_setup, follow, processes, runs
 from tenantfleet.queues import Queues, of_database
 from tests import helpers
 
@@ -81,6 +81,18 @@ class Stack:
 
     def until_closed(self, run_id: int, timeout: float = 120) -> runs.Run | None:
         return follow.until_closed(self.engine, run_id, follow.Watch(timeout=timeout))
+
+    def cli(self, *args: str, **env: str) -> helpers.Result:
+        """``tenantfleet ARGS`` on this fleet's database, as a subprocess."""
+        return helpers.run_cli(
+            *args, env={"TENANTFLEET_DATABASE_URL": self.database_url, **env}, timeout=300
+        )
+
+    def provision(self, prefix: str, count: int, revision: str = fleet_setup.R1) -> list[str]:
+        """``count`` W1 tenants named ``prefix00001``... at ``revision``."""
+        schemas = fleet_setup.fleet_names(count, prefix=prefix)
+        fleet_setup.provision(self.engine, schemas, revision)
+        return schemas
 
     def revisions(self, schemas: list[str]) -> dict[str, str | None]:
         with self.engine.connect() as connection:

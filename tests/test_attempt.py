@@ -16,15 +16,6 @@ from tests import helpers
 R1, R2 = fleet_setup.R1, fleet_setup.R2
 
 
-@pytest.fixture
-def autocommit(database_url: str) -> Iterator[Connection]:
-    """A connection as the workers hold it: autocommit at the driver level."""
-    engine = db.make_engine(database_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        yield connection
-    engine.dispose()
-
-
 def start_run(engine: Engine, schemas: list[str], revision: str | None = R1) -> int:
     with db.begin(engine) as connection:
         return runs.create_run(connection, R2, [(schema, revision) for schema in schemas])

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from tenantfleet import fleet_setup, registry, runs
-from tests import helpers
+from tenantfleet import registry, runs
 from tests.fleet import Stack
 from tests.test_fleet import break_tenants, migrate, repair_tenants
 
@@ -25,18 +24,6 @@ R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
 def fresh_registry(stack: Stack) -> Iterator[None]:
     stack.deactivate_all()
     yield
-
-
-def cli(stack: Stack, *args: str, **env: str) -> helpers.Result:
-    return helpers.run_cli(
-        *args, env={"TENANTFLEET_DATABASE_URL": stack.database_url, **env}, timeout=300
-    )
-
-
-def provision(stack: Stack, prefix: str, count: int, revision: str = R1) -> list[str]:
-    schemas = fleet_setup.fleet_names(count, prefix=prefix)
-    fleet_setup.provision(stack.engine, schemas, revision)
-    return schemas
 
 
 def registry_revisions(stack: Stack, schemas: list[str]) -> dict[str, str | None]:
@@ -54,7 +41,7 @@ def registry_revisions(stack: Stack, schemas: list[str]) -> dict[str, str | None
 def test_tenants_that_cannot_be_migrated_are_skipped_with_a_reason_and_the_rest_go_on(
     stack: Stack,
 ) -> None:
-    schemas = provision(stack, "bt", 6)
+    schemas = stack.provision("bt", 6)
     with stack.engine.begin() as connection:
         registry.register(connection, "bt_gone", "registered, no schema")
         connection.execute(sa.text("UPDATE bt00004.alembic_version SET version_num = 'zzz999'"))
@@ -69,33 +56,33 @@ def test_tenants_that_cannot_be_migrated_are_skipped_with_a_reason_and_the_rest_
     others = [s for s in schemas if s != "bt00004"]
     assert all(by_schema[s]["status"] == "succeeded" for s in others)
     assert set(stack.revisions(others).values()) == {R2}
-    status = cli(stack, "status", str(report["run_id"]))
+    status = stack.cli("status", str(report["run_id"]))
     assert status.code == 1 and "bt_gone" in status.out and "zzz999" in status.out
-    fleet = json.loads(cli(stack, "fleet", "--json").out)
+    fleet = json.loads(stack.cli("fleet", "--json").out)
     assert "bt_gone" in fleet["missing"] and fleet["unknown"]["bt00004"] == "zzz999"
 
     strict = migrate(stack, "--wait", "--strict", "--tenant", "bt_gone", "--tenant", "bt00001")
     assert strict.code == 2 and "cannot be migrated (--strict)" in strict.err
 
-    off = cli(stack, "tenant", "deactivate", "bt_gone", "--reason", "churned 2026-11")
+    off = stack.cli("tenant", "deactivate", "bt_gone", "--reason", "churned 2026-11")
     assert off.code == 0, off.err
-    cli(stack, "tenant", "deactivate", "bt00004", "--reason", "restored from an old backup")
+    stack.cli("tenant", "deactivate", "bt00004", "--reason", "restored from an old backup")
     clean = migrate(stack, "--wait", "--json")
     assert clean.code == 0, clean.err
     assert {t["schema"] for t in json.loads(clean.out)["tenants"]} == set(others)
-    listed = json.loads(cli(stack, "tenants", "list", "--json").out)
+    listed = json.loads(stack.cli("tenants", "list", "--json").out)
     reasons = {t["schema"]: t["deactivated_reason"] for t in listed}
     assert reasons["bt_gone"] == "churned 2026-11" and reasons["bt00001"] is None
-    assert "churned 2026-11" in cli(stack, "fleet").out
-    assert cli(stack, "tenant", "activate", "bt_gone").code == 0
-    assert cli(stack, "tenant", "deactivate", "nobody_here").code == 2
+    assert "churned 2026-11" in stack.cli("fleet").out
+    assert stack.cli("tenant", "activate", "bt_gone").code == 0
+    assert stack.cli("tenant", "deactivate", "nobody_here").code == 2
 
 
 # -- C: exit codes and machine output ----------------------------------------------------
 
 
 def test_a_failed_canary_without_wait_exits_1(stack: Stack) -> None:
-    provision(stack, "cn", 5)
+    stack.provision("cn", 5)
     break_tenants(stack, ["cn00001"])
     result = migrate(stack, "--canary", "2", "--revision", R2)
     assert result.code == 1, (result.out, result.err)
@@ -104,9 +91,9 @@ def test_a_failed_canary_without_wait_exits_1(stack: Stack) -> None:
 
 
 def test_every_json_command_prints_json_errors_included(stack: Stack) -> None:
-    provision(stack, "js", 2)
+    stack.provision("js", 2)
     done = json.loads(migrate(stack, "--wait", "--json").out)
-    nothing = cli(stack, "retry", str(done["run_id"]), "--json")
+    nothing = stack.cli("retry", str(done["run_id"]), "--json")
     assert nothing.code == 0
     assert json.loads(nothing.out)["run_id"] is None
     for args in (
@@ -114,23 +101,23 @@ def test_every_json_command_prints_json_errors_included(stack: Stack) -> None:
         ["migrate", "--revision", "nope", "--json"],
         ["tenant", "status", "ghost", "--json"],
     ):
-        failed = cli(stack, *args)
+        failed = stack.cli(*args)
         assert failed.code == 2, args
         assert json.loads(failed.out)["exit_code"] == 2
         assert failed.err.startswith("error: ") and failed.err.count("\n") == 1
 
 
 def test_timestamps_and_names_have_one_shape(stack: Stack) -> None:
-    provision(stack, "sh", 1)
+    stack.provision("sh", 1)
     report = json.loads(migrate(stack, "--wait", "--json").out)
-    recent = json.loads(cli(stack, "runs", "--json", "--limit", "1").out)[0]
+    recent = json.loads(stack.cli("runs", "--json", "--limit", "1").out)[0]
     assert "T" in report["created_at"] and "T" in recent["created_at"]
-    listed = json.loads(cli(stack, "tenants", "list", "--json").out)
+    listed = json.loads(stack.cli("tenants", "list", "--json").out)
     assert all("schema" in t and "schema_name" not in t for t in listed)
 
 
 def test_a_closed_pipe_is_a_normal_end(stack: Stack) -> None:
-    provision(stack, "pp", 30)
+    stack.provision("pp", 30)
     env = {"TENANTFLEET_DATABASE_URL": stack.database_url}
     for args in (["tenants", "list"], ["fleet", "--json"]):
         shell = subprocess.run(
@@ -160,26 +147,26 @@ def test_a_closed_pipe_is_a_normal_end(stack: Stack) -> None:
 def test_bad_numbers_are_refused_before_anything_happens(stack: Stack, args: list[str]) -> None:
     with stack.engine.connect() as connection:
         before = runs.list_runs(connection, 1)
-    result = cli(stack, *args)
+    result = stack.cli(*args)
     assert result.code == 2 and result.err.count("\n") == 1, result.err
     with stack.engine.connect() as connection:
         assert runs.list_runs(connection, 1) == before
 
 
 def test_a_lock_timeout_in_tenant_upgrade_is_a_tenant_failure_exit_1(stack: Stack) -> None:
-    provision(stack, "lu", 1)
+    stack.provision("lu", 1)
     with stack.engine.connect() as blocker, blocker.begin():
         blocker.execute(sa.text("LOCK TABLE lu00001.users IN ACCESS EXCLUSIVE MODE"))
-        result = cli(stack, "tenant", "upgrade", "lu00001", "--revision", R2)
+        result = stack.cli("tenant", "upgrade", "lu00001", "--revision", R2)
     assert result.code == 1, result.err
     assert "lock timeout" in result.err and result.err.count("\n") == 1
     assert stack.revisions(["lu00001"]) == {"lu00001": R1}
 
 
 def test_resume_of_a_closed_run_says_there_was_nothing_to_resume(stack: Stack) -> None:
-    provision(stack, "rz", 1)
+    stack.provision("rz", 1)
     done = json.loads(migrate(stack, "--wait", "--json").out)
-    resumed = cli(stack, "resume", str(done["run_id"]))
+    resumed = stack.cli("resume", str(done["run_id"]))
     assert resumed.code == 0
     assert "nothing to resume" in resumed.err and "enqueued" not in resumed.out + resumed.err
 
@@ -194,7 +181,7 @@ def open_run(stack: Stack, schemas: list[str], target: str = R2) -> int:
 
 
 def test_the_registry_follows_each_schema_even_before_its_run_closes(stack: Stack) -> None:
-    schemas = provision(stack, "rg", 3)
+    schemas = stack.provision("rg", 3)
     break_tenants(stack, ["rg00002"])
     run_id = open_run(stack, schemas)
     for schema in ("rg00001", "rg00002"):
@@ -204,7 +191,7 @@ def test_the_registry_follows_each_schema_even_before_its_run_closes(stack: Stac
     assert registry_revisions(stack, ["rg00001", "rg00002"]) == {"rg00001": R2, "rg00002": R1}
     # a person upgrades the failed tenant by hand meanwhile: closing the run keeps that
     repair_tenants(stack, ["rg00002"])
-    assert cli(stack, "tenant", "upgrade", "rg00002", "--revision", R3).code == 0
+    assert stack.cli("tenant", "upgrade", "rg00002", "--revision", R3).code == 0
     stack.send_by_hand(run_id, "rg00003", R2).get(timeout=120)
     assert stack.until_closed(run_id) is not None
     assert registry_revisions(stack, schemas) == {"rg00001": R2, "rg00002": R3, "rg00003": R2}
@@ -214,18 +201,18 @@ def test_the_registry_follows_each_schema_even_before_its_run_closes(stack: Stac
 
 
 def test_status_exit_codes_follow_the_run_abandoned_alive_closed(stack: Stack) -> None:
-    *schemas, bystander = provision(stack, "so", 3)
+    *schemas, bystander = stack.provision("so", 3)
     run_id = open_run(stack, schemas)  # recorded, never sent: its producer died
-    abandoned = cli(stack, "status", str(run_id))
+    abandoned = stack.cli("status", str(run_id))
     assert abandoned.code == 1 and "ABANDONED" in abandoned.out
     unblocked = migrate(stack, "--tenant", bystander, "--wait")  # it blocks no deploy
     assert unblocked.code == 0, unblocked.err
     with stack.engine.begin() as connection:
         runs.mark_dispatched(connection, run_id)
-    alive = cli(stack, "status", str(run_id), "--json")
+    alive = stack.cli("status", str(run_id), "--json")
     assert alive.code == 3, alive.err
     assert json.loads(alive.out)["alive"] is True and json.loads(alive.out)["workers"]
     for schema in schemas:
         stack.send_by_hand(run_id, schema, R2).get(timeout=120)
     assert stack.until_closed(run_id) is not None
-    assert cli(stack, "status", str(run_id)).code == 0
+    assert stack.cli("status", str(run_id)).code == 0

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from tenantfleet import config, db, fleet_setup, runs
+from tenantfleet import config, db, runs
 from tenantfleet.cli import build_parser
 from tests import helpers
 from tests.fleet import Stack
@@ -26,75 +26,63 @@ def fresh_registry(stack: Stack) -> Iterator[None]:
     yield
 
 
-def cli(stack: Stack, *args: str, **env: str) -> helpers.Result:
-    return helpers.run_cli(
-        *args, env={"TENANTFLEET_DATABASE_URL": stack.database_url, **env}, timeout=300
-    )
-
-
-def provision(stack: Stack, prefix: str, count: int) -> list[str]:
-    schemas = fleet_setup.fleet_names(count, prefix=prefix)
-    fleet_setup.provision(stack.engine, schemas, R1)
-    return schemas
-
-
 def test_retry_after_a_fix_brings_every_tenant_to_the_target(stack: Stack) -> None:
-    schemas = provision(stack, "rt", 8)
+    schemas = stack.provision("rt", 8)
     break_tenants(stack, ["rt00002", "rt00005"])
     first = json.loads(migrate(stack, "--wait", "--json", "--revision", R2).out)
     assert first["counts"]["failed"] == 2
 
-    nothing_fixed = cli(stack, "retry", str(first["run_id"]), "--wait", "--tenant", "rt00005")
+    nothing_fixed = stack.cli("retry", str(first["run_id"]), "--wait", "--tenant", "rt00005")
     assert nothing_fixed.code == 1 and "rt00005" in nothing_fixed.out
     assert "rt00002" not in nothing_fixed.out  # --tenant narrowed it
 
-    refused = cli(stack, "retry", str(first["run_id"]), "--tenant", "rt00001")
+    refused = stack.cli("retry", str(first["run_id"]), "--tenant", "rt00001")
     assert refused.code == 2 and "not failed, skipped or unfinished" in refused.err
 
     repair_tenants(stack, ["rt00002", "rt00005"])
-    retried = cli(stack, "retry", str(first["run_id"]), "--wait", "--json")
+    retried = stack.cli("retry", str(first["run_id"]), "--wait", "--json")
     assert retried.code == 0, retried.err
     report = json.loads(retried.out)
     assert report["parent_run_id"] == first["run_id"] and report["target_revision"] == R2
     assert sorted(t["schema"] for t in report["tenants"]) == ["rt00002", "rt00005"]
     assert set(stack.revisions(schemas).values()) == {R2}
-    again = cli(stack, "retry", str(report["run_id"]))
+    again = stack.cli("retry", str(report["run_id"]))
     assert again.code == 0 and "nothing to retry" in again.out
 
 
 def test_status_runs_and_fleet_show_where_things_stand(stack: Stack) -> None:
-    schemas = provision(stack, "st", 6)
+    schemas = stack.provision("st", 6)
     break_tenants(stack, ["st00004"])
     run = json.loads(migrate(stack, "--wait", "--json", "--revision", R2).out)
     with stack.engine.begin() as connection:
         connection.execute(sa.text("UPDATE st00006.alembic_version SET version_num = 'dead1'"))
 
-    status = cli(stack, "status", str(run["run_id"]), "--json")
+    status = stack.cli("status", str(run["run_id"]), "--json")
     assert status.code == 1
     shown = json.loads(status.out)
     assert {k: shown[k] for k in ("run_id", "status", "counts", "tenants")} == {
         k: run[k] for k in ("run_id", "status", "counts", "tenants")
     }
     assert len(shown["slowest"]) == 5
-    text = cli(stack, "status").out  # the latest run
+    text = stack.cli("status").out  # the latest run
     assert f"run {run['run_id']}: partial" in text and "slowest tenants:" in text
     assert "st00004  failed" in text and "DuplicateTable" in text
 
-    listed = json.loads(cli(stack, "runs", "--json", "--limit", "1").out)
+    listed = json.loads(stack.cli("runs", "--json", "--limit", "1").out)
     assert [r["id"] for r in listed] == [run["run_id"]]
-    assert "partial" in cli(stack, "runs").out
+    assert "partial" in stack.cli("runs").out
 
-    surveyed = json.loads(cli(stack, "fleet", "--json").out)
+    surveyed = json.loads(stack.cli("fleet", "--json").out)
     assert surveyed["head"] == R3 and surveyed["tenants"] == 6
     assert surveyed["by_revision"] == {R1: 1, R2: 4, "dead1": 1}
     assert surveyed["unknown"] == {"st00006": "dead1"}
     assert sorted(surveyed["behind"]) == sorted(set(schemas) - {"st00006"})
-    text = cli(stack, "fleet").out
+    text = stack.cli("fleet").out
     assert "drift, at a revision the scripts do not know (1): st00006=dead1" in text
 
 
 def test_canary_failure_stops_the_rollout_before_the_rest_is_touched(stack: Stack) -> None:
-    schemas = provision(stack, "cn", 10)
+    schemas = stack.provision("cn", 10)
     break_tenants(stack, ["cn00002"])
     untouched = helpers.snapshot(stack.engine, schemas[2:])
     result = migrate(stack, "--canary", "2", "--wait", "--json")
@@ -113,7 +101,7 @@ def test_canary_failure_stops_the_rollout_before_the_rest_is_touched(stack: Stac
 
 
 def test_max_failures_skips_the_tenants_not_started(stack: Stack) -> None:
-    schemas = provision(stack, "mf", 24)
+    schemas = stack.provision("mf", 24)
     broken = schemas[:4]
     break_tenants(stack, broken)
     result = migrate(stack, "--max-failures", "2", "--wait", "--json")
@@ -131,17 +119,17 @@ def test_max_failures_skips_the_tenants_not_started(stack: Stack) -> None:
 
 
 def test_dry_run_prints_the_plan_and_sql_and_touches_nothing(stack: Stack) -> None:
-    schemas = provision(stack, "dr", 3)
+    schemas = stack.provision("dr", 3)
     before = helpers.snapshot(stack.engine, [*schemas, "public"])
     with stack.engine.connect() as connection:
         runs_before = len(runs.list_runs(connection, 1000))
-    plan = cli(stack, "migrate", "--dry-run", "--sql", "--revision", R2)
+    plan = stack.cli("migrate", "--dry-run", "--sql", "--revision", R2)
     assert plan.code == 0, plan.err
     assert "dry run: 3 tenants would be migrated to " + R2 in plan.out
     assert "dr00001  " + R1 in plan.out
     assert "ALTER TABLE users ADD COLUMN phone VARCHAR(64)" in plan.out
     assert "quote_ident('dr00001')" in plan.out
-    as_json = json.loads(cli(stack, "migrate", "--dry-run", "--json", "--canary", "1").out)
+    as_json = json.loads(stack.cli("migrate", "--dry-run", "--json", "--canary", "1").out)
     assert as_json["canaries"] == ["dr00001"] and len(as_json["tenants"]) == 3
     assert helpers.snapshot(stack.engine, [*schemas, "public"]) == before
     with stack.engine.connect() as connection:
@@ -154,7 +142,7 @@ def finish(process: "subprocess.Popen[str]") -> tuple[int, str, str]:
 
 
 def test_two_concurrent_migrates_yield_exactly_one_run(stack: Stack) -> None:
-    provision(stack, "gd", 4)
+    stack.provision("gd", 4)
     blocker = stack.engine.connect()
     transaction = blocker.begin()
     blocker.execute(sa.text("LOCK TABLE gd00001.users IN ACCESS EXCLUSIVE MODE"))
@@ -194,20 +182,20 @@ def test_two_concurrent_migrates_yield_exactly_one_run(stack: Stack) -> None:
 
 def test_an_abandoned_run_blocks_nobody_and_resume_finishes_it(stack: Stack) -> None:
     """A producer that died after writing its run and before enqueuing anything."""
-    schemas = provision(stack, "ab", 3)
+    schemas = stack.provision("ab", 3)
     with stack.engine.begin() as connection:
         run_id = runs.create_run(connection, R2, [(s, R1) for s in schemas])
     # never sent and nobody sending it (no dispatch lock): abandoned at once, not after a delay
-    status = cli(stack, "status", str(run_id))
+    status = stack.cli("status", str(run_id))
     assert status.code == 1 and "ABANDONED" in status.out  # 1: it needs a person
-    other = provision(stack, "ab2", 1)
-    assert cli(stack, "migrate", "--wait", "--tenant", other[0]).code == 0
+    other = stack.provision("ab2", 1)
+    assert stack.cli("migrate", "--wait", "--tenant", other[0]).code == 0
 
-    resumed = cli(stack, "resume", str(run_id), "--wait", "--json")
+    resumed = stack.cli("resume", str(run_id), "--wait", "--json")
     assert resumed.code == 0, resumed.err
     assert json.loads(resumed.out)["status"] == "succeeded"
     assert set(stack.revisions(schemas).values()) == {R2}
-    done = cli(stack, "resume", str(run_id))
+    done = stack.cli("resume", str(run_id))
     assert done.code == 0 and "nothing to resume" in done.err
 
 
@@ -225,8 +213,8 @@ def test_every_compose_command_is_one_the_cli_accepts(repo_root: Path, stack: St
         assert "healthcheck" in services[name] or name == "migrate"
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert "change-me" not in (repo_root / "docker-compose.yml").read_text()
-    provision(stack, "dc", 2)
-    hook = cli(stack, *services["migrate"]["command"])  # the deploy hook, against our servers
+    stack.provision("dc", 2)
+    hook = stack.cli(*services["migrate"]["command"])  # the deploy hook, against our servers
     assert hook.code == 0 and json.loads(hook.out)["counts"]["succeeded"] == 2
 
 

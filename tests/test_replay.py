@@ -85,14 +85,6 @@ def downgrade() -> None:
 
 
 @pytest.fixture
-def autocommit(database_url: str) -> Iterator[Connection]:
-    engine = db.make_engine(database_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        yield connection
-    engine.dispose()
-
-
-@pytest.fixture
 def revisions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., None]]:
     """Install a tenant environment: the seed's revisions, then the given ones."""
 
