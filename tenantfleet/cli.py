@@ -241,7 +241,7 @@ def _follow(
 ) -> int:
     """Print the run id (no --wait), or follow the run to its end and print its summary."""
     if not args.wait:
-        report = producer.report(manager.engine, run_id)
+        report = follow.patiently(watch, lambda: producer.report(manager.engine, run_id))
         closed = report["finished_at"] is not None
         if args.json:
             _print_json(report)
@@ -252,12 +252,14 @@ def _follow(
         return _run_exit_code(report["status"]) if closed else EXIT_OK
     progress = Progress()
     watch.on_progress = progress
-    watch.app, watch.queues = producer.app(), producer.queues_of(manager)
-    with db.connect(manager.engine) as connection:
-        watch.target = runs.get_run(connection, run_id).target_revision
+    watch.app, watch.queues = (
+        producer.app(),
+        follow.patiently(watch, lambda: producer.queues_of(manager)),
+    )
+    watch.target = follow.patiently(watch, lambda: producer.target_of(manager, run_id))
     run = follow.until_closed(manager.engine, run_id, watch)
     progress.close()
-    report = producer.report(manager.engine, run_id)
+    report = follow.patiently(watch, lambda: producer.report(manager.engine, run_id))
     if args.json:
         _print_json(report)
     else:

@@ -114,6 +114,58 @@ def no_worker_message(queues: Queues, others: Sequence[str]) -> str:
     return message
 
 
+class _Outage:
+    """The database is unreachable: say so now and then, give up only at the limit."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self.since: float | None = None
+        self.said = 0.0
+
+    def note(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self.since = self.since or now
+        down_for = now - self.since
+        if self.watch.timeout is None and down_for > OUTAGE_LIMIT_S:
+            raise StoppedFollowing(
+                f"the database has been unreachable for {down_for:.0f} s; the run goes on"
+                " (workers retry until it is back): follow it with `tenantfleet status`"
+            )
+        if now - self.said >= OUTAGE_SAY_EVERY_S:
+            self.said = now
+            self.watch.say(
+                f"the database is unreachable ({db.first_line(exc)}); waiting for it"
+                f" ({down_for:.0f} s so far)"
+            )
+
+    def over(self) -> None:
+        if self.since is not None:
+            self.watch.say("the database answers again; following the run")
+            self.since = None
+
+
+def patiently(watch: Watch, work: Callable[[], T]) -> T:
+    """``work()``, tried again while the database is unreachable (said, as while following),
+    until it is back; ``StoppedFollowing`` at the watch's timeout or the outage limit. For what
+    a command must still do once its run exists: an outage then is no reason for exit 2."""
+    outage = _Outage(watch)
+    while True:
+        try:
+            result = work()
+        except Exception as exc:
+            if not db.is_unreachable(exc):
+                raise
+            outage.note(exc)
+            if watch.expired():
+                raise StoppedFollowing(
+                    "--timeout reached while the database was unreachable; the run goes on"
+                ) from None
+            time.sleep(max(watch.poll_interval, 0.5))
+            continue
+        outage.over()
+        return result
+
+
 class _Loop:
     """The polling loop shared by every wait: progress, watchdogs, outage, timeout."""
 
@@ -126,8 +178,7 @@ class _Loop:
         self.next_worker_check = 0.0
         self.next_stall = 0.0
         self.workers_missing = False
-        self.outage_since: float | None = None
-        self.outage_said = 0.0
+        self.outage = _Outage(watch)
 
     def run(self, look: Callable[[Connection], tuple[T | None, runs.Counts]]) -> T | None:
         watch = self.watch
@@ -138,14 +189,12 @@ class _Loop:
             except Exception as exc:
                 if not db.is_unreachable(exc):
                     raise
-                self._outage(exc)
+                self.outage.note(exc)
                 if watch.expired():
                     return None
                 time.sleep(max(watch.poll_interval, 0.5))
                 continue
-            if self.outage_since is not None:
-                watch.say("the database answers again; following the run")
-                self.outage_since = None
+            self.outage.over()
             if result is not None:
                 return result
             if watch.on_progress is not None:
@@ -154,22 +203,6 @@ class _Loop:
             if watch.expired():
                 return None
             time.sleep(watch.poll_interval)
-
-    def _outage(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self.outage_since = self.outage_since or now
-        down_for = now - self.outage_since
-        if self.watch.timeout is None and down_for > OUTAGE_LIMIT_S:
-            raise StoppedFollowing(
-                f"the database has been unreachable for {down_for:.0f} s; the run goes on"
-                " (workers retry until it is back): follow it with `tenantfleet status`"
-            )
-        if now - self.outage_said >= OUTAGE_SAY_EVERY_S:
-            self.outage_said = now
-            self.watch.say(
-                f"the database is unreachable ({db.first_line(exc)}); waiting for it"
-                f" ({down_for:.0f} s so far)"
-            )
 
     def _watchdogs(self, tally: runs.Counts) -> None:
         watch = self.watch

@@ -197,11 +197,23 @@ def _dispatch(
     How many tasks were sent. Raises ``StoppedFollowing`` when ``watch`` times out while the
     canaries run (``resume`` sends the rest later)."""
     engine = manager.engine
-    with db.connect(engine) as connection:
-        run = runs.get_run(connection, run_id)
-        canary_states = runs.statuses(connection, run_id, run.options.get("canaries", []))
+
+    def read() -> tuple[runs.Run, dict[str, str], Queues]:
+        with db.connect(engine) as connection:
+            run = runs.get_run(connection, run_id)
+            states = runs.statuses(connection, run_id, run.options.get("canaries", []))
+            return run, states, of_database(connection)
+
+    def close(skip_reason: str | None) -> int:
+        """Every task is sent (or the rest skipped): mark it, close the run if it can be."""
+        with db.begin(engine) as connection:
+            skipped = runs.skip_pending(connection, run_id, skip_reason) if skip_reason else 0
+            runs.mark_dispatched(connection, run_id)
+            runs.finalize(connection, run_id)
+        return skipped
+
+    run, canary_states, fleet_queues = follow.patiently(watch, read)
     max_failures = run.options.get("max_failures")
-    fleet_queues = queues_of(manager)
     celery_app = app()
     sent = 0
     unfinished = [c for c, state in canary_states.items() if state not in runs.FINAL]
@@ -221,19 +233,13 @@ def _dispatch(
             canary_states.update(outcome)
         failed = [c for c, state in canary_states.items() if state != "succeeded"]
         if failed:
-            with db.begin(engine) as connection:
-                skipped = runs.skip_pending(
-                    connection, run_id, f"skipped: canary {shorten(failed)} did not succeed"
-                )
-                runs.mark_dispatched(connection, run_id)
-                runs.finalize(connection, run_id)
+            reason = f"skipped: canary {shorten(failed)} did not succeed"
+            skipped = follow.patiently(watch, lambda: close(reason))
             say(f"run {run_id}: canary {shorten(failed)} failed; {skipped} tenants skipped")
             return sent
     rest = [s for s in to_send if s not in canary_states]
     enqueue(celery_app, fleet_queues, run, rest, max_failures)
-    with db.begin(engine) as connection:
-        runs.mark_dispatched(connection, run_id)
-        runs.finalize(connection, run_id)  # closes a run that had nothing to send
+    follow.patiently(watch, lambda: close(None))  # also closes a run with nothing to send
     return sent + len(rest)
 
 
@@ -362,6 +368,12 @@ def app() -> Any:
     from tenantfleet.workers import app as celery_app
 
     return celery_app
+
+
+def target_of(manager: MigrationManager, run_id: int) -> str:
+    """The run's target revision."""
+    with db.connect(manager.engine) as connection:
+        return runs.get_run(connection, run_id).target_revision
 
 
 def queues_of(manager: MigrationManager) -> Queues:
