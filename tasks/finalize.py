@@ -9,9 +9,8 @@ can hold one tenant twice and miss another after a redelivery. If tenants are st
 
 from typing import Any
 
-from tenantfleet.workers import app, resources
-
 from tenantfleet import db, runs
+from tenantfleet.workers import app, resources
 
 RECHECK_SECONDS = 5.0
 

@@ -23,9 +23,9 @@ from typing import NoReturn
 from celery import Task
 from celery.exceptions import Reject, Retry
 from sqlalchemy.engine import Connection, Engine
-from tenantfleet.workers import app, resources
 
 from tenantfleet import alembic_runtime, attempt, db, runs
+from tenantfleet.workers import app, resources
 
 logger = logging.getLogger(__name__)
 

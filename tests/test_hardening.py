@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from tenantfleet import registry, runs
 from tests.fleet import Stack
@@ -216,3 +217,35 @@ def test_status_exit_codes_follow_the_run_abandoned_alive_closed(stack: Stack) -
         stack.send_by_hand(run_id, schema, R2).get(timeout=120)
     assert stack.until_closed(run_id) is not None
     assert stack.cli("status", str(run_id)).code == 0
+
+
+def test_a_chord_callback_that_cannot_reach_the_database_looks_again_later(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "too many clients" (or a restart) when the callback closes the run: a later look is
+    scheduled, as for a run whose tenants are still pending, instead of failing for good."""
+    from tenantfleet.tasks import finalize
+    from tenantfleet.workers import resources
+
+    monkeypatch.setenv("TENANTFLEET_DATABASE_URL", stack.database_url)
+    monkeypatch.setattr(resources, "_engines", {})
+    resources.settings.cache_clear()
+    resources.queues.cache_clear()
+
+    class TooManyClients(Exception):
+        pgcode = "53300"
+
+    def refuse(*_: object) -> None:
+        raise OperationalError("SELECT", {}, TooManyClients("sorry, too many clients already"))
+
+    scheduled: list[dict[str, object]] = []
+    monkeypatch.setattr(finalize.runs, "finalize", refuse)
+    monkeypatch.setattr(
+        finalize.close_run, "apply_async", lambda *args, **options: scheduled.append(options)
+    )
+    try:
+        assert finalize.close(424242) == "pending"
+    finally:
+        resources.settings.cache_clear()
+        resources.queues.cache_clear()
+    assert scheduled and scheduled[0]["queue"] == stack.queues.control

@@ -9,10 +9,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
-from tenantfleet.migrations.tenant.models import TenantBase
 
 from tenantfleet import alembic_runtime, db
 from tenantfleet.manager import MigrationManager
+from tenantfleet.migrations.tenant.models import TenantBase
 from tenantfleet.models import PublicBase
 
 REGISTRY_COLUMNS = [

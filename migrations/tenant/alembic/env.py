@@ -5,8 +5,7 @@ with that schema alone on the search_path, so ``alembic_version`` and every tabl
 under the same per-schema lock and timeouts as the workers (``tenantfleet.environment``).
 """
 
-from tenantfleet.migrations.tenant.models import TenantBase
-
 from tenantfleet.environment import run_tenant_migrations
+from tenantfleet.migrations.tenant.models import TenantBase
 
 run_tenant_migrations(TenantBase.metadata)
