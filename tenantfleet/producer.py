@@ -302,18 +302,14 @@ def resume(
     run_id: int,
     say: Say = _quiet,
     watch: follow.Watch | None = None,
-    *,
-    only: Sequence[str] | None = None,
 ) -> int:
-    """Send again the pending tenants of an open run whose schema lock nobody holds (``only``
-    those, if given); how many were sent. A closed run has nothing to resume (0)."""
+    """Send again the pending tenants of an open run whose schema lock nobody holds; how many
+    were sent. A closed run has nothing to resume (0)."""
     with db.begin(manager.engine) as connection:
         run = runs.get_run(connection, run_id)
         if runs.finalize(connection, run_id) is not None:
             return 0
         pending = [t.schema_name for t in runs.tenants_of(connection, run_id, runs.PENDING)]
-        if only is not None:
-            pending = [s for s in pending if s in only]
         busy = locks.held(connection, pending)
     check_broker(app())
     with db.connect(manager.engine) as holder:
