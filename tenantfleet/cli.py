@@ -252,11 +252,6 @@ def _follow(
         return _run_exit_code(report["status"]) if closed else EXIT_OK
     progress = Progress()
     watch.on_progress = progress
-    watch.app, watch.queues = (
-        producer.app(),
-        follow.patiently(watch, lambda: producer.queues_of(manager)),
-    )
-    watch.target = follow.patiently(watch, lambda: producer.target_of(manager, run_id))
     run = follow.until_closed(manager.engine, run_id, watch)
     progress.close()
     report = follow.patiently(watch, lambda: producer.report(manager.engine, run_id))
@@ -324,17 +319,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         report["alive"] = state.alive
         report["idle_seconds"] = round(state.idle_seconds, 1)
         queues = producer.queues_of(manager)
-        celery_app = producer.app()
-        ours, others = follow.consumers(celery_app, queues)
-        able = follow.knowing(celery_app, ours, report["target_revision"]) if ours else []
+        ours, reason = follow.waiting_for(producer.app(), queues, report["target_revision"])
         report["workers"] = ours
-        report["waiting_for"] = (
-            follow.no_worker_message(queues, others)
-            if not ours
-            else None
-            if able
-            else follow.no_knowing_worker_message(report["target_revision"], ours)
-        )
+        report["waiting_for"] = reason
     if args.json:
         _print_json(report)
     else:

@@ -94,24 +94,27 @@ def knowing(app: Any, workers: Sequence[str], revision: str) -> list[str]:
     return sorted(w for w, body in answers.items() if isinstance(body, dict) and body.get("knows"))
 
 
-def no_knowing_worker_message(revision: str, workers: Sequence[str]) -> str:
-    return (
-        f"no live worker knows revision {revision}: the {len(workers)} workers consuming this"
-        " database's queue run older tenant scripts (a deploy not finished?); their tasks are"
-        " handed back and wait, untouched"
-    )
-
-
-def no_worker_message(queues: Queues, others: Sequence[str]) -> str:
-    message = f"no worker consumes this database's tenant queue ({queues.tenants})"
-    if others:
-        message += (
-            f"; {len(others)} workers answer but consume other databases' queues"
-            f" ({', '.join(others[:3])}): are they pointed at another database?"
+def waiting_for(app: Any, queues: Queues, target: str) -> tuple[list[str], str | None]:
+    """(the workers that consume this database's tenant queue, why tenants would wait: no such
+    worker, or none of them knows ``target``; None when some worker can take them)."""
+    ours, others = consumers(app, queues)
+    if not ours:
+        message = f"no worker consumes this database's tenant queue ({queues.tenants})"
+        if others:
+            return ours, message + (
+                f"; {len(others)} workers answer but consume other databases' queues"
+                f" ({', '.join(others[:3])}): are they pointed at another database?"
+            )
+        return ours, message + (
+            "; start one with `tenantfleet worker` (same TENANTFLEET_DATABASE_URL)"
         )
-    else:
-        message += "; start one with `tenantfleet worker` (same TENANTFLEET_DATABASE_URL)"
-    return message
+    if not knowing(app, ours, target):
+        return ours, (
+            f"no live worker knows revision {target}: the {len(ours)} workers consuming this"
+            " database's queue run older tenant scripts (a deploy not finished?); their tasks"
+            " are handed back and wait, untouched"
+        )
+    return ours, None
 
 
 class _Outage:
@@ -213,21 +216,18 @@ class _Loop:
         if (
             watch.app is not None
             and watch.queues is not None
+            and watch.target is not None
             and quiet >= NO_WORKER_CHECK_AFTER_S
             and now >= self.next_worker_check
         ):
             self.next_worker_check = now + WORKER_CHECK_EVERY_S
-            ours, others = consumers(watch.app, watch.queues)
-            able = knowing(watch.app, ours, watch.target) if ours and watch.target else ours
-            if not ours:
+            ours, reason = waiting_for(watch.app, watch.queues, watch.target)
+            if reason is not None:
                 self.workers_missing = True
-                watch.say(no_worker_message(watch.queues, others))
-            elif not able and watch.target:
-                self.workers_missing = True
-                watch.say(no_knowing_worker_message(watch.target, ours))
+                watch.say(reason)
             elif self.workers_missing:
                 self.workers_missing = False
-                watch.say(f"worker {able[0]} takes this database's tenants now")
+                watch.say(f"worker {ours[0]} takes this database's tenants now")
         if (
             watch.on_stall is not None
             and watch.stall_after > 0

@@ -215,6 +215,8 @@ def _dispatch(
     run, canary_states, fleet_queues = follow.patiently(watch, read)
     max_failures = run.options.get("max_failures")
     celery_app = app()
+    # what the watch needs to tell why tenants wait, for the canaries and for --wait after
+    watch.app, watch.queues, watch.target = celery_app, fleet_queues, run.target_revision
     sent = 0
     unfinished = [c for c, state in canary_states.items() if state not in runs.FINAL]
     if canary_states:
@@ -223,7 +225,6 @@ def _dispatch(
         sent += len(first)
         if unfinished:
             say(f"run {run_id}: waiting for {len(unfinished)} canary tenants")
-            watch.app, watch.queues, watch.target = celery_app, fleet_queues, run.target_revision
             outcome = follow.until_final(engine, run_id, unfinished, watch)
             if outcome is None:
                 raise follow.StoppedFollowing(
@@ -364,12 +365,6 @@ def app() -> Any:
     from tenantfleet.workers import app as celery_app
 
     return celery_app
-
-
-def target_of(manager: MigrationManager, run_id: int) -> str:
-    """The run's target revision."""
-    with db.connect(manager.engine) as connection:
-        return runs.get_run(connection, run_id).target_revision
 
 
 def queues_of(manager: MigrationManager) -> Queues:
