@@ -1,7 +1,9 @@
 """The tenant task: migrate one schema in one transaction, and record how it went.
 
 Each attempt (``tenantfleet.attempt``: one round trip when the tenant is where the last one was,
-else two or three):
+else two or three; a few more for a tenant of another database):
+0. takes a slot of the tenant's database (its ``max_concurrent``); with none free the tenant
+   waits, and a worker that frees a slot of that database takes it next;
 1. marks the tenant ``running`` in the run table (a finished tenant is never touched again);
 2. in one transaction: confines the session to the schema, takes the per-schema advisory lock
    (waiting at most ``lock_timeout``), reads the run row and the revision under the lock, skips
@@ -18,16 +20,18 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject, Retry
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
-from tenantfleet import alembic_runtime, attempt, db, runs
+from tenantfleet import alembic_runtime, attempt, databases, db, locks, runs
 from tenantfleet.workers import app, resources
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TenantMigrationFailed(Exception):
@@ -58,62 +62,214 @@ def backoff_seconds(retries: int) -> float:
 def migrate_tenant(
     self: Task,
     run_id: int,
-    schema: str,
+    tenant: str,
     target: str,
     max_failures: int | None = None,
     run_uid: str | None = None,
 ) -> str:
-    """Bring ``schema`` to ``target`` for run ``run_id`` (``run_uid``); returns the tenant's final
-    status. With ``max_failures``, a tenant whose run already has that many failures is skipped.
+    """Bring ``tenant`` (its label: ``schema``, or ``KEY/schema`` in another database) to
+    ``target`` for run ``run_id`` (``run_uid``); returns the tenant's status. With
+    ``max_failures``, a tenant whose run already has that many failures is skipped.
+
+    When every slot of the tenant's database is taken, the tenant waits (``waiting``) and the
+    task returns; a worker holding a slot takes the waiting tenants of its database one after
+    the other as it frees up (``_take_waiting``), so the cap never idles a worker.
     """
+    placed = databases.parse_label(tenant)
     if run_uid is None:
-        raise UnknownRunTenant(f"{schema}: the message of run {run_id} carries no run uid")
-    task = runs.TenantTask(run_id, run_uid, schema, target)
-    settings = resources.settings()
+        raise UnknownRunTenant(f"{tenant}: the message of run {run_id} carries no run uid")
+    task = runs.TenantTask(run_id, run_uid, placed.schema, target, placed.database)
     worker = self.request.hostname or socket.gethostname()
     if not alembic_runtime.knows_revision(target):
-        _hand_back(task, worker)
+        _hand_back(task, worker, f"knows revision {target}")
+    if task.database is not None and task.database not in resources.settings().databases:
+        _hand_back(task, worker, f"has database {task.database} in its configuration")
     started = time.monotonic()
     try:
-        with (
-            db.connect(resources.attempt_engine()) as connection,
-            attempt.open_transaction(connection),
-        ):
-            max_attempts = settings.max_retries + POISON_MARGIN
-            quick = (
-                attempt.at_once(connection, task, worker, settings, max_attempts)
-                if not max_failures  # the failure budget is checked between begin and apply
-                else attempt.Quick.NOT_TRIED
-            )
-            if quick is attempt.Quick.DONE:
-                return "succeeded"
-            found = attempt.begin(
-                connection, task, worker, settings, marked=quick is attempt.Quick.MISSED
-            )
-            if found.attempts is None:
-                raise UnknownRunTenant(
-                    f"{schema}: run {run_id} ({run_uid}) for target {target} has no such tenant"
-                    " in this worker's database"
-                )
-            if not found.pending:
-                attempt.end(connection, commit=False)
-                return "duplicate"
-            if found.attempts > max_attempts:
-                raise TooManyAttempts(
-                    f"{found.attempts - 1} attempts ended without an outcome (the worker died or"
-                    " hit the hard time limit each time); giving up"
-                )
-            if max_failures and runs.mark_skipped_if_budget_spent(connection, task, max_failures):
-                attempt.end(connection, commit=True)
-                return "skipped"
-            elapsed_ms = int((time.monotonic() - started) * 1000)
-            if not attempt.apply(connection, found, task, elapsed_ms):
-                return "duplicate"  # another delivery finished this tenant meanwhile
-        return "succeeded"
+        outcome = _with_a_slot(task, worker, max_failures)
     except (Retry, UnknownRunTenant):
         raise
     except Exception as exc:
         raise _fail_or_retry(self, task, exc, started) from None
+    logger.info("%s: %s (run %s)", tenant, outcome, run_id)
+    if outcome != "waiting":
+        _take_waiting(task, worker, max_failures)
+    return outcome
+
+
+def _with_a_slot(task: runs.TenantTask, worker: str, max_failures: int | None) -> str:
+    """``_migrate``, or when every slot of the database is taken: park the tenant, then try
+    once more (a slot freed meanwhile was given back before its holder looked for waiting
+    tenants: either it sees this one, or this try gets the slot)."""
+    try:
+        return _migrate(task, worker, max_failures)
+    except DBAPIError as exc:
+        if db.sqlstate(exc) != locks.NO_SLOT:
+            raise
+    _record(lambda c: runs.park(c, task, resources.settings().cap(task.database)))
+    try:
+        return _migrate(task, worker, max_failures)
+    except DBAPIError as exc:
+        if db.sqlstate(exc) != locks.NO_SLOT:
+            raise
+    logger.info("%s waits for a slot of its database", task.label)
+    return "waiting"
+
+
+DRAIN_SHARE = 0.5
+"""Of the task's time limit, how long a worker keeps taking waiting tenants of its database
+before it hands the rest on in a new message."""
+
+
+def _take_waiting(done: runs.TenantTask, worker: str, max_failures: int | None) -> None:
+    """Having given back a slot of ``done``'s database, migrate the tenants of its run that wait
+    for one, until none waits (or another worker got the slot: it takes them on). A tenant whose
+    attempt fails transiently is sent again in a message of its own; past the time share, the
+    next waiting tenant is, and it takes the rest."""
+    budget = time.monotonic() + resources.settings().task_time_limit * DRAIN_SHARE
+    taken = 0
+    while True:
+        try:
+            task = _engine_call(lambda c: runs.claim_waiting(c, done))
+        except Exception as exc:  # the control database: they wait, resume finds them
+            if not db.is_transient(exc):
+                raise
+            break
+        if task is None:
+            break
+        if time.monotonic() > budget:
+            _send_again(task, max_failures, countdown=0.0, retries=0)
+            break
+        taken += 1
+        started = time.monotonic()
+        try:
+            outcome = _with_a_slot(task, worker, max_failures)
+        except Exception as exc:
+            if _record_drained_error(task, exc, started, max_failures):
+                break
+            continue
+        logger.info("%s: %s (run %s, taken while waiting)", task.label, outcome, task.run_id)
+        if outcome == "waiting":
+            break
+    if taken:
+        logger.info("took %d waiting tenants of database %s", taken, databases.shown(done.database))
+
+
+def _record_drained_error(
+    task: runs.TenantTask, exc: Exception, started: float, max_failures: int | None
+) -> bool:
+    """What ``_fail_or_retry`` does for a task, for a tenant taken while waiting: a transient
+    error sends it again in a message of its own, any other fails it. True when its database
+    cannot be reached: stop taking its tenants (the message sent takes them later)."""
+    error = db.interruption(exc)
+    if not db.is_transient(error):
+        _record(lambda c: runs.mark_failed(c, task, error, _ms_since(started)))
+        logger.warning("%s failed: %s", task.label, db.first_line(error))
+        return False
+    _record(lambda c: runs.mark_retrying(c, task, error))
+    if db.is_unreachable(error):
+        _record(lambda c: runs.note_unreachable(c, task, error))
+    _send_again(task, max_failures, countdown=backoff_seconds(0), retries=1)
+    return db.is_unreachable(error)
+
+
+def _send_again(
+    task: runs.TenantTask, max_failures: int | None, *, countdown: float, retries: int
+) -> None:
+    """A message of its own for a waiting tenant (outside the run's chord: the run closes from
+    its rows, whoever looks last)."""
+    extra: dict[str, object] = {"run_uid": task.run_uid}
+    if max_failures:
+        extra["max_failures"] = max_failures
+    migrate_tenant.apply_async(
+        (task.run_id, task.label, task.target),
+        extra,
+        queue=resources.queues().tenants,
+        countdown=countdown,
+        retries=retries,
+        time_limit=None,
+        soft_time_limit=None,
+    )
+
+
+def _migrate(task: runs.TenantTask, worker: str, max_failures: int | None) -> str:
+    """One attempt at the tenant, in its database; its status, or an exception."""
+    settings = resources.settings()
+    started = time.monotonic()
+    max_attempts = settings.max_retries + POISON_MARGIN
+    if task.database is not None:
+        return _migrate_elsewhere(task, worker, max_failures, started, max_attempts)
+    with (
+        db.connect(resources.attempt_engine()) as connection,
+        attempt.open_transaction(connection),
+    ):
+        quick = (
+            attempt.at_once(connection, task, worker, settings, max_attempts)
+            if not max_failures  # the failure budget is checked between begin and apply
+            else attempt.Quick.NOT_TRIED
+        )
+        if quick is attempt.Quick.DONE:
+            return "succeeded"
+        found = attempt.begin(
+            connection, task, worker, settings, marked=quick is attempt.Quick.MISSED
+        )
+        verdict = _check(found, task, max_attempts)
+        if verdict is not None:
+            attempt.end(connection, commit=False)
+            return verdict
+        if max_failures and runs.mark_skipped_if_budget_spent(connection, task, max_failures):
+            attempt.end(connection, commit=True)
+            return "skipped"
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        if not attempt.apply(connection, found, task, elapsed_ms):
+            return "duplicate"  # another delivery finished this tenant meanwhile
+    return "succeeded"
+
+
+def _migrate_elsewhere(
+    task: runs.TenantTask,
+    worker: str,
+    max_failures: int | None,
+    started: float,
+    max_attempts: int,
+) -> str:
+    """``_migrate`` for a tenant of another database (``attempt.Pair``)."""
+    settings = resources.settings()
+    with (
+        db.connect(resources.attempt_engine()) as control,
+        db.connect(resources.attempt_engine(task.database)) as tenant,
+    ):
+        pair = attempt.Pair(control, tenant)
+        with attempt.open_pair(pair, task):
+            found = attempt.remote_begin(pair, task, worker, settings)
+            verdict = _check(found, task, max_attempts)
+            if verdict is not None:
+                return verdict
+            if max_failures and runs.mark_skipped_if_budget_spent(control, task, max_failures):
+                attempt.remote_end(pair, commit=True)
+                return "skipped"
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            if not attempt.remote_apply(pair, found, task, elapsed_ms):
+                return "duplicate"
+    return "succeeded"
+
+
+def _check(found: attempt.Started, task: runs.TenantTask, max_attempts: int) -> str | None:
+    """Whether the attempt goes on (None), or its outcome: a tenant no longer pending is a
+    ``duplicate``; an unknown one, or one past the poison cap, raises."""
+    if found.attempts is None:
+        raise UnknownRunTenant(
+            f"{task.label}: run {task.run_id} ({task.run_uid}) for target {task.target} has no"
+            " such tenant in this worker's database"
+        )
+    if not found.pending:
+        return "duplicate"
+    if found.attempts > max_attempts:
+        raise TooManyAttempts(
+            f"{found.attempts - 1} attempts ended without an outcome (the worker died or"
+            " hit the hard time limit each time); giving up"
+        )
+    return None
 
 
 HAND_BACK_DELAY_S = 2.0
@@ -121,19 +277,16 @@ HAND_BACK_DELAY_S = 2.0
 worker that can gets it rather than this one again at once."""
 
 
-def _hand_back(task: runs.TenantTask, worker: str) -> NoReturn:
-    """This worker's scripts do not define the target (a rolling deploy has not reached this
-    host): touch nothing, say why on the tenant's row and in the log, give the message back."""
+def _hand_back(task: runs.TenantTask, worker: str, needs: str) -> NoReturn:
+    """This worker cannot run the task: the tenant needs a worker that ``needs`` (knows the
+    target: a rolling deploy has not reached this host; has the tenant's database configured).
+    Touch nothing, say why on the tenant's row and in the log, give the message back."""
     logger.warning(
-        "%s: revision %s is unknown to this worker's scripts (run %s); handed back for a"
-        " worker that knows it",
-        task.schema,
-        task.target,
-        task.run_id,
+        "%s (run %s) needs a worker that %s; handed back", task.label, task.run_id, needs
     )
-    _record(lambda c: runs.note_handed_back(c, task, worker), resources.engine())
+    _record(lambda c: runs.note_handed_back(c, task, worker, needs))
     time.sleep(HAND_BACK_DELAY_S)
-    raise Reject(f"revision {task.target} unknown to this worker", requeue=True)
+    raise Reject(f"{task.label} needs a worker that {needs}", requeue=True)
 
 
 def _fail_or_retry(
@@ -150,19 +303,28 @@ def _fail_or_retry(
     if db.is_unreachable(exc) or (
         db.is_transient(exc) and retries < resources.settings().max_retries
     ):
-        _record(lambda c: runs.mark_retrying(c, task, exc), resources.engine())
+        _record(lambda c: runs.mark_retrying(c, task, exc))
         return celery_task.retry(exc=exc, countdown=backoff_seconds(retries), throw=False)
-    elapsed = int((time.monotonic() - started) * 1000)
-    _record(lambda c: runs.mark_failed(c, task, exc, elapsed), resources.engine())
+    _record(lambda c: runs.mark_failed(c, task, exc, _ms_since(started)))
     error_class, _ = db.describe_error(exc)
-    return TenantMigrationFailed(f"{task.schema}: {error_class}: {db.first_line(exc)}")
+    return TenantMigrationFailed(f"{task.label}: {error_class}: {db.first_line(exc)}")
 
 
-def _record(write: Callable[[Connection], None], engine: Engine) -> None:
-    """Best effort: while the database is down, the row keeps its last state for ``resume``."""
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _record(write: Callable[[Connection], object]) -> None:
+    """Best effort: while the control database is down, the row keeps its last state for
+    ``resume``."""
     try:
-        with db.begin(engine) as connection:
-            write(connection)
+        _engine_call(write)
     except Exception as exc:
         if not db.is_transient(exc):
             raise
+
+
+def _engine_call(write: Callable[[Connection], T]) -> T:
+    """``write`` in a transaction of the control database, committed."""
+    with db.begin(resources.engine()) as connection:
+        return write(connection)

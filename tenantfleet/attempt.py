@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import psycopg2 as pg_driver
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from tenantfleet import alembic_runtime, db, replay, runs
+from tenantfleet import alembic_runtime, db, locks, replay, runs
 from tenantfleet.config import Settings
 
 UNDEFINED_TABLE = "42P01"
@@ -53,8 +53,11 @@ def _driver(sql: str) -> str:
 
 
 _MARK_RUNNING = (
-    f"SELECT set_config('synchronous_commit', 'off', true); {runs.MARK_RUNNING_SQL}; COMMIT"
+    f"{locks.TAKE_SLOT_SQL}; SELECT set_config('synchronous_commit', 'off', true);"
+    f" {runs.MARK_RUNNING_SQL}; COMMIT"
 )
+"""A slot of the tenant's database (or ``locks.NO_SLOT``, before anything else), then progress:
+the attempt begins."""
 _LOCK = f"BEGIN; {alembic_runtime.CONFINE}"
 _READ_WITH_VERSIONS = (
     _read_under_lock("v.version_num") + f" LEFT JOIN {alembic_runtime.VERSION_TABLE} AS v ON true"
@@ -67,9 +70,9 @@ _AS_GUESSED = _driver(
     f"{alembic_runtime.AT_REVISION_SQL} AND {runs.STILL_PENDING_SQL},"
     " 'the schema is not at the guessed revision, or the tenant is no longer pending')"
 )
-_MARK_AND_COMMIT = _driver(runs.MARK_SUCCEEDED_SQL) + ";\nCOMMIT"
-"""The success mark, then COMMIT; the mark raises instead when the row is no longer pending, so
-the COMMIT is never reached."""
+_MARK_AND_COMMIT = _driver(runs.MARK_SUCCEEDED_SQL) + f";\nCOMMIT; {locks.FREE_SLOT_SQL}"
+"""The success mark, then COMMIT and the slot given back; the mark raises instead when the row
+is no longer pending, so the COMMIT is never reached (``end`` gives the slot back then)."""
 
 _last_from_revision: dict[str, str] = {}
 """Per target, the revision the last tenant this process migrated to it started from."""
@@ -114,9 +117,10 @@ def open_transaction(connection: Connection) -> Iterator[None]:
 
 
 def _begin_params(task: runs.TenantTask, worker: str, settings: Settings) -> dict[str, Any]:
-    """The binds of the running mark, the confinement and the read under the lock."""
+    """The binds of the slot, the running mark, the confinement and the read under the lock."""
     return {
         **task.binds(),
+        **task.slot_binds(settings),
         "worker": worker,
         **alembic_runtime.confine_params(task.schema, settings),
     }
@@ -201,5 +205,114 @@ def apply(connection: Connection, started: Started, task: runs.TenantTask, elaps
 
 
 def end(connection: Connection, *, commit: bool) -> None:
-    """COMMIT or ROLLBACK the transaction ``begin`` opened."""
-    connection.exec_driver_sql("COMMIT" if commit else "ROLLBACK")
+    """COMMIT or ROLLBACK the transaction ``begin`` opened; give the slot back."""
+    connection.exec_driver_sql(f"{'COMMIT' if commit else 'ROLLBACK'}; {locks.FREE_SLOT_SQL}")
+
+
+# -- a tenant of another database ----------------------------------------------------------
+# Two connections: the control database's (run rows, slot, the tenant's mark lock) and the
+# tenant database's (schema lock, version rows, the upgrade). The tenant's transaction commits
+# inside the control one that marks it succeeded: if the control commit is lost after the
+# tenant's, the row stays pending with the schema at the target, and the next attempt finds it
+# there under the lock and only marks it (no two-phase commit needed, nothing migrated twice).
+
+_REMOTE_START = sa.text(
+    f"{locks.TAKE_SLOT_SQL}; COMMIT;"
+    f" SELECT public.tenantfleet_expect(pg_try_advisory_lock({locks.key_sql(':label')}),"
+    " 'another worker is migrating this tenant right now');"
+    f" SELECT set_config('synchronous_commit', 'off', true); {runs.MARK_RUNNING_SQL}; COMMIT;"
+    f" {runs.TENANT_ROW_SQL}"
+)
+"""Control: a slot, the tenant's mark lock (``runs.NOT_PENDING`` when another worker holds it),
+the running mark, the row."""
+_REMOTE_LOCK = sa.text(
+    f"{_LOCK}; SELECT v.version_num FROM (SELECT 1) AS one"
+    f" LEFT JOIN {alembic_runtime.VERSION_TABLE} AS v ON true"
+)
+_REMOTE_LOCK_WITHOUT_VERSION_TABLE = sa.text(f"ROLLBACK; {_LOCK}")
+_REMOTE_MARK = "BEGIN; SET LOCAL synchronous_commit = off; " + _driver(runs.MARK_SUCCEEDED_SQL)
+"""Control, inside a transaction left open until the tenant's COMMIT is through. Not durable at
+once: a mark lost in a crash is made again by the next attempt, from the schema itself."""
+_REMOTE_RELEASE = sa.text(
+    f"{locks.FREE_SLOT_SQL}; SELECT pg_advisory_unlock({locks.key_sql(':label')})"
+)
+
+
+BUSY = "busy elsewhere"
+"""``Started.status`` of a tenant another worker holds the mark lock of: not pending here."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A tenant of another database: the control connection and the tenant database's."""
+
+    control: Connection
+    tenant: Connection
+
+
+@contextmanager
+def open_pair(pair: Pair, task: runs.TenantTask) -> Iterator[None]:
+    """Whatever happens, roll back what is open on both and give back the slot and the mark
+    lock (a broken connection loses them with its session anyway)."""
+    try:
+        yield
+    finally:
+        with suppress(Exception):
+            pair.tenant.exec_driver_sql("ROLLBACK")
+        with suppress(Exception):
+            pair.control.exec_driver_sql("ROLLBACK")
+            pair.control.execute(_REMOTE_RELEASE, {"label": task.label})
+
+
+def remote_begin(pair: Pair, task: runs.TenantTask, worker: str, settings: Settings) -> Started:
+    """Control: slot, mark lock, running mark and the row; tenant database: BEGIN, confine,
+    lock, and the version rows read under the lock. A tenant another worker is migrating right
+    now reads as not pending."""
+    params = {**task.binds(), **task.slot_binds(settings), "worker": worker, "label": task.label}
+    try:
+        row = pair.control.execute(_REMOTE_START, params).first()
+    except DBAPIError as exc:
+        if db.sqlstate(exc) != runs.NOT_PENDING:
+            raise
+        return Started(0, BUSY, None)
+    if row is None:
+        return Started(None, None, None)
+    confine = alembic_runtime.confine_params(task.schema, settings)
+    versions: list[str] | None
+    try:
+        rows = pair.tenant.execute(_REMOTE_LOCK, confine).all()
+        versions = [version for (version,) in rows if version is not None]
+    except ProgrammingError as exc:
+        if db.sqlstate(exc) != UNDEFINED_TABLE:
+            raise
+        pair.tenant.execute(_REMOTE_LOCK_WITHOUT_VERSION_TABLE, confine)
+        versions = None
+    return Started(row.attempts, row.status, versions)
+
+
+def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms: int) -> bool:
+    """Upgrade in the tenant database; mark succeeded in the control database (its transaction
+    open); COMMIT the tenant's, then the control's. False (both rolled back) when the row was no
+    longer pending."""
+    sql = alembic_runtime.upgrade_sql(started.versions, task.target)
+    if sql is None:
+        alembic_runtime.migrate_online(pair.tenant, task.schema, task.target)
+    elif sql:
+        pair.tenant.exec_driver_sql(replay.driver_sql(sql))
+    params = {**task.binds(), "from_revision": started.from_revision, "elapsed_ms": elapsed_ms}
+    try:
+        pair.control.exec_driver_sql(_REMOTE_MARK, params)
+    except DBAPIError as exc:
+        if db.sqlstate(exc) != runs.NOT_PENDING:
+            raise
+        return False
+    pair.tenant.exec_driver_sql("COMMIT")
+    pair.control.exec_driver_sql("COMMIT")
+    return True
+
+
+def remote_end(pair: Pair, *, commit: bool) -> None:
+    """COMMIT or ROLLBACK what ``remote_begin`` opened in both databases (the budget skip
+    commits the control side's mark; the tenant's side has changed nothing)."""
+    pair.tenant.exec_driver_sql("ROLLBACK")
+    pair.control.exec_driver_sql("COMMIT" if commit else "ROLLBACK")

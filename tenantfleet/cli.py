@@ -115,7 +115,12 @@ def cmd_public_status(args: argparse.Namespace) -> int:
 def cmd_tenant_create(args: argparse.Namespace) -> int:
     profile = {name: getattr(args, name) for name in PROFILE_FIELDS}
     status = MigrationManager().init_tenant(
-        args.schema, args.name, revision=args.revision, api_key=args.api_key, **profile
+        args.schema,
+        args.name,
+        revision=args.revision,
+        api_key=args.api_key,
+        database=args.database,
+        **profile,
     )
     _print_status(status, args.json)
     return EXIT_OK
@@ -336,10 +341,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with db.connect(manager.engine) as connection:
         manager.require_public(connection)
         recent = runs.list_runs(connection, args.limit)
+        by_database = runs.counts_by_run_and_database(connection, [r.id for r in recent])
     if args.json:
-        _print_json([output.run_dict(r) for r in recent])
+        _print_json([output.run_dict(r, by_database.get(r.id, {})) for r in recent])
     else:
-        print(output.runs_table(recent))
+        print(output.runs_table(recent, by_database))
     return EXIT_OK
 
 
@@ -347,7 +353,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     manager = MigrationManager()
     with db.connect(manager.engine) as connection:
         manager.require_public(connection)
-        report = fleet.survey(connection, manager.settings)
+        report = fleet.survey(connection, manager.settings, manager.engine_for)
     if args.json:
         _print_json(output.fleet_dict(report))
     else:
@@ -498,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", help="tenant_name (default: the schema name)")
     create.add_argument("--revision", default="head")
     create.add_argument("--api-key", dest="api_key")
+    create.add_argument(
+        "--database",
+        metavar="KEY",
+        help="the database to create it in: a key of [tool.tenantfleet.databases] (default: this"
+        " one)",
+    )
     for name in PROFILE_FIELDS:
         create.add_argument(f"--{name.replace('_', '-')}", dest=name)
     t_upgrade = _command(

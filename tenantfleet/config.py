@@ -13,6 +13,7 @@ so secrets stay in the environment; paths are relative to the file's folder.
 """
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -26,6 +27,22 @@ CONFIG_VARIABLE = "TENANTFLEET_CONFIG"
 STATE_DIR_NAME = ".tenantfleet"
 FILE_NAMES = ("tenantfleet.toml", "pyproject.toml")
 TENANT_SOURCES = ("registry", "query", "discover")
+DATABASES_TABLE = "databases"
+CONTROL_DATABASE = "default"
+"""The key of the control database (the one ``database_url`` names): tenants with no key."""
+DATABASE_KEY = re.compile(r"[a-z][a-z0-9_]{0,30}")
+DATABASE_FIELDS = ("url", "max_concurrent")
+
+
+@dataclass(frozen=True)
+class Database:
+    """One ``[tool.tenantfleet.databases.KEY]`` table: where the key's tenants live."""
+
+    key: str
+    url: str | None
+    """None for the control database (``database_url``)."""
+    max_concurrent: int | None = None
+    """Its cap; None: the ``max_concurrent`` setting."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,9 @@ class Settings:
     tenant_alembic: Path | None = None
     tenants: str = "registry"
     tenants_query: str | None = None
+    max_concurrent: int = 8
+    databases: Mapping[str, Database] = field(default_factory=dict)
+    """The tenant databases by key (``[tool.tenantfleet.databases.KEY]``), besides this one."""
     config_file: Path | None = field(default=None, compare=False)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each key's value came from: ``default``, the file, or ``env TENANTFLEET_...``."""
@@ -64,6 +84,26 @@ class Settings:
             )
         if self.tenants == "query" and not self.tenants_query:
             raise ConfigError('tenants = "query" needs tenants_query (an SQL query)')
+        if self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be at least 1, got {self.max_concurrent}")
+
+    def cap(self, database: str | None) -> int:
+        """How many tenants of ``database`` (None: the control database) may migrate at once."""
+        found = self.databases.get(database or CONTROL_DATABASE)
+        if found is None or found.max_concurrent is None:
+            return self.max_concurrent
+        return found.max_concurrent
+
+    def database(self, key: str) -> Database:
+        """The configured database ``key``; ``ConfigError`` naming the known keys if none."""
+        found = self.databases.get(key)
+        if found is None or found.url is None:
+            known = ", ".join(sorted(k for k, d in self.databases.items() if d.url)) or "none"
+            raise ConfigError(
+                f"no database {key!r} in the configuration ([tool.tenantfleet.databases.{key}]"
+                f" with a url; configured: {known})"
+            )
+        return found
 
     @property
     def soft_time_limit(self) -> float:
@@ -92,6 +132,13 @@ def _whole(raw: str, where: str, _base: Path | None) -> int:
     if not raw.isdigit():
         raise ConfigError(f"{where} must be a whole number, got {raw!r}")
     return int(raw)
+
+
+def _positive(raw: str, where: str, base: Path | None) -> int:
+    value = _whole(raw, where, base)
+    if value < 1:
+        raise ConfigError(f"{where} must be at least 1, got {raw!r}")
+    return value
 
 
 def _flag(raw: str, where: str, _base: Path | None) -> bool:
@@ -160,6 +207,7 @@ KEYS = (
     Key("tenant_alembic", _existing_file),
     Key("tenants", _one_of(*TENANT_SOURCES)),
     Key("tenants_query", _text),
+    Key("max_concurrent", _positive),
 )
 KEY_NAMES = tuple(key.name for key in KEYS)
 
@@ -205,10 +253,49 @@ def read_config_file(path: Path) -> ConfigFile:
             raise ConfigError(f"{path} has no [tool.tenantfleet] table")
     else:
         values = document
-    unknown = sorted(set(values) - set(KEY_NAMES))
+    unknown = sorted(set(values) - {*KEY_NAMES, DATABASES_TABLE})
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in {path} (known: {', '.join(KEY_NAMES)})")
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} in {path}"
+            f" (known: {', '.join(KEY_NAMES)}, [{DATABASES_TABLE}.KEY])"
+        )
     return ConfigFile(path, dict(values))
+
+
+def _databases(found: ConfigFile, env: Mapping[str, str]) -> dict[str, Database]:
+    """The ``databases`` tables of the file, each checked: a key, a URL (``env:NAME`` read now)
+    and a cap. The control database's own table (``default``) may only set its cap."""
+    tables = found.values.get(DATABASES_TABLE, {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{DATABASES_TABLE} in {found.label} must be a table of tables")
+    databases: dict[str, Database] = {}
+    for key, table in tables.items():
+        where = f"[{DATABASES_TABLE}.{key}] in {found.label}"
+        if not DATABASE_KEY.fullmatch(key):
+            raise ConfigError(
+                f"{where}: a database key is 1-31 characters of a-z, 0-9 and _, starting"
+                " with a letter"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table (url = ..., max_concurrent = ...)")
+        unknown = sorted(set(table) - set(DATABASE_FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"unknown key {unknown[0]!r} in {where} (known: {', '.join(DATABASE_FIELDS)})"
+            )
+        url = _from_file(table["url"], f"url of {where}", env) if "url" in table else None
+        if key == CONTROL_DATABASE and url is not None:
+            raise ConfigError(
+                f"{where}: {CONTROL_DATABASE!r} is the control database (database_url);"
+                " its table may only set max_concurrent"
+            )
+        if key != CONTROL_DATABASE and not url:
+            raise ConfigError(f'{where} needs a url (a PostgreSQL URL, or "env:NAME")')
+        cap = table.get("max_concurrent")
+        if cap is not None:
+            cap = _positive(_from_file(cap, f"max_concurrent of {where}", env), where, None)
+        databases[key] = Database(key, url, cap)
+    return databases
 
 
 def _from_file(value: Any, where: str, env: Mapping[str, str]) -> str:
@@ -255,6 +342,9 @@ def load_settings(env: Mapping[str, str] | None = None, config: Path | None = No
         values["visibility_timeout"] = max(3600.0, 2 * limit)
     if "state_dir" not in values:
         values["state_dir"] = state_dir(None)
+    if found is not None and DATABASES_TABLE in found.values:
+        values[DATABASES_TABLE] = _databases(found, env)
+        sources[DATABASES_TABLE] = found.label
     return Settings(**values, config_file=path, sources=sources)
 
 
@@ -282,6 +372,11 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
         if item.name in secret and shown:
             shown = mask_password(shown)
         rows.append((item.name, shown, settings.sources.get(item.name, "default")))
+    where = settings.sources.get(DATABASES_TABLE, "default")
+    for key, database in sorted(settings.databases.items()):
+        if database.url is not None:
+            rows.append((f"databases.{key}.url", mask_password(database.url), where))
+        rows.append((f"databases.{key}.max_concurrent", str(settings.cap(key)), where))
     return rows
 
 

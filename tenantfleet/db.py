@@ -34,20 +34,21 @@ TRANSIENT_SQLSTATES = frozenset(
 )
 
 
-def make_engine(url: str, **options: Any) -> Engine:
-    """A psycopg2 engine whose connection attempts give up after a bounded time.
+def make_engine(url: str, setting: str = "TENANTFLEET_DATABASE_URL", **options: Any) -> Engine:
+    """A psycopg2 engine whose connection attempts give up after a bounded time; ``setting``
+    names where the URL came from, for errors.
 
     Plain ``postgresql://`` URLs get the psycopg2 driver (SQLAlchemy 2.1 would pick psycopg 3).
     """
     try:
         parsed = sa.engine.make_url(url)
     except ArgumentError:
-        raise ConfigError("TENANTFLEET_DATABASE_URL is not a valid database URL") from None
+        raise ConfigError(f"{setting} is not a valid database URL") from None
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername=DRIVER)
     if parsed.drivername != DRIVER:
         raise ConfigError(
-            f"TENANTFLEET_DATABASE_URL must be a PostgreSQL URL (postgresql:// or {DRIVER}://),"
+            f"{setting} must be a PostgreSQL URL (postgresql:// or {DRIVER}://),"
             f" not {parsed.drivername}://"
         )
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}

@@ -5,8 +5,22 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection
 
-from tenantfleet import alembic_runtime, registry, tenants
+from tenantfleet import alembic_runtime, databases, db, registry, tenants
 from tenantfleet.config import Settings
+from tenantfleet.databases import EngineFor
+
+
+@dataclass(frozen=True)
+class DatabaseReport:
+    """One database's share of the fleet: its revision histogram and its drift."""
+
+    tenants: int
+    by_revision: dict[str, int]
+    behind: int
+    unknown: int
+    missing: int
+    unreachable: str | None = None
+    """Why it could not be read (its tenants then count as neither behind nor at head)."""
 
 
 @dataclass(frozen=True)
@@ -20,14 +34,22 @@ class FleetReport:
     missing: list[str] = field(default_factory=list)
     deactivated: dict[str, str | None] = field(default_factory=dict)
     """Inactive tenants and why (``tenant deactivate --reason``)."""
+    databases: dict[str, DatabaseReport] = field(default_factory=dict)
+    """By database key (``default``: the control database)."""
 
 
-def survey(connection: Connection, settings: Settings) -> FleetReport:
-    """Read every schema of the tenant source's revision in one pass and sort the fleet by it."""
+def survey(connection: Connection, settings: Settings, engine_for: EngineFor) -> FleetReport:
+    """Read every schema of the tenant source's revision, one pass per database and every
+    database at once, and sort the fleet by it, as a whole and per database."""
     script = alembic_runtime.tenant_script()
     head = script.get_current_head()
     known = {r.revision for r in script.walk_revisions()}
-    active = tenants.select(connection, settings)
+
+    def elsewhere(database: str) -> list[str]:
+        with db.connect(engine_for(database)) as other:
+            return tenants.discover(other)
+
+    active = tenants.select(connection, settings, elsewhere=elsewhere)
     inactive: dict[str, str | None] = {}
     if settings.tenants == "registry":
         inactive = {
@@ -35,12 +57,27 @@ def survey(connection: Connection, settings: Settings) -> FleetReport:
             for t in registry.list_tenants(connection)
             if not t.is_active
         }
-    versions = alembic_runtime.read_versions(connection, active)
-    missing = [s for s in active if s not in versions]
-    present = {s: v for s, v in versions.items()}
+    read = databases.read_versions(engine_for, active)
+    present = read.found
+    missing = [
+        t.schema for t in active if t.schema not in present and t.database not in read.unreachable
+    ]
     unknown = {s: str(v) for s, v in present.items() if v is not None and v not in known}
     behind = sorted(s for s, v in present.items() if v != head and s not in unknown)
     counted = Counter(v or "(none)" for v in present.values())
+    per_database: dict[str, DatabaseReport] = {}
+    behind_set, missing_set = set(behind), set(missing)
+    for database in sorted({t.database for t in active}, key=lambda d: d or ""):
+        mine = [t.schema for t in active if t.database == database]
+        revisions = Counter(present[s] or "(none)" for s in mine if s in present)
+        per_database[databases.shown(database)] = DatabaseReport(
+            tenants=len(mine),
+            by_revision=dict(sorted(revisions.items())),
+            behind=sum(s in behind_set for s in mine),
+            unknown=sum(s in unknown for s in mine),
+            missing=sum(s in missing_set for s in mine),
+            unreachable=read.unreachable.get(database),
+        )
     return FleetReport(
         head=head,
         tenants=len(active),
@@ -50,4 +87,5 @@ def survey(connection: Connection, settings: Settings) -> FleetReport:
         unknown=dict(sorted(unknown.items())),
         missing=missing,
         deactivated=inactive,
+        databases=per_database,
     )

@@ -1,7 +1,7 @@
 """Which run is active: the single-run guard's view of the run tables.
 
 A run is active while it is open and alive. Alive means its producer is still sending its tasks
-(it holds the run's dispatch lock), or a tenant of it holds its schema's lock (a migration is in
+(it holds the run's dispatch lock), or a tenant of it holds its lock (a migration is in
 progress right now), or, once every task was sent, something happened to it within
 ``TENANTFLEET_STALE_RUN_AFTER`` seconds. An open run that is none of these was abandoned (its
 producer died before sending everything, its queue was lost): it blocks nobody, and
@@ -29,7 +29,7 @@ def open_runs(connection: Connection, stale_after: float) -> list[OpenRun]:
     for run in runs.open_runs(connection):
         if runs.finalize(connection, run.id) is not None:
             continue
-        pending = [t.schema_name for t in runs.tenants_of(connection, run.id, runs.PENDING)]
+        pending = [t.label for t in runs.tenants_of(connection, run.id, runs.PENDING)]
         idle = runs.idle_seconds(connection, run.id)
         recent = run.dispatched_at is not None and idle < stale_after
         sending = bool(locks.held(connection, [locks.dispatching(run.uid)]))

@@ -1,8 +1,11 @@
 """PostgreSQL advisory locks: the one place that knows their keys.
 
 A schema's key is ``hashtextextended('tenantfleet:' || schema, 0)``: different schemas migrate in
-parallel, two runs of one schema never do. PostgreSQL shows a bigint key in ``pg_locks`` as
-``classid`` (high 32 bits), ``objid`` (low 32 bits) and ``objsubid = 1``.
+parallel, two runs of one schema never do. A tenant of another database is locked in its own
+database by its schema name, and marked in the control database by its label (``KEY/schema``,
+``tenantfleet.databases``). A database's concurrency slots are two-key locks
+``(hashtext('tenantfleet-slot:' || KEY), n)`` (``objsubid = 2``). PostgreSQL shows a bigint
+key in ``pg_locks`` as ``classid`` (high 32 bits), ``objid`` (low 32 bits) and ``objsubid = 1``.
 """
 
 from collections.abc import Sequence
@@ -41,6 +44,16 @@ def held(connection: Connection, schemas: Sequence[str]) -> set[str]:
         {"schemas": list(schemas)},
     )
     return set(rows.scalars())
+
+
+TAKE_SLOT_SQL = "SELECT public.tenantfleet_take_slot(:slot_database, :slot_cap)"
+"""Take one of the database's ``:slot_cap`` slots for this session, or raise ``NO_SLOT``
+(public migration 20251201_000000). A slot is a session lock in the control database, so the cap
+holds across every worker on every host, whatever database the tenant lives in."""
+FREE_SLOT_SQL = "SELECT public.tenantfleet_free_slot()"
+"""Give back the slot this session holds, if any."""
+NO_SLOT = "TF503"
+"""SQLSTATE of ``TAKE_SLOT_SQL`` when every slot of the database is taken."""
 
 
 def dispatching(run_uid: str) -> str:

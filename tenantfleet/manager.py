@@ -4,6 +4,8 @@ The seed's script (``migrations/migrate.py``) and its import path
 (``from migrations.migrate import MigrationManager``) re-export it from here.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -12,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tenantfleet import alembic_runtime as runtime
-from tenantfleet import config, db, registry
+from tenantfleet import config, databases, db, registry
 from tenantfleet.errors import (
     ConfigError,
     DuplicateTenant,
@@ -43,12 +45,22 @@ class MigrationManager:
     def __init__(self, settings: config.Settings | None = None, engine: Engine | None = None):
         self.settings = settings or config.load_settings()
         self._engine = engine
+        self._elsewhere: dict[str, Engine] = {}
 
     @property
     def engine(self) -> Engine:
+        """The control database's: the registry, the run tables, its own tenants."""
         if self._engine is None:
             self._engine = db.make_engine(config.database_url(self.settings))
         return self._engine
+
+    def engine_for(self, database: str | None) -> Engine:
+        """The engine of the database a tenant lives in (None: the control database)."""
+        if database is None:
+            return self.engine
+        if database not in self._elsewhere:
+            self._elsewhere[database] = databases.make_engine(self.settings, database)
+        return self._elsewhere[database]
 
     # -- public schema -------------------------------------------------------------------
 
@@ -81,18 +93,32 @@ class MigrationManager:
         *,
         revision: str = "head",
         api_key: str | None = None,
+        database: str | None = None,
         **profile: str | None,
     ) -> Status:
-        """Create the schema, register the tenant and migrate it, as one transaction."""
+        """Create the schema (in ``database``: a configured key; None for the control one),
+        register the tenant and migrate it, as one transaction. In another database there are
+        two: the schema's commits first, then the registration's (were that one lost, the
+        schema would stand unregistered, and ``tenant create`` would say it exists)."""
         validate_schema_name(schema)
+        database = databases.normalize(database)
         target = runtime.resolve_revision(runtime.tenant_script(), revision)
-        with db.begin(self.engine) as connection:
-            self.require_public(connection)
-            if _schema_exists(connection, schema):
-                raise DuplicateTenant(f"schema {schema!r} already exists")
-            registry.register(connection, schema, tenant_name or schema, api_key=api_key, **profile)
-            connection.execute(sa.schema.CreateSchema(schema))
-            self._migrate(connection, schema, target, downgrade=False)
+        with db.begin(self.engine) as control:
+            self.require_public(control)
+            with self._tenant_transaction(control, database) as connection:
+                if _schema_exists(connection, schema):
+                    raise DuplicateTenant(f"schema {schema!r} already exists")
+                registry.register(
+                    control,
+                    schema,
+                    tenant_name or schema,
+                    api_key=api_key,
+                    database=database,
+                    **profile,
+                )
+                connection.execute(sa.schema.CreateSchema(schema))
+                self._migrate(connection, schema, target, downgrade=False)
+                registry.record_revision(control, schema, target)
         return self.status_tenant(schema)
 
     def upgrade_tenant(self, schema: str, revision: str = "head") -> runtime.Step:
@@ -107,9 +133,10 @@ class MigrationManager:
         validate_schema_name(schema)
         script = runtime.tenant_script()
         head = script.get_current_head()
-        with db.connect(self.engine) as connection:
-            self.require_public(connection)
-            registry.get(connection, schema)
+        with db.connect(self.engine) as control:
+            self.require_public(control)
+            tenant = registry.get(control, schema)
+        with db.connect(self.engine_for(tenant.database)) as connection:
             current = _tenant_revision(connection, schema)
         try:
             return Status(schema, current, head, runtime.pending(script, current, head))
@@ -131,25 +158,38 @@ class MigrationManager:
 
     def _move(self, schema: str, target: str | None, *, downgrade: bool) -> runtime.Step:
         validate_schema_name(schema)
-        with db.begin(self.engine) as connection:
-            self.require_public(connection)
-            registry.get(connection, schema)
-            _tenant_revision(connection, schema)
-            return self._migrate(connection, schema, target, downgrade=downgrade)
+        with db.begin(self.engine) as control:
+            self.require_public(control)
+            tenant = registry.get(control, schema)
+            with self._tenant_transaction(control, tenant.database) as connection:
+                _tenant_revision(connection, schema)
+                step = self._migrate(connection, schema, target, downgrade=downgrade)
+                registry.record_revision(control, schema, target)
+                return step
+
+    @contextmanager
+    def _tenant_transaction(
+        self, control: Connection, database: str | None
+    ) -> Iterator[Connection]:
+        """A transaction in the tenant's database, committed before ``control``'s (the same
+        connection when the tenant lives in the control database)."""
+        if database is None:
+            yield control
+            return
+        with db.begin(self.engine_for(database)) as connection:
+            yield connection
 
     def _migrate(
         self, connection: Connection, schema: str, target: str | None, *, downgrade: bool
     ) -> runtime.Step:
         runtime.confine_to_schema(connection, schema, self.settings)
         try:
-            step = runtime.migrate_tenant(connection, schema, target, downgrade=downgrade)
+            return runtime.migrate_tenant(connection, schema, target, downgrade=downgrade)
         except DBAPIError as exc:
             if db.is_unreachable(exc):
                 raise  # the database, not the tenant: exit 2
             reason = db.first_line(exc)
             raise MigrationFailed(f"tenant {schema!r} rolled back: {reason}") from None
-        registry.record_revision(connection, schema, target)
-        return step
 
     def require_registry(self, connection: Connection) -> None:
         """Refuse when there is no registry at all (a dry run needs no more)."""

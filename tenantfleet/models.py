@@ -52,6 +52,9 @@ class TenantRegistry(PublicBase):
     )
     deactivated_reason: Mapped[str | None] = mapped_column(sa.Text)
     deactivated_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    database: Mapped[str | None] = mapped_column(sa.String(63))
+    """The key of the database holding the schema (``[tool.tenantfleet.databases.KEY]``);
+    NULL: this one."""
 
 
 class MigrationRun(PublicBase):
@@ -94,10 +97,18 @@ class MigrationRunTenant(PublicBase):
     __tablename__ = "migration_run_tenants"
     __table_args__ = (
         sa.CheckConstraint(
-            "status IN ('queued', 'running', 'retrying', 'succeeded', 'failed', 'skipped')",
+            "status IN ('queued', 'running', 'retrying', 'succeeded', 'failed', 'skipped',"
+            " 'waiting')",
             name="ck_migration_run_tenants_status",
         ),
         sa.Index("ix_migration_run_tenants_run_id_status", "run_id", "status"),
+        sa.Index(
+            "ix_migration_run_tenants_waiting",
+            "run_id",
+            "database",
+            "schema_name",
+            postgresql_where=sa.text("status = 'waiting'"),
+        ),
     )
 
     run_id: Mapped[int] = mapped_column(
@@ -117,3 +128,4 @@ class MigrationRunTenant(PublicBase):
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )
+    database: Mapped[str | None] = mapped_column(sa.String(63))

@@ -4,12 +4,14 @@ from dataclasses import asdict
 from typing import Any
 
 from tenantfleet.alembic_runtime import Step
+from tenantfleet.config import CONTROL_DATABASE
+from tenantfleet.databases import shown
 from tenantfleet.fleet import FleetReport
 from tenantfleet.manager import Status
 from tenantfleet.names import shorten
 from tenantfleet.producer import Plan
 from tenantfleet.registry import Tenant
-from tenantfleet.runs import Run
+from tenantfleet.runs import Counts, Run
 
 
 def status_dict(status: Status) -> dict[str, Any]:
@@ -53,10 +55,11 @@ def tenants_table(tenants: list[Tenant]) -> str:
     if not tenants:
         return "no tenants registered"
     return table(
-        ["schema", "name", "active", "revision", "last status", "last run"],
+        ["schema", "database", "name", "active", "revision", "last status", "last run"],
         [
             [
                 t.schema_name,
+                shown(t.database),
                 t.tenant_name,
                 "yes" if t.is_active else f"no: {t.deactivated_reason or 'no reason given'}",
                 t.current_revision,
@@ -88,7 +91,7 @@ def run_summary(report: dict[str, Any]) -> str:
             table(
                 ["schema", "status", "attempts", "error"],
                 [
-                    [t["schema"], t["status"], t["attempts"], _clip(t["error"] or "")]
+                    [t["tenant"], t["status"], t["attempts"], _clip(t["error"] or "")]
                     for t in failed
                 ],
             )
@@ -105,13 +108,18 @@ def status_report(report: dict[str, Any]) -> str:
     """``tenantfleet status``: the run summary, its state counts and its slowest tenants."""
     counts = report["counts"]
     lines = [run_summary(report), ""]
-    lines.append(
-        "states: "
-        + ", ".join(
-            f"{name} {counts[name]}"
-            for name in ("succeeded", "failed", "skipped", "queued", "running", "retrying")
+    lines.append("states: " + _states(counts))
+    if set(report["databases"]) - {CONTROL_DATABASE}:
+        lines.append("")
+        lines.append(
+            table(
+                ["database", "total", *STATES],
+                [
+                    [key, found["total"], *(found[name] for name in STATES)]
+                    for key, found in report["databases"].items()
+                ],
+            )
         )
-    )
     if report["finished_at"] is None and "alive" in report:
         lines.append(
             f"open, {'alive' if report['alive'] else 'ABANDONED'}:"
@@ -125,9 +133,9 @@ def status_report(report: dict[str, Any]) -> str:
         lines.append("slowest tenants:")
         lines.append(
             table(
-                ["schema", "status", "ms", "attempts", "worker"],
+                ["tenant", "status", "ms", "attempts", "worker"],
                 [
-                    [t["schema"], t["status"], t["duration_ms"], t["attempts"], t["worker"]]
+                    [t["tenant"], t["status"], t["duration_ms"], t["attempts"], t["worker"]]
                     for t in report["slowest"]
                 ],
             )
@@ -135,13 +143,25 @@ def status_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_dict(run: Run) -> dict[str, Any]:
-    return asdict(run)
+STATES = ("succeeded", "failed", "skipped", "queued", "running", "retrying", "waiting")
 
 
-def runs_table(recent: list[Run]) -> str:
+def _states(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {counts[name]}" for name in STATES)
+
+
+def run_dict(run: Run, by_database: dict[str | None, Counts] | None = None) -> dict[str, Any]:
+    found = asdict(run)
+    if by_database is not None:
+        found["databases"] = {shown(d): asdict(c) for d, c in by_database.items()}
+    return found
+
+
+def runs_table(recent: list[Run], by_database: dict[int, dict[str | None, Counts]]) -> str:
     if not recent:
         return "no runs yet"
+    spread = any(set(found) - {None} for found in by_database.values())
+    extra = ["by database (done/total)"] if spread else []
     return table(
         [
             "run",
@@ -155,6 +175,7 @@ def runs_table(recent: list[Run]) -> str:
             "failed",
             "skipped",
             "up to date",
+            *extra,
         ],
         [
             [
@@ -169,10 +190,15 @@ def runs_table(recent: list[Run]) -> str:
                 r.failed,
                 r.skipped,
                 r.up_to_date,
+                *([_spread(by_database.get(r.id, {}))] if spread else []),
             ]
             for r in recent
         ],
     )
+
+
+def _spread(by_database: dict[str | None, Counts]) -> str:
+    return ", ".join(f"{shown(d)} {c.done}/{c.total}" for d, c in by_database.items())
 
 
 def _when(moment: Any) -> str:
@@ -183,7 +209,12 @@ def plan_dict(plan: Plan, canaries: list[str], sql: str) -> dict[str, Any]:
     return {
         "target_revision": plan.target,
         "tenants": [
-            {"schema": schema, "from_revision": rev, "to_revision": plan.target}
+            {
+                "schema": schema,
+                "database": shown(plan.placement.get(schema)),
+                "from_revision": rev,
+                "to_revision": plan.target,
+            }
             for schema, rev in plan.behind
         ],
         "up_to_date": len(plan.up_to_date),
@@ -200,10 +231,10 @@ def plan_text(plan: Plan, canaries: list[str]) -> str:
     if not plan.behind:
         return head
     rows = [
-        [schema, rev or "base", plan.target, "canary" if schema in canaries else ""]
+        [plan.label(schema), rev or "base", plan.target, "canary" if schema in canaries else ""]
         for schema, rev in plan.behind
     ]
-    return head + "\n\n" + table(["schema", "from", "to", ""], rows)
+    return head + "\n\n" + table(["tenant", "from", "to", ""], rows)
 
 
 def fleet_dict(report: FleetReport) -> dict[str, Any]:
@@ -228,6 +259,27 @@ def fleet_text(report: FleetReport) -> str:
             ],
         ),
     ]
+    if set(report.databases) - {CONTROL_DATABASE}:
+        lines.append("")
+        lines.append(
+            table(
+                ["database", "tenants", "at head", "behind", "drift", "no schema", "revisions"],
+                [
+                    [
+                        key,
+                        found.tenants,
+                        found.by_revision.get(report.head or "", 0),
+                        found.behind,
+                        found.unknown,
+                        found.missing,
+                        f"UNREACHABLE: {found.unreachable}"
+                        if found.unreachable
+                        else ", ".join(f"{rev} {n}" for rev, n in found.by_revision.items()),
+                    ]
+                    for key, found in report.databases.items()
+                ],
+            )
+        )
     if report.behind:
         lines.append(f"\nbehind head ({len(report.behind)}): {shorten(report.behind, 20)}")
     if report.unknown:

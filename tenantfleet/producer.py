@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alembic import command
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from tenantfleet import alembic_runtime, db, follow, guard, locks, runs, tenants
+from tenantfleet import alembic_runtime, databases, db, follow, guard, locks, runs, tenants
+from tenantfleet.databases import Placed
 from tenantfleet.errors import ConnectionFailed, RunActive, TenantStateError, UsageError
 from tenantfleet.manager import MigrationManager
 from tenantfleet.names import shorten, validate_schema_name
@@ -54,8 +55,14 @@ class Plan:
     behind: list[tuple[str, str | None]]
     up_to_date: list[str] = field(default_factory=list)
     not_migratable: list[tuple[str, str | None, str, str]] = field(default_factory=list)
-    """(schema, revision, error class, reason): registered without a schema, or at a revision
-    the scripts do not know. Recorded ``skipped`` in the run; the others go on."""
+    """(schema, revision, error class, reason): registered without a schema, at a revision the
+    scripts do not know, or in a database that cannot be reached. Recorded ``skipped`` in the
+    run; the others go on."""
+    placement: dict[str, str] = field(default_factory=dict)
+    """The schemas that live in another database than the control one, and its key."""
+
+    def label(self, schema: str) -> str:
+        return databases.label(self.placement.get(schema), schema)
 
 
 def validate(options: MigrateOptions) -> str:
@@ -70,8 +77,21 @@ def validate(options: MigrateOptions) -> str:
     return target
 
 
+def select(
+    manager: MigrationManager, connection: Connection, options: MigrateOptions
+) -> list[Placed]:
+    """The tenant source's tenants for ``options``, wherever they live."""
+
+    def elsewhere(database: str) -> list[str]:
+        with db.connect(manager.engine_for(database)) as other:
+            return tenants.discover(other)
+
+    return tenants.select(connection, manager.settings, options.include, options.exclude, elsewhere)
+
+
 def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = False) -> Plan:
-    """Select the active tenants and read every schema's revision in one pass."""
+    """Select the active tenants and read every schema's revision: one pass per database, every
+    database at once."""
     script = alembic_runtime.tenant_script()
     target = validate(options)
     with db.connect(manager.engine) as connection:
@@ -80,12 +100,25 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
                 manager.require_registry(connection)
         else:
             manager.require_public(connection)
-        schemas = tenants.select(connection, manager.settings, options.include, options.exclude)
-        versions = alembic_runtime.read_versions(connection, schemas)
+        placed = select(manager, connection, options)
+    read = databases.read_versions(manager.engine_for, placed)
+    versions = read.found
     known = {r.revision for r in script.walk_revisions()} | {None}
     not_migratable: list[tuple[str, str | None, str, str]] = []
-    for schema in schemas:
-        if schema not in versions:
+    for tenant in placed:
+        schema = tenant.schema
+        if tenant.database in read.unreachable:
+            not_migratable.append(
+                (
+                    schema,
+                    None,
+                    "DatabaseUnreachable",
+                    f"database {databases.shown(tenant.database)} could not be reached while"
+                    f" planning ({read.unreachable[tenant.database]}): `tenantfleet retry` once"
+                    " it is back",
+                )
+            )
+        elif schema not in versions:
             not_migratable.append(
                 (schema, None, "SchemaMissing", "registered, but the schema does not exist")
             )
@@ -106,9 +139,11 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
         )
     skip = {schema for schema, *_ in not_migratable}
     below = alembic_runtime.revisions_below(script, target)
+    schemas = [t.schema for t in placed]
     behind = [(s, versions[s]) for s in schemas if s not in skip and versions[s] in below]
     at_or_past = [s for s in schemas if s not in skip and versions[s] not in below]
-    return Plan(target, behind, at_or_past, not_migratable)
+    placement = {t.schema: t.database for t in placed if t.database is not None}
+    return Plan(target, behind, at_or_past, not_migratable, placement)
 
 
 def choose_canaries(chosen: Plan, options: MigrateOptions) -> list[str]:
@@ -187,6 +222,7 @@ def _record(
             parent_run_id=options.parent_run_id,
             uid=uid,
             skipped=chosen.not_migratable,
+            placement=chosen.placement,
         )
 
 
@@ -198,11 +234,11 @@ def _dispatch(
     canaries run (``resume`` sends the rest later)."""
     engine = manager.engine
 
-    def read() -> tuple[runs.Run, dict[str, str], Queues]:
+    def read() -> tuple[runs.Run, dict[str, str], Queues, dict[str, str]]:
         with db.connect(engine) as connection:
             run = runs.get_run(connection, run_id)
             states = runs.statuses(connection, run_id, run.options.get("canaries", []))
-            return run, states, of_database(connection)
+            return run, states, of_database(connection), runs.placement(connection, run_id)
 
     def close(skip_reason: str | None) -> int:
         """Every task is sent (or the rest skipped): mark it, close the run if it can be."""
@@ -212,7 +248,12 @@ def _dispatch(
             runs.finalize(connection, run_id)
         return skipped
 
-    run, canary_states, fleet_queues = follow.patiently(watch, read)
+    run, canary_states, fleet_queues, placement = follow.patiently(watch, read)
+
+    def send(schemas: Sequence[str]) -> None:
+        labels = [databases.label(placement.get(s), s) for s in schemas]
+        enqueue(celery_app, fleet_queues, run, labels, max_failures)
+
     max_failures = run.options.get("max_failures")
     celery_app = app()
     # what the watch needs to tell why tenants wait, for the canaries and for --wait after
@@ -221,7 +262,7 @@ def _dispatch(
     unfinished = [c for c, state in canary_states.items() if state not in runs.FINAL]
     if canary_states:
         first = [c for c in unfinished if c in to_send]
-        enqueue(celery_app, fleet_queues, run, first, max_failures)
+        send(first)
         sent += len(first)
         if unfinished:
             say(f"run {run_id}: waiting for {len(unfinished)} canary tenants")
@@ -239,7 +280,7 @@ def _dispatch(
             say(f"run {run_id}: canary {shorten(failed)} failed; {skipped} tenants skipped")
             return sent
     rest = [s for s in to_send if s not in canary_states]
-    enqueue(celery_app, fleet_queues, run, rest, max_failures)
+    send(rest)
     follow.patiently(watch, lambda: close(None))  # also closes a run with nothing to send
     return sent + len(rest)
 
@@ -310,35 +351,36 @@ def resume(
         run = runs.get_run(connection, run_id)
         if runs.finalize(connection, run_id) is not None:
             return 0
-        pending = [t.schema_name for t in runs.tenants_of(connection, run_id, runs.PENDING)]
-        busy = locks.held(connection, pending)
+        pending = runs.tenants_of(connection, run_id, runs.PENDING)
+        busy = locks.held(connection, [t.label for t in pending])
     check_broker(app())
     with db.connect(manager.engine) as holder:
         if not locks.hold(holder, locks.dispatching(run.uid)):
             raise RunActive(f"run {run_id} is being sent by its producer ({run.producer})")
-        return _dispatch(
-            manager, run_id, [s for s in pending if s not in busy], say, watch or follow.Watch()
-        )
+        idle = [t.schema_name for t in pending if t.label not in busy]
+        return _dispatch(manager, run_id, idle, say, watch or follow.Watch())
 
 
 def resend_lost(manager: MigrationManager, run_id: int, quiet_for: float) -> int:
     """What the watchdog of ``--wait`` does when no tenant finished for ``quiet_for`` seconds:
-    decide from the rows and the schema locks which pending tenants have no live task, and
+    decide from the rows and the tenant locks which pending tenants have no live task, and
     send them again. A ``running`` or ``retrying`` tenant whose lock nobody holds and whose row
-    has not moved lost its worker; ``queued`` tenants are lost when nothing of the run is being
-    migrated at all. A duplicate task of a live tenant does nothing, so doubt costs one round
-    trip, never a second migration."""
+    has not moved lost its worker; ``queued`` and ``waiting`` tenants are lost when nothing of
+    the run is being migrated at all (a waiting tenant is taken by whoever frees a slot of its
+    database). A duplicate task of a live tenant does nothing, so doubt costs one round trip,
+    never a second migration."""
     with db.connect(manager.engine) as connection:
         run = runs.get_run(connection, run_id)
-        quiet = runs.quiet_pending(connection, run_id, quiet_for)
-        pending = [t.schema_name for t in runs.tenants_of(connection, run_id, runs.PENDING)]
-        held = locks.held(connection, pending)
+        quiet = {t.schema_name: t for t in runs.quiet_pending(connection, run_id, quiet_for)}
+        pending = runs.tenants_of(connection, run_id, runs.PENDING)
+        held = locks.held(connection, [t.label for t in pending])
     if run.dispatched_at is None:  # the canary phase: the others were never sent
         canaries = set(run.options.get("canaries", []))
-        quiet = [(s, status) for s, status in quiet if s in canaries]
-    lost = [s for s, status in quiet if status != "queued" and s not in held]
+        quiet = {s: t for s, t in quiet.items() if s in canaries}
+    waiting = ("queued", "waiting")
+    lost = [t.label for t in quiet.values() if t.status not in waiting and t.label not in held]
     if not held:
-        lost += [s for s, status in quiet if status == "queued"]
+        lost += [t.label for t in quiet.values() if t.status in waiting]
     enqueue(app(), queues_of(manager), run, lost, run.options.get("max_failures"))
     return len(lost)
 
@@ -389,12 +431,13 @@ def enqueue(
     app: Any,
     queues: Queues,
     run: runs.Run,
-    schemas: Sequence[str],
+    labels: Sequence[str],
     max_failures: int | None = None,
 ) -> None:
     """``chord(group(one task per tenant), finalize_run)``, ``finalize_run_on_error`` on error,
-    on the queues of the run's database."""
-    if not schemas:
+    on the queues of the run's control database. A task names its tenant by its label
+    (``KEY/schema`` in another database): what Flower and the worker log show."""
+    if not labels:
         return
     from celery import chord, group
 
@@ -409,10 +452,10 @@ def enqueue(
     # No time limits in the message: the worker's TENANTFLEET_TASK_TIME_LIMIT decides (Celery
     # would otherwise send the producer's setting with every task, and it would win).
     header = group(
-        migrate_tenant.si(run.id, schema, run.target_revision, **extra).set(
+        migrate_tenant.si(run.id, label, run.target_revision, **extra).set(
             queue=queues.tenants, time_limit=None, soft_time_limit=None
         )
-        for schema in schemas
+        for label in labels
     )
     with app.batched_publishing(PUBLISH_BATCH):
         chord(header, body).apply_async()
@@ -423,6 +466,7 @@ def report(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:
     with db.connect(engine) as connection:
         run = runs.get_run(connection, run_id)
         tally = runs.counts(connection, run_id)
+        by_database = runs.counts_by_database(connection, run_id)
         tenants = runs.tenants_of(connection, run_id)
         slow = runs.slowest(connection, run_id, slowest) if slowest else []
     result: dict[str, Any] = {
@@ -430,16 +474,9 @@ def report(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:
         "parent_run_id": run.parent_run_id,
         "status": run.status,
         "target_revision": run.target_revision,
-        "counts": {
-            "total": tally.total,
-            "succeeded": tally.succeeded,
-            "failed": tally.failed,
-            "skipped": tally.skipped,
-            "pending": tally.pending,
-            "up_to_date": run.up_to_date,
-            "queued": tally.queued,
-            "running": tally.running,
-            "retrying": tally.retrying,
+        "counts": {**counts_dict(tally), "up_to_date": run.up_to_date},
+        "databases": {
+            databases.shown(database): counts_dict(found) for database, found in by_database.items()
         },
         "tenants": [_tenant_dict(t) for t in tenants],
         "created_at": run.created_at.isoformat(),
@@ -450,9 +487,25 @@ def report(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:
     return result
 
 
+def counts_dict(tally: runs.Counts) -> dict[str, int]:
+    return {
+        "total": tally.total,
+        "succeeded": tally.succeeded,
+        "failed": tally.failed,
+        "skipped": tally.skipped,
+        "pending": tally.pending,
+        "queued": tally.queued,
+        "running": tally.running,
+        "retrying": tally.retrying,
+        "waiting": tally.waiting,
+    }
+
+
 def _tenant_dict(tenant: runs.RunTenant) -> dict[str, Any]:
     return {
         "schema": tenant.schema_name,
+        "database": databases.shown(tenant.database),
+        "tenant": tenant.label,
         "status": tenant.status,
         "from_revision": tenant.from_revision,
         "to_revision": tenant.to_revision,

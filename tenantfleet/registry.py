@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from tenantfleet.databases import Placed
 from tenantfleet.errors import DuplicateTenant, UnknownTenant
 from tenantfleet.names import validate_schema_name
 from tenantfleet.public_tables import migration_run_tenants, tenant_registry
@@ -39,6 +40,8 @@ class Tenant:
     last_migrated_at: datetime | None
     last_run_id: int | None
     deactivated_reason: str | None
+    database: str | None
+    """The key of the database holding the schema; None: the control database."""
 
 
 _TENANT_COLUMNS = [tenant_registry.c[f.name] for f in fields(Tenant)]
@@ -50,9 +53,11 @@ def register(
     tenant_name: str,
     *,
     api_key: str | None = None,
+    database: str | None = None,
     **profile: str | None,
 ) -> None:
-    """Insert a tenant; ``DuplicateTenant`` if its schema or api_key is taken."""
+    """Insert a tenant (in ``database``: a key; None for this one); ``DuplicateTenant`` if its
+    schema or api_key is taken."""
     unknown = set(profile) - set(PROFILE_FIELDS)
     if unknown:
         raise TypeError(f"unknown registry fields: {sorted(unknown)}")
@@ -60,6 +65,7 @@ def register(
         "schema_name": validate_schema_name(schema),
         "tenant_name": tenant_name,
         "api_key": api_key,
+        "database": database,
         **profile,
     }
     try:
@@ -93,19 +99,20 @@ def list_tenants(connection: Connection, *, active_only: bool = False) -> list[T
 
 def select_for_migration(
     connection: Connection, include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> list[str]:
-    """Active tenant schemas, in schema-name order, narrowed by ``include``/``exclude``.
+) -> list[Placed]:
+    """Active tenants and their databases, in schema-name order, narrowed by
+    ``include``/``exclude``.
 
     Every name in ``include`` must be a registered, active tenant.
     """
-    query = sa.select(tenant_registry.c.schema_name, tenant_registry.c.is_active).order_by(
-        tenant_registry.c.schema_name
-    )
+    query = sa.select(
+        tenant_registry.c.schema_name, tenant_registry.c.is_active, tenant_registry.c.database
+    ).order_by(tenant_registry.c.schema_name)
     if include:
         query = query.where(tenant_registry.c.schema_name.in_(list(include)))
     rows = connection.execute(query).all()
     if include:
-        found = {name: active for name, active in rows}
+        found = {name: active for name, active, _ in rows}
         missing = [s for s in include if s not in found]
         if missing:
             raise UnknownTenant(f"not in public.tenant_registry: {', '.join(missing)}")
@@ -113,7 +120,9 @@ def select_for_migration(
         if inactive:
             raise UnknownTenant(f"tenant is not active: {', '.join(inactive)}")
     excluded = set(exclude)
-    return [name for name, active in rows if active and name not in excluded]
+    return [
+        Placed(name, database) for name, active, database in rows if active and name not in excluded
+    ]
 
 
 def record_revision(connection: Connection, schema: str, revision: str | None) -> None:

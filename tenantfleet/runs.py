@@ -4,7 +4,7 @@ These rows are the truth about a run. The broker may forget tasks and the chord 
 or never; every reader (the chord callback, ``--wait``, ``status``) reconciles from here.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -12,13 +12,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantfleet import db, registry
+from tenantfleet import databases, db, registry
+from tenantfleet.config import Settings
 from tenantfleet.errors import UsageError
 from tenantfleet.public_tables import migration_run_tenants as run_tenants
 from tenantfleet.public_tables import migration_runs as runs
 
 FINAL = ("succeeded", "failed", "skipped")
-PENDING = ("queued", "running", "retrying")
+PENDING = ("queued", "running", "retrying", "waiting")
 ERROR_MESSAGE_MAX = 2000
 
 
@@ -31,10 +32,12 @@ class Counts:
     queued: int = 0
     running: int = 0
     retrying: int = 0
+    waiting: int = 0
+    """Parked until a slot of their database is free (its cap is reached)."""
 
     @property
     def pending(self) -> int:
-        return self.queued + self.running + self.retrying
+        return self.queued + self.running + self.retrying + self.waiting
 
     @property
     def done(self) -> int:
@@ -73,16 +76,34 @@ class RunTenant:
     duration_ms: int | None
     error_class: str | None
     error_message: str | None
+    database: str | None
+
+    @property
+    def label(self) -> str:
+        return databases.label(self.database, self.schema_name)
 
 
 @dataclass(frozen=True)
 class TenantTask:
-    """What one tenant task is about: a run (id and uid), a schema, a target revision."""
+    """What one tenant task is about: a run (id and uid), a schema in its database, a target
+    revision."""
 
     run_id: int
     run_uid: str
     schema: str
     target: str
+    database: str | None = None
+
+    @property
+    def label(self) -> str:
+        return databases.label(self.database, self.schema)
+
+    def slot_binds(self, settings: Settings) -> dict[str, Any]:
+        """The binds of ``locks.TAKE_SLOT_SQL`` for this tenant's database."""
+        return {
+            "slot_database": databases.shown(self.database),
+            "slot_cap": settings.cap(self.database),
+        }
 
     def binds(self) -> dict[str, Any]:
         """The binds of the statements that name this task's row (``_THIS_RUN``)."""
@@ -113,15 +134,18 @@ def create_run(
     parent_run_id: int | None = None,
     uid: str | None = None,
     skipped: Sequence[tuple[str, str | None, str, str]] = (),
+    placement: Mapping[str, str] | None = None,
 ) -> int:
     """Write the run and one ``queued`` row per tenant in ``behind`` (schema, from revision), and
     one ``skipped`` row per tenant in ``skipped`` (schema, revision, error class, reason): tenants
-    the plan found it cannot migrate.
+    the plan found it cannot migrate. ``placement`` maps the schemas that live in another
+    database to its key.
 
     A run with no tenant is born finished, as ``nothing_to_do``; one with only skipped tenants is
     closed by ``finalize``.
     """
     empty = not behind and not skipped
+    placement = placement or {}
     extra = {"uid": uid} if uid else {}
     run_id: int = connection.execute(
         runs.insert()
@@ -142,14 +166,16 @@ def create_run(
         connection.execute(
             sa.text(
                 "INSERT INTO public.migration_run_tenants (run_id, schema_name, from_revision,"
-                " to_revision) SELECT :run_id, s, f, :target"
-                " FROM unnest(CAST(:schemas AS text[]), CAST(:froms AS text[])) AS u(s, f)"
+                " to_revision, database) SELECT :run_id, s, f, :target, d FROM unnest("
+                "CAST(:schemas AS text[]), CAST(:froms AS text[]), CAST(:databases AS text[]))"
+                " AS u(s, f, d)"
             ),
             {
                 "run_id": run_id,
                 "target": target_revision,
                 "schemas": [schema for schema, _ in behind],
                 "froms": [from_revision for _, from_revision in behind],
+                "databases": [placement.get(schema) for schema, _ in behind],
             },
         )
     if skipped:
@@ -163,6 +189,7 @@ def create_run(
                     "to_revision": target_revision,
                     "error_class": error_class,
                     "error_message": reason,
+                    "database": placement.get(schema),
                 }
                 for schema, revision, error_class, reason in skipped
             ],
@@ -210,7 +237,8 @@ NOT_PENDING = "TF409"
 20251126_000000 defines ``public.tenantfleet_expect``)."""
 MARK_SUCCEEDED_SQL = (
     "WITH marked AS (UPDATE public.migration_run_tenants SET status = 'succeeded',"
-    " from_revision = :from_revision, finished_at = now(), updated_at = now(),"
+    " from_revision = coalesce(nullif(:from_revision, :target), from_revision),"
+    " finished_at = now(), updated_at = now(),"
     " error_class = NULL, error_message = NULL, duration_ms = :elapsed_ms"
     " + (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::integer "
     + _THIS_PENDING_ROW
@@ -221,7 +249,8 @@ MARK_SUCCEEDED_SQL = (
     " 'the tenant is no longer pending in its run')"
 )
 """The outcome, sent after the upgrade's SQL in the same round trip and transaction, with the
-COMMIT after it; the registry's ``current_revision`` changes with the schema, in that commit.
+COMMIT after it (a schema found at the target already keeps the planned ``from_revision``); the
+registry's ``current_revision`` changes with the schema, in that commit.
 When the row is no longer pending (something finished or skipped the tenant meanwhile) it raises
 ``NOT_PENDING``: the transaction aborts and the COMMIT is never run."""
 
@@ -244,22 +273,85 @@ _MARK_ERROR = _PENDING_ROW.values(
 
 WAITING_FOR_A_WORKER = "RevisionNotOnWorker"
 """``error_class`` of a pending tenant whose task a worker handed back: its scripts do not
-define the target revision (a rolling deploy has not reached it)."""
+define the target revision (a rolling deploy has not reached it), or its configuration has no
+URL for the tenant's database."""
 
 
-def note_handed_back(connection: Connection, task: TenantTask, worker: str) -> None:
-    """Why the tenant still waits: ``worker`` does not know the target revision."""
+def note_handed_back(connection: Connection, task: TenantTask, worker: str, needs: str) -> None:
+    """Why the tenant still waits: it needs a worker that ``needs`` (``knows revision R``),
+    and ``worker`` does not."""
     connection.execute(
         _PENDING_ROW.values(
             updated_at=sa.func.now(),
             error_class=WAITING_FOR_A_WORKER,
+            error_message=f"waiting for a worker that {needs}: {worker} does not (handed back)",
+        ),
+        task.core_binds(),
+    )
+
+
+WAITING_FOR_A_SLOT = "WaitingForSlot"
+"""``error_class`` of a ``waiting`` tenant: every slot of its database was taken."""
+
+
+def park(connection: Connection, task: TenantTask, cap: int) -> None:
+    """The tenant waits for a slot of its database: whoever holds one takes it next
+    (``claim_waiting``). Its message is done with: the row is the only record it waits."""
+    connection.execute(
+        _PENDING_ROW.values(
+            status="waiting",
+            updated_at=sa.func.now(),
+            error_class=WAITING_FOR_A_SLOT,
             error_message=(
-                f"waiting for a worker that knows revision {task.target}:"
-                f" {worker} does not (handed back)"
+                f"waiting for a free slot of database {databases.shown(task.database)}"
+                f" (max_concurrent {cap})"
             ),
         ),
         task.core_binds(),
     )
+
+
+_CLAIM_WAITING = sa.text(
+    "UPDATE public.migration_run_tenants SET status = 'queued', error_class = NULL,"
+    " error_message = NULL, updated_at = now()"
+    " WHERE run_id = :run_id AND schema_name = ("
+    " SELECT schema_name FROM public.migration_run_tenants WHERE run_id = :run_id"
+    " AND status = 'waiting' AND database IS NOT DISTINCT FROM :database"
+    " ORDER BY schema_name LIMIT 1 FOR UPDATE SKIP LOCKED) AND status = 'waiting'"
+    " RETURNING schema_name"
+)
+
+
+def claim_waiting(connection: Connection, task: TenantTask) -> TenantTask | None:
+    """The next tenant of ``task``'s run and database that waits for a slot, taken off the
+    waiting list for this worker (``queued`` again); None when none waits."""
+    schema = connection.execute(
+        _CLAIM_WAITING, {"run_id": task.run_id, "database": task.database}
+    ).scalar()
+    if schema is None:
+        return None
+    return TenantTask(task.run_id, task.run_uid, schema, task.target, task.database)
+
+
+def note_unreachable(connection: Connection, task: TenantTask, error: BaseException) -> int:
+    """Say on the waiting tenants of ``task``'s run and database that their database cannot be
+    reached; how many wait."""
+    result = connection.execute(
+        run_tenants.update()
+        .where(
+            run_tenants.c.run_id == task.run_id,
+            run_tenants.c.status == "waiting",
+            run_tenants.c.database.is_not_distinct_from(task.database),
+        )
+        .values(
+            updated_at=sa.func.now(),
+            error_message=(
+                f"waiting: database {databases.shown(task.database)} cannot be reached"
+                f" ({db.first_line(error)[:500]})"
+            ),
+        )
+    )
+    return result.rowcount
 
 
 def mark_failed(
@@ -307,6 +399,35 @@ def counts(connection: Connection, run_id: int, schemas: Sequence[str] | None = 
     return Counts(total=sum(by_status.values()), **by_status)
 
 
+def counts_by_database(connection: Connection, run_id: int) -> dict[str | None, Counts]:
+    """``counts`` for each database the run's tenants live in (None: the control database)."""
+    return counts_by_run_and_database(connection, [run_id]).get(run_id, {})
+
+
+def counts_by_run_and_database(
+    connection: Connection, run_ids: Sequence[int]
+) -> dict[int, dict[str | None, Counts]]:
+    """``counts_by_database`` of several runs, in one query."""
+    rows = connection.execute(
+        sa.select(
+            run_tenants.c.run_id, run_tenants.c.database, run_tenants.c.status, sa.func.count()
+        )
+        .where(run_tenants.c.run_id.in_(list(run_ids)))
+        .group_by(run_tenants.c.run_id, run_tenants.c.database, run_tenants.c.status)
+        .order_by(run_tenants.c.run_id, sa.func.coalesce(run_tenants.c.database, ""))
+    ).all()
+    found: dict[int, dict[str | None, dict[str, int]]] = {}
+    for run_id, database, status, n in rows:
+        found.setdefault(run_id, {}).setdefault(database, {})[status] = int(n)
+    return {
+        run_id: {
+            database: Counts(total=sum(by_status.values()), **by_status)
+            for database, by_status in by_database.items()
+        }
+        for run_id, by_database in found.items()
+    }
+
+
 def get_run(connection: Connection, run_id: int) -> Run:
     row = connection.execute(sa.select(*_RUN_COLUMNS).where(runs.c.id == run_id)).first()
     if row is None:
@@ -327,7 +448,7 @@ def tenants_of(
     return [RunTenant(*row) for row in connection.execute(query)]
 
 
-NOT_MIGRATABLE = ("SchemaMissing", "UnknownRevision")
+NOT_MIGRATABLE = ("SchemaMissing", "UnknownRevision", "DatabaseUnreachable")
 """``error_class`` of the tenants a plan skipped because it cannot migrate them."""
 
 
@@ -420,6 +541,16 @@ def skip_pending(connection: Connection, run_id: int, reason: str) -> int:
     return result.rowcount
 
 
+def placement(connection: Connection, run_id: int) -> dict[str, str]:
+    """The run's tenants that live in another database than the control one, and its key."""
+    rows = connection.execute(
+        sa.select(run_tenants.c.schema_name, run_tenants.c.database).where(
+            run_tenants.c.run_id == run_id, run_tenants.c.database.is_not(None)
+        )
+    )
+    return {schema: database for schema, database in rows}
+
+
 def statuses(connection: Connection, run_id: int, schemas: Sequence[str]) -> dict[str, str]:
     rows = connection.execute(
         sa.select(run_tenants.c.schema_name, run_tenants.c.status).where(
@@ -460,11 +591,10 @@ def idle_seconds(connection: Connection, run_id: int) -> float:
     return float(seconds)
 
 
-def quiet_pending(connection: Connection, run_id: int, quiet_for: float) -> list[tuple[str, str]]:
-    """(schema, status) of the run's pending tenants whose row has not changed for
-    ``quiet_for`` seconds."""
+def quiet_pending(connection: Connection, run_id: int, quiet_for: float) -> list[RunTenant]:
+    """The run's pending tenants whose row has not changed for ``quiet_for`` seconds."""
     rows = connection.execute(
-        sa.select(run_tenants.c.schema_name, run_tenants.c.status)
+        sa.select(*_TENANT_COLUMNS)
         .where(
             run_tenants.c.run_id == run_id,
             run_tenants.c.status.in_(PENDING),
@@ -473,7 +603,7 @@ def quiet_pending(connection: Connection, run_id: int, quiet_for: float) -> list
         )
         .order_by(run_tenants.c.schema_name)
     )
-    return [(schema, status) for schema, status in rows]
+    return [RunTenant(*row) for row in rows]
 
 
 def slowest(connection: Connection, run_id: int, limit: int = 5) -> list[RunTenant]:

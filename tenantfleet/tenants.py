@@ -2,22 +2,27 @@
 
 - ``registry`` (default): the active rows of ``public.tenant_registry``;
 - ``query``: the app's own SQL (``tenants_query``), run in a read-only transaction; its first
-  column is the schema name, validated like any schema name;
+  column is the schema name, validated like any schema name; a column named ``database`` gives
+  the key of the database holding it (NULL: the control database);
 - ``discover``: every schema that holds the tenant version table (the seed's "apply to all
-  tenant schemas").
+  tenant schemas"), in the control database and in every configured one.
+
+A schema name names one tenant across the whole fleet: two databases holding the same tenant
+schema is an error, not two tenants.
 
 A schema the source lists without a version table yet is at base, and is migrated from base.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantfleet import db, registry
+from tenantfleet import databases, db, registry
 from tenantfleet.alembic_runtime import VERSION_TABLE
 from tenantfleet.config import Settings
+from tenantfleet.databases import Placed
 from tenantfleet.errors import ConfigError, InvalidSchemaName, UnknownTenant
 from tenantfleet.names import shorten, validate_schema_name
 
@@ -28,53 +33,92 @@ _DISCOVER = sa.text(
 )
 
 
+Elsewhere = Callable[[str], list[str]]
+"""A configured database's key -> the tenant schemas ``discover`` finds in it."""
+
+
 def select(
     connection: Connection,
     settings: Settings,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-) -> list[str]:
-    """The source's schemas, in schema-name order, narrowed by ``include``/``exclude``."""
+    elsewhere: Elsewhere | None = None,
+) -> list[Placed]:
+    """The source's tenants, in schema-name order, narrowed by ``include``/``exclude``; every
+    database they name is configured. ``elsewhere`` discovers the configured databases."""
     if settings.tenants == "registry":
-        return registry.select_for_migration(connection, include, exclude)
-    listed = (
-        listed_by_query(connection, settings)
-        if settings.tenants == "query"
-        else discover(connection)
-    )
-    if include:
-        missing = [s for s in include if s not in listed]
-        if missing:
-            raise UnknownTenant(
-                f"not listed by the tenant source ({settings.tenants}): {shorten(missing)}"
-            )
-        listed = [s for s in listed if s in include]
-    excluded = set(exclude)
-    return [s for s in listed if s not in excluded]
+        chosen = registry.select_for_migration(connection, include, exclude)
+    else:
+        listed = (
+            listed_by_query(connection, settings)
+            if settings.tenants == "query"
+            else discover_all(connection, settings, elsewhere)
+        )
+        names = {p.schema for p in listed}
+        if include:
+            missing = [s for s in include if s not in names]
+            if missing:
+                raise UnknownTenant(
+                    f"not listed by the tenant source ({settings.tenants}): {shorten(missing)}"
+                )
+            listed = [p for p in listed if p.schema in include]
+        excluded = set(exclude)
+        chosen = [p for p in listed if p.schema not in excluded]
+    databases.check_known(settings, (p.database for p in chosen))
+    return chosen
 
 
-def listed_by_query(connection: Connection, settings: Settings) -> list[str]:
-    """The schemas ``tenants_query`` returns, read in a read-only transaction of its own."""
+def listed_by_query(connection: Connection, settings: Settings) -> list[Placed]:
+    """The tenants ``tenants_query`` returns, read in a read-only transaction of its own."""
     assert settings.tenants_query is not None
     try:
         with connection.engine.connect() as reader:
             reader.exec_driver_sql("SET TRANSACTION READ ONLY")
-            rows = reader.execute(sa.text(settings.tenants_query)).all()
+            result = reader.execute(sa.text(settings.tenants_query))
+            columns = list(result.keys())
+            placed_by = columns.index("database") if "database" in columns else None
+            rows = result.all()
             reader.rollback()
     except DBAPIError as exc:
         if db.is_unreachable(exc):
             raise
         raise ConfigError(f"tenants_query failed: {db.first_line(exc)}") from None
-    names: list[str] = []
+    found: dict[str, str | None] = {}
     bad: list[str] = []
     for row in rows:
         try:
-            names.append(validate_schema_name(row[0]))
-        except InvalidSchemaName:
-            bad.append(repr(row[0]))
+            name = validate_schema_name(row[0])
+            database = databases.normalize(row[placed_by]) if placed_by is not None else None
+        except (InvalidSchemaName, ConfigError):
+            bad.append(repr(tuple(row)))
+            continue
+        if found.get(name, database) != database:
+            raise ConfigError(f"tenants_query puts schema {name} in two databases")
+        found[name] = database
     if bad:
-        raise ConfigError(f"tenants_query returned invalid schema names: {shorten(bad)}")
-    return sorted(set(names))
+        raise ConfigError(
+            f"tenants_query returned invalid schema names or database keys: {shorten(bad)}"
+        )
+    return sorted(Placed(name, database) for name, database in found.items())
+
+
+def discover_all(
+    connection: Connection, settings: Settings, elsewhere: Elsewhere | None
+) -> list[Placed]:
+    """``discover`` in the control database and, through ``elsewhere``, in every configured
+    one; a schema found in two databases is a ``ConfigError``."""
+    found: dict[str, str | None] = {name: None for name in discover(connection)}
+    for key in databases.keys(settings)[1:]:
+        if elsewhere is None or key is None:
+            raise ConfigError("discovering tenants in other databases needs their connections")
+        for name in elsewhere(key):
+            if name in found:
+                raise ConfigError(
+                    f"schema {name} is in databases {databases.shown(found[name])} and {key}:"
+                    " a tenant schema name must be unique across the fleet"
+                )
+            found[name] = key
+    return sorted(Placed(name, database) for name, database in found.items())
 
 
 def discover(connection: Connection) -> list[str]:

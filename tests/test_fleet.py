@@ -64,7 +64,10 @@ def test_broken_tenants_fail_alone_are_recorded_and_show_in_flower(stack: Stack)
         "queued": 0,
         "running": 0,
         "retrying": 0,
+        "waiting": 0,
     }
+    per_run = {k: v for k, v in report["counts"].items() if k != "up_to_date"}
+    assert report["databases"] == {"default": per_run}
     by_schema = {t["schema"]: t for t in report["tenants"]}
     assert set(by_schema) == set(schemas)
     for schema in broken:

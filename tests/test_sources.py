@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tenantfleet import config, fleet_setup, scaffold, tenants
+from tenantfleet.databases import Placed
 from tenantfleet.errors import ConfigError, UnknownTenant
 from tests import helpers
 
@@ -27,8 +28,9 @@ def test_discover_lists_every_schema_with_a_version_table(engine: Engine) -> Non
         connection.execute(sa.text('CREATE TABLE "Odd".alembic_version (version_num text)'))
     with engine.connect() as connection:
         found = tenants.select(connection, settings(tenants="discover"))
-        assert found == ["d1", "d2"]  # "Odd" is not a name tenantfleet accepts
-        assert tenants.select(connection, settings(tenants="discover"), exclude=["d1"]) == ["d2"]
+        assert found == [Placed("d1"), Placed("d2")]  # "Odd" is not a name tenantfleet accepts
+        only = tenants.select(connection, settings(tenants="discover"), exclude=["d1"])
+        assert only == [Placed("d2")]
 
 
 def test_the_apps_query_is_read_only_and_its_rows_are_validated(engine: Engine) -> None:
@@ -40,8 +42,8 @@ def test_the_apps_query_is_read_only_and_its_rows_are_validated(engine: Engine) 
     query = "SELECT schema_name FROM public.accounts WHERE active"
     with engine.connect() as connection:
         assert tenants.select(connection, settings(tenants="query", tenants_query=query)) == [
-            "q1",
-            "q2",
+            Placed("q1"),
+            Placed("q2"),
         ]
         with pytest.raises(UnknownTenant, match="not listed by the tenant source"):
             tenants.select(

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from tenantfleet import alembic_runtime, config, db
+from tenantfleet import alembic_runtime, config, databases, db
 from tenantfleet import queues as fleet_queues
 from tenantfleet.errors import ConnectionFailed
 
@@ -29,25 +29,33 @@ def settings() -> config.Settings:
     return config.load_settings()
 
 
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, str | None], Engine] = {}
+APPLICATION_NAME = "tenantfleet-worker"
+"""How the workers' sessions show in ``pg_stat_activity``."""
 
 
 def engine() -> Engine:
-    """This process's engine for migrations and outcomes: one connection, kept open."""
-    return _engine("durable", {})
+    """This process's engine for outcomes in the control database: one connection, kept open."""
+    return _engine("durable", None, {})
 
 
-def attempt_engine() -> Engine:
-    """This process's engine for tenant attempts (``tenantfleet.attempt``): autocommit at the
-    driver level, so the attempt's own BEGIN and COMMIT ride along with its statements."""
-    return _engine("attempt", {"isolation_level": "AUTOCOMMIT"})
+def attempt_engine(database: str | None = None) -> Engine:
+    """This process's engine for tenant attempts (``tenantfleet.attempt``) in ``database`` (None:
+    the control database): autocommit at the driver level, so the attempt's own BEGIN and
+    COMMIT ride along with its statements."""
+    return _engine("attempt", database, {"isolation_level": "AUTOCOMMIT"})
 
 
-def _engine(kind: str, options: dict[str, Any]) -> Engine:
-    key = (os.getpid(), kind)
+def _engine(kind: str, database: str | None, options: dict[str, Any]) -> Engine:
+    key = (os.getpid(), kind, database)
     if key not in _engines:
-        _engines[key] = db.make_engine(
-            config.database_url(settings()), pool_size=1, max_overflow=1, **options
+        _engines[key] = databases.make_engine(
+            settings(),
+            database,
+            pool_size=1,
+            max_overflow=1,
+            connect_args={"application_name": APPLICATION_NAME},
+            **options,
         )
     return _engines[key]
 

@@ -1,0 +1,146 @@
+"""Where tenants live: the control database and the tenant databases named in the configuration.
+
+A tenant is a schema name (unique across the fleet) and a database key: None for the control
+database (``database_url``: the registry and the run tables live there), else a key of
+``[tool.tenantfleet.databases.KEY]``. People and Flower see a tenant as its *label*: the schema
+alone in the control database, ``KEY/schema`` elsewhere.
+
+While a tenant of another database migrates, its worker holds, on its control-database
+connection, a session lock named after the label (``lock_name``): the control database alone
+can then tell which tenants are being migrated right now, wherever they live.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from tenantfleet import alembic_runtime, config, db
+from tenantfleet.config import CONTROL_DATABASE, DATABASE_KEY, Settings
+from tenantfleet.errors import ConfigError
+from tenantfleet.names import validate_schema_name
+
+SEPARATOR = "/"
+
+
+@dataclass(frozen=True, order=True)
+class Placed:
+    """A tenant and the database that holds its schema."""
+
+    schema: str
+    database: str | None = None
+
+    @property
+    def label(self) -> str:
+        return label(self.database, self.schema)
+
+
+def label(database: str | None, schema: str) -> str:
+    """``KEY/schema``, or the schema alone in the control database."""
+    return schema if database is None else f"{database}{SEPARATOR}{schema}"
+
+
+def parse_label(text: str) -> Placed:
+    """The tenant a label names; schema and key validated."""
+    database, _, schema = text.rpartition(SEPARATOR)
+    validate_schema_name(schema)
+    return Placed(schema, validate_key(database) if database else None)
+
+
+lock_name = label
+"""The control-database lock a worker holds while it migrates a tenant of another database (a
+schema name alone is the control database's own schema lock: the same key either way)."""
+
+
+def validate_key(key: str) -> str:
+    if not isinstance(key, str) or not DATABASE_KEY.fullmatch(key):
+        raise ConfigError(
+            f"invalid database key {key!r}: 1-31 characters of a-z, 0-9 and _, starting with a"
+            " letter"
+        )
+    return key
+
+
+def normalize(key: str | None) -> str | None:
+    """A key as stored: None for the control database (``default`` or nothing)."""
+    if key is None or key == "" or key == CONTROL_DATABASE:
+        return None
+    return validate_key(key)
+
+
+def url(settings: Settings, database: str | None) -> str:
+    """The URL of ``database`` (None: the control database, started embedded if unset)."""
+    if database is None:
+        return config.database_url(settings)
+    found = settings.database(database)
+    assert found.url is not None
+    return found.url
+
+
+def make_engine(settings: Settings, database: str | None, **options: Any) -> Engine:
+    """An engine for ``database``; a bad URL is a ``ConfigError`` naming its setting."""
+    setting = "TENANTFLEET_DATABASE_URL" if database is None else f"databases.{database}.url"
+    return db.make_engine(url(settings, database), setting, **options)
+
+
+def keys(settings: Settings) -> list[str | None]:
+    """Every database tenants may live in: the control database first, then the configured."""
+    return [None, *sorted(k for k, d in settings.databases.items() if d.url is not None)]
+
+
+def shown(database: str | None) -> str:
+    """The key as people read it: ``default`` for the control database."""
+    return database or CONTROL_DATABASE
+
+
+def check_known(settings: Settings, databases: Iterable[str | None]) -> None:
+    """``ConfigError`` when a tenant names a database the configuration does not."""
+    for database in sorted({d for d in databases if d is not None}):
+        settings.database(database)
+
+
+EngineFor = Callable[[str | None], Engine]
+"""A database key (None: the control database) -> an engine for it."""
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Every placed tenant's revision, read in each database at once."""
+
+    found: dict[str, str | None]
+    """Schema -> revision (None: no version table); a schema that does not exist is left out."""
+    unreachable: dict[str | None, str]
+    """The databases that could not be reached, and why (one line): their tenants are unknown."""
+
+
+def read_versions(engine_for: EngineFor, placed: Sequence[Placed]) -> Versions:
+    """``alembic_runtime.read_versions`` in every database that holds some of ``placed``, all at
+    once (one catalog pass each). A database that cannot be reached is noted, not raised."""
+    by_database: dict[str | None, list[str]] = {}
+    for tenant in placed:
+        by_database.setdefault(tenant.database, []).append(tenant.schema)
+
+    def read(database: str | None) -> dict[str, str | None]:
+        with db.connect(engine_for(database)) as connection:
+            return alembic_runtime.read_versions(connection, by_database[database])
+
+    found: dict[str, str | None] = {}
+    unreachable: dict[str | None, str] = {}
+    if not by_database:
+        return Versions(found, unreachable)
+    with ThreadPoolExecutor(max_workers=min(PLAN_THREADS, len(by_database))) as pool:
+        futures = {database: pool.submit(read, database) for database in by_database}
+    for database, future in futures.items():
+        try:
+            found.update(future.result())
+        except Exception as exc:
+            if not db.is_unreachable(exc):
+                raise
+            unreachable[database] = db.first_line(exc)
+    return Versions(found, unreachable)
+
+
+PLAN_THREADS = 16
+"""Databases read at once while planning: each waits on its server, not on this process."""
