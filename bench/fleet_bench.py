@@ -3,6 +3,8 @@
     python bench/fleet_bench.py --tenants 1000 --workers 2 [--repeat 2] [--json]
     python bench/fleet_bench.py --tenants 10000 --workers 2 --contenders fleet
     python bench/fleet_bench.py --tenants 10000 --workers 2 --noop --enqueue
+    python bench/fleet_bench.py --tenants 10000 --contenders fleet,split --split 25,25,25,25
+    python bench/fleet_bench.py --tenants 10000 --contenders split --split 30,30,30,10 --cap s3=1
 
 Uses the PostgreSQL and Redis named by TENANTFLEET_DATABASE_URL / TENANTFLEET_BROKER_URL, else
 the embedded stack (state in .tenantfleet-bench/). W1 is built once in a template database,
@@ -83,26 +85,41 @@ def registered(url: str) -> int:
         engine.dispose()
 
 
-def _provision_slice(args: tuple[str, list[str]]) -> None:
-    url, schemas = args
+def _provision_slice(args: tuple[str, list[str], str | None, str | None]) -> None:
+    """Tenants at r1 in ``url``; registered in ``control`` under ``key`` if given."""
+    url, schemas, control_url, key = args
     engine = db.make_engine(url)
-    fleet_setup.provision(engine, schemas, R1)
+    control = db.make_engine(control_url) if control_url else None
+    fleet_setup.provision(engine, schemas, R1, control=control, database=key)
     engine.dispose()
+    if control is not None:
+        control.dispose()
 
 
 def _slices(items: Sequence[str], parts: int) -> list[list[str]]:
     return [list(items[i::parts]) for i in range(parts)]
 
 
-def build_fleet(url: str, tenants: int, parallel: int) -> list[str]:
+def build_fleet(
+    url: str, tenants: int, parallel: int, shards: Sequence[tuple[str, str, int]] = ()
+) -> list[str]:
+    """W1 in ``url``; with ``shards`` (key, url, how many), that many of the tenants live in
+    each shard database instead, registered in ``url`` under the key."""
     from tenantfleet.manager import MigrationManager
 
     engine = db.make_engine(url)
     MigrationManager(engine=engine).upgrade_public()
     engine.dispose()
     schemas = fleet_setup.fleet_names(tenants)
+    jobs: list[tuple[str, list[str], str | None, str | None]] = []
+    start = tenants - sum(count for _, _, count in shards)
+    jobs += [(url, part, None, None) for part in _slices(schemas[:start], parallel)]
+    for key, shard_url, count in shards:
+        mine = schemas[start : start + count]
+        start += count
+        jobs += [(shard_url, part, url, key) for part in _slices(mine, parallel)]
     with multiprocessing.get_context("fork").Pool(parallel) as pool:
-        pool.map(_provision_slice, [(url, part) for part in _slices(schemas, parallel)])
+        pool.map(_provision_slice, jobs)
     return schemas
 
 
@@ -136,6 +153,7 @@ def per_schema_sql(url: str, schemas: Sequence[str], sql: str, workers: int) -> 
 
 
 def versions(url: str, schemas: Sequence[str]) -> set[str | None]:
+    """The revisions ``schemas`` are at, in ``url`` (those it does not hold left out)."""
     from tenantfleet import alembic_runtime
 
     engine = db.make_engine(url)
@@ -196,6 +214,42 @@ def floor(url: str, schemas: Sequence[str], workers: int) -> float:
     return per_schema_sql(url, schemas, R2_SQL, workers)
 
 
+def _bookkeep_slice(args: tuple[str, int, str, list[str]]) -> None:
+    """The control database's share of a tenant of another database, for each of ``schemas``:
+    slot + label lock + running mark + row read; succeeded mark; COMMIT; give back."""
+    from tenantfleet import attempt
+    from tenantfleet import config as tf_config
+
+    url, run_id, uid, schemas = args
+    settings = tf_config.load_settings()
+    engine = db.make_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as control:
+        for schema in schemas:
+            task = runs.TenantTask(run_id, uid, schema, R2, "elsewhere")
+            params = {**task.binds(), **task.slot_binds(settings), "worker": "bench"}
+            control.execute(attempt._REMOTE_START, {**params, "label": task.label}).first()
+            control.exec_driver_sql(
+                attempt._REMOTE_MARK, {**task.binds(), "from_revision": R1, "elapsed_ms": 1}
+            )
+            control.exec_driver_sql("COMMIT")
+            control.execute(attempt._REMOTE_RELEASE, {"label": task.label})
+    engine.dispose()
+
+
+def control_ceiling(url: str, schemas: Sequence[str], workers: int) -> float:
+    """How fast the control database records tenants that live elsewhere (no DDL at all): the
+    ceiling the run tables put on a fleet of many databases, with ``workers`` processes."""
+    engine = db.make_engine(url)
+    with engine.begin() as connection:
+        run_id = runs.create_run(connection, R2, [(s, R1) for s in schemas])
+        uid = str(runs.get_run(connection, run_id).uid)
+    engine.dispose()
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pool.map(_bookkeep_slice, [(url, run_id, uid, p) for p in _slices(schemas, workers)])
+    return time.perf_counter() - started
+
+
 # -- measuring ---------------------------------------------------------------------------
 
 
@@ -210,11 +264,80 @@ def summary(samples: list[float], tenants: int) -> dict[str, Any]:
     }
 
 
+SPAN_SQL = sa.text(
+    "SELECT coalesce(database, 'default'), count(*),"
+    " extract(epoch FROM max(finished_at) - min(started_at))"
+    " FROM public.migration_run_tenants WHERE run_id = (SELECT max(id) FROM"
+    " public.migration_runs) GROUP BY 1 ORDER BY 1"
+)
+
+
+def spans(url: str) -> dict[str, dict[str, float]]:
+    """Per database of the latest run: its tenants, and first start to last finish (s)."""
+    engine = db.make_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(SPAN_SQL).all()
+    engine.dispose()
+    return {key: {"tenants": int(n), "span_s": round(float(span), 3)} for key, n, span in rows}
+
+
+def redis_client(url: str) -> Any:
+    import redis
+
+    if url.startswith("redis+socket://"):
+        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
+    return redis.Redis.from_url(url)
+
+
+def command_counts(client: Any) -> dict[str, int]:
+    """Redis's own count of each command served so far (``INFO commandstats``)."""
+    return {
+        name.removeprefix("cmdstat_"): int(stats["calls"])
+        for name, stats in client.info("commandstats").items()
+    }
+
+
+ROW_BYTES_SQL = sa.text(
+    "SELECT pg_total_relation_size('public.migration_run_tenants')::float / count(*),"
+    " count(*) FROM public.migration_run_tenants"
+)
+
+
+def footprint(url: str, client: Any, before: dict[str, int], tenants: int) -> dict[str, Any]:
+    """What one run cost the broker (commands per tenant) and the run table (bytes per row)."""
+    after = command_counts(client)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    delta = {k: v for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v > 0}
+    engine = db.make_engine(url)
+    with engine.connect() as connection:
+        per_row, rows = connection.execute(ROW_BYTES_SQL).one()
+    engine.dispose()
+    return {
+        "redis_commands_per_tenant": round(sum(delta.values()) / tenants, 1),
+        "redis_top_commands_per_tenant": {
+            k: round(v / tenants, 2) for k, v in list(delta.items())[:8]
+        },
+        "run_table_bytes_per_row": round(per_row),
+        "run_table_rows": int(rows),
+    }
+
+
 class Bench:
-    """The fleet's template, the fresh copy each contender runs on, and the workers."""
+    """The fleet's template, the fresh copy each contender runs on, and the workers.
+
+    With ``split`` (percentages, the control database's first), the ``split`` contender runs
+    the same W1 spread over that many databases on the same server: the control database
+    ``NAME_split`` and the shards ``NAME_split_s1``..., each a fresh copy of its template.
+    """
 
     def __init__(
-        self, settings: config.Settings, database: str, workers: int, say: Callable[[str], None]
+        self,
+        settings: config.Settings,
+        database: str,
+        workers: int,
+        say: Callable[[str], None],
+        split: Sequence[int] = (),
+        caps: dict[str, int] | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -227,26 +350,69 @@ class Bench:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.write_text("")
         self._worker: subprocess.Popen[bytes] | None = None
+        self.split = list(split)
+        self.split_names = [f"{database}_split"] + [
+            f"{database}_split_s{i}" for i in range(1, len(self.split))
+        ]
+        self.split_url = bench_url(settings, self.split_names[0])
+        toml = settings.state_dir / "bench-split.toml"
+        caps = caps or {}
+        lines = []
+        for index, name in enumerate(self.split_names[1:], start=1):
+            lines.append(f'[databases.s{index}]\nurl = "{bench_url(settings, name)}"')
+            if f"s{index}" in caps:
+                lines.append(f"max_concurrent = {caps[f's{index}']}")
+        if "default" in caps:
+            lines.append(f"[databases.default]\nmax_concurrent = {caps['default']}")
+        toml.write_text("\n".join(lines) + "\n")
+        self.split_env = processes.child_env(
+            settings, TENANTFLEET_DATABASE_URL=self.split_url, TENANTFLEET_CONFIG=str(toml)
+        )
 
-    def build(self, tenants: int, reuse: bool) -> list[str]:
-        template_url = bench_url(self.settings, self.template)
+    def shard_counts(self, tenants: int) -> list[tuple[str, str, int]]:
+        """(key, template URL, tenants) of each shard of the split layout."""
+        counts = [tenants * share // sum(self.split) for share in self.split]
+        return [
+            (f"s{i}", bench_url(self.settings, f"{self.split_names[i]}_w1"), counts[i])
+            for i in range(1, len(self.split))
+        ]
+
+    def build(self, tenants: int, reuse: bool, contenders: Sequence[str]) -> list[str]:
+        if any(c != "split" for c in contenders):
+            self._build(self.template, tenants, reuse, ())
+        if "split" in contenders:
+            control = f"{self.split_names[0]}_w1"
+            if not (reuse and registered(bench_url(self.settings, control)) == tenants):
+                for name in self.split_names[1:]:
+                    recreate_database(self.settings, f"{name}_w1")
+            self._build(control, tenants, reuse, self.shard_counts(tenants))
+        return fleet_setup.fleet_names(tenants)
+
+    def _build(
+        self, template: str, tenants: int, reuse: bool, shards: Sequence[tuple[str, str, int]]
+    ) -> None:
+        template_url = bench_url(self.settings, template)
         if reuse and registered(template_url) == tenants:
-            self.say(f"reusing W1: {tenants} tenants in {self.template}")
-            return fleet_setup.fleet_names(tenants)
-        self.say(f"building W1: {tenants} tenants at {R1} in {self.template}")
-        recreate_database(self.settings, self.template)
-        return build_fleet(template_url, tenants, max(2, self.workers))
+            self.say(f"reusing W1: {tenants} tenants in {template}")
+            return
+        where = f" ({len(shards) + 1} databases)" if shards else ""
+        self.say(f"building W1: {tenants} tenants at {R1} in {template}{where}")
+        recreate_database(self.settings, template)
+        build_fleet(template_url, tenants, max(2, self.workers), shards)
 
-    def fresh_copy(self) -> None:
-        """A new copy of the template (the workers stopped: the copy drops their database)."""
+    def fresh_copy(self, split: bool = False) -> None:
+        """A new copy of the template(s) (the workers stopped: the copy drops their database)."""
         self.stop_workers()
-        recreate_database(self.settings, self.database, template=self.template)
+        for name in self.split_names if split else [self.database]:
+            recreate_database(self.settings, name, template=f"{name}_w1")
 
-    def start_workers(self) -> None:
+    def start_workers(self, env: dict[str, str] | None = None) -> None:
         """Wait for the worker's "ready." line: importing Celery here would make the fork
         pools of the floor hang in Kombu's after-fork hook."""
         ready = self.log.read_text().count(" ready.")
-        self._worker = processes.spawn(processes.worker_argv(self.workers), self.env, self.log)
+        self._worker = processes.spawn(
+            processes.worker_argv(self.workers), env or self.env, self.log
+        )
         deadline = time.monotonic() + 60
         while self.log.read_text().count(" ready.") <= ready:
             if time.monotonic() > deadline:
@@ -259,10 +425,24 @@ class Bench:
             self._worker = None
 
     def run_contender(self, name: str, schemas: list[str]) -> float:
-        self.fresh_copy()
+        self.fresh_copy(split=name == "split")
+        if name == "split":
+            self.start_workers(self.split_env)
+            seconds = fleet(self.split_url, self.split_env, ["--wait"])[0]
+            found: set[str | None] = set()
+            for database in self.split_names:
+                found |= versions(bench_url(self.settings, database), schemas)
+            assert found == {R2}, f"split left tenants behind: {found}"
+            self.last_spans = spans(self.split_url)
+            return seconds
+        if name == "control":
+            return control_ceiling(self.url, schemas, self.workers)
         if name == "fleet":
             self.start_workers()
+            client = redis_client(config.broker_url(self.settings))
+            before = command_counts(client)
             seconds = fleet(self.url, self.env, ["--wait"])[0]
+            self.last_footprint = footprint(self.url, client, before, len(schemas))
         elif name == "sequential":
             seconds = sequential(self.url, schemas)
         else:
@@ -274,12 +454,24 @@ class Bench:
         self, schemas: list[str], repeat: int, contenders: Sequence[str]
     ) -> dict[str, Any]:
         samples: dict[str, list[float]] = {name: [] for name in contenders}
+        split_spans: list[dict[str, dict[str, float]]] = []
         for attempt in range(repeat):
             for name in contenders:
                 seconds = self.run_contender(name, schemas)
                 samples[name].append(seconds)
                 self.say(f"  run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s")
+                if name == "split":
+                    split_spans.append(self.last_spans)
+                    self.say(f"    per database: {self.last_spans}")
         result: dict[str, Any] = {name: summary(s, len(schemas)) for name, s in samples.items()}
+        if split_spans:
+            result["split"]["databases"] = split_spans
+        if "fleet" in result:
+            result["fleet"]["footprint"] = self.last_footprint
+        if "fleet" in result and "split" in result:
+            result.setdefault("ratios", {})["split_over_fleet"] = round(
+                result["split"]["seconds"] / result["fleet"]["seconds"], 2
+            )
         if "fleet" in result and "floor" in result:
             result.setdefault("ratios", {})["fleet_over_floor"] = round(
                 result["fleet"]["seconds"] / result["floor"]["seconds"], 2
@@ -340,14 +532,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--database", default=BENCH_DB, help="the bench's own database (and NAME_w1), dropped"
     )
     parser.add_argument("--reuse", action="store_true", help="keep a W1 template of this size")
+    parser.add_argument(
+        "--split",
+        default="25,25,25,25",
+        help="the split contender's share of tenants per database, the control one's first",
+    )
+    parser.add_argument(
+        "--cap", action="append", default=[], metavar="KEY=N", help="max_concurrent (split)"
+    )
     args = parser.parse_args(argv)
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.json else print
 
     os.environ.setdefault("TENANTFLEET_STATE_DIR", str(Path(".tenantfleet-bench").absolute()))
-    bench = Bench(config.load_settings(), args.database, args.workers, say)
-    schemas = bench.build(args.tenants, args.reuse)
     contenders = [c for c in args.contenders.split(",") if c]
+    caps = {key: int(n) for key, _, n in (c.partition("=") for c in args.cap)}
+    split = [int(share) for share in args.split.split(",")]
+    bench = Bench(config.load_settings(), args.database, args.workers, say, split, caps)
+    schemas = bench.build(args.tenants, args.reuse, contenders)
     result: dict[str, Any] = {"tenants": args.tenants, "workers": args.workers}
+    if "split" in contenders:
+        result["split_layout"] = {"shares": split, "caps": caps}
     try:
         result.update(bench.measure_upgrade(schemas, args.repeat, contenders))
         if args.noop:
@@ -366,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def render(result: dict[str, Any]) -> str:
     lines = [f"W1, N = {result['tenants']}, W = {result['workers']} (median, min-max)"]
-    for name in ("sequential", "fleet", "floor"):
+    for name in ("sequential", "fleet", "split", "floor", "control"):
         if name in result:
             r = result[name]
             lines.append(

@@ -94,3 +94,49 @@ def test_init_writes_the_section_and_an_environment_once(
     assert "run_tenant_migrations" in (tmp_path / "tenant_env" / "env.py").read_text()
     with pytest.raises(ConfigError, match="already has a \\[tool.tenantfleet\\] table"):
         scaffold.init(tmp_path)
+
+
+def test_tenant_databases_are_keys_with_urls_from_the_environment_and_caps(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path / "tenantfleet.toml",
+        """
+        max_concurrent = 4
+        [databases.shard1]
+        url = "env:SHARD1_URL"
+        max_concurrent = 1
+        [databases.shard2]
+        url = "postgresql://app:s3cret@db2/app"
+        [databases.default]
+        max_concurrent = 6
+        """,
+    )
+    env = {"SHARD1_URL": "postgresql://app:hidden@db1/app"}
+    settings = config.load_settings(env, config=path)
+    assert settings.database("shard1").url == env["SHARD1_URL"]
+    assert (settings.cap("shard1"), settings.cap("shard2"), settings.cap(None)) == (1, 4, 6)
+    shown = {key: value for key, value, _ in config.describe(settings)}
+    assert shown["databases.shard2.url"] == "postgresql://app:***@db2/app"
+    assert shown["databases.shard1.max_concurrent"] == "1"
+    assert "hidden" not in str(config.describe(settings))
+    with pytest.raises(ConfigError, match="no database 'shard9'.*configured: shard1, shard2"):
+        settings.database("shard9")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[databases."Bad-Key"]\nurl = "postgresql://x/y"', "a database key is 1-31 characters"),
+        ("[databases.s1]\nmax_concurrent = 2", "needs a url"),
+        ('[databases.s1]\nurl = "postgresql://x/y"\nmax_concurrent = 0', "at least 1"),
+        ('[databases.s1]\nurl = "postgresql://x/y"\nweight = 2', "unknown key 'weight'"),
+        ('[databases.default]\nurl = "postgresql://x/y"', "may only set max_concurrent"),
+        ('[databases.s1]\nurl = "env:NOT_SET_ANYWHERE"', "NOT_SET_ANYWHERE, which is not set"),
+        ("databases = 3", "must be a table of tables"),
+    ],
+)
+def test_a_bad_database_table_is_one_clear_error(tmp_path: Path, table: str, message: str) -> None:
+    path = write(tmp_path / "tenantfleet.toml", table + "\n")
+    with pytest.raises(ConfigError, match=message):
+        config.load_settings({}, config=path)

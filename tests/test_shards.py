@@ -23,7 +23,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, db, embedded, fleet_setup, processes, runs
+from tenantfleet import alembic_runtime, databases, db, embedded, fleet_setup, processes, runs
+from tenantfleet.errors import InvalidSchemaName
 from tests import helpers
 
 R1, R2 = fleet_setup.R1, fleet_setup.R2
@@ -378,3 +379,31 @@ def _most_at_once(rows: list[runs.RunTenant], database: str | None) -> int:
         now += step
         most = max(most, now)
     return most
+
+
+def test_one_tenant_is_created_upgraded_and_read_in_its_own_database(shards: Shards) -> None:
+    created = shards.cli("tenant", "create", "solo", "--database", "shard2", "--revision", R1)
+    assert created.code == 0, created.err
+    assert helpers.schema_names(shards.engine("shard2")) >= {"solo"}
+    assert "solo" not in helpers.schema_names(shards.engine(None))
+    upgraded = shards.cli("tenant", "upgrade", "solo", "--revision", R2)
+    assert upgraded.code == 0 and f"{R1} -> {R2}" in upgraded.out, upgraded.err
+    status = json.loads(shards.cli("tenant", "status", "solo", "--json").out)
+    assert status["current"] == R2
+    listed = shards.cli("tenants", "list", "--json")
+    assert {"schema": "solo", "database": "shard2"}.items() <= next(
+        t for t in json.loads(listed.out) if t["schema"] == "solo"
+    ).items()
+    unknown = shards.cli("tenant", "create", "solo2", "--database", "nowhere")
+    assert unknown.code == 2 and unknown.err.count("\n") == 1, unknown.err
+    assert "no database 'nowhere'" in unknown.err and "Traceback" not in unknown.err
+    assert "solo2" not in helpers.schema_names(shards.engine(None))
+
+
+def test_labels_name_the_database_with_the_schema() -> None:
+    assert databases.label(None, "acme") == "acme"
+    assert databases.label("shard2", "acme") == "shard2/acme"
+    assert databases.parse_label("shard2/acme") == databases.Placed("acme", "shard2")
+    assert databases.parse_label("acme") == databases.Placed("acme")
+    with pytest.raises(InvalidSchemaName):
+        databases.parse_label("shard2/Robert'); DROP")
