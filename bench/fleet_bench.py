@@ -215,8 +215,9 @@ def floor(url: str, schemas: Sequence[str], workers: int) -> float:
 
 
 def _bookkeep_slice(args: tuple[str, int, str, list[str]]) -> None:
-    """The control database's share of a tenant of another database, for each of ``schemas``:
-    slot + label lock + running mark + row read; succeeded mark; COMMIT; give back."""
+    """The control database's share of a tenant of another database, for each of ``schemas``,
+    as the common case sends it (``attempt.remote_at_once``): slot, mark lock, running mark,
+    succeeded mark; then duration, COMMIT, slot and lock given back."""
     from tenantfleet import attempt
     from tenantfleet import config as tf_config
 
@@ -226,13 +227,20 @@ def _bookkeep_slice(args: tuple[str, int, str, list[str]]) -> None:
     with engine.connect() as control:
         for schema in schemas:
             task = runs.TenantTask(run_id, uid, schema, R2, "elsewhere")
-            params = {**task.binds(), **task.slot_binds(settings), "worker": "bench"}
-            control.execute(attempt._REMOTE_START, {**params, "label": task.label}).first()
+            params = {**task.binds(), **task.slot_binds(settings)}
+            control.execute(
+                attempt._REMOTE_AT_ONCE,
+                {
+                    **params,
+                    "worker": "bench",
+                    "label": task.label,
+                    "from_revision": R1,
+                    "elapsed_ms": 0,
+                },
+            ).first()
             control.exec_driver_sql(
-                attempt._REMOTE_MARK, {**task.binds(), "from_revision": R1, "elapsed_ms": 1}
+                attempt._REMOTE_DONE, {**task.binds(), "elapsed_ms": 1, "label": task.label}
             )
-            control.exec_driver_sql("COMMIT")
-            control.execute(attempt._REMOTE_RELEASE, {"label": task.label})
     engine.dispose()
 
 
@@ -295,6 +303,33 @@ def command_counts(client: Any) -> dict[str, int]:
         name.removeprefix("cmdstat_"): int(stats["calls"])
         for name, stats in client.info("commandstats").items()
     }
+
+
+def busy_cpu_seconds() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU-seconds of a process and its live children (the worker and its pool)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 ROW_BYTES_SQL = sa.text(
@@ -441,8 +476,18 @@ class Bench:
             self.start_workers()
             client = redis_client(config.broker_url(self.settings))
             before = command_counts(client)
+            busy, producer = busy_cpu_seconds(), children_cpu_seconds()
+            assert self._worker is not None
+            workers = tree_cpu_seconds(self._worker.pid)
             seconds = fleet(self.url, self.env, ["--wait"])[0]
             self.last_footprint = footprint(self.url, client, before, len(schemas))
+            cpu = {
+                "machine": busy_cpu_seconds() - busy,
+                "producer": children_cpu_seconds() - producer,
+                "workers": tree_cpu_seconds(self._worker.pid) - workers,
+            }
+            cpu["postgres_redis_rest"] = cpu["machine"] - cpu["producer"] - cpu["workers"]
+            self.last_footprint["cpu_seconds"] = {k: round(v, 2) for k, v in cpu.items()}
         elif name == "sequential":
             seconds = sequential(self.url, schemas)
         else:

@@ -85,16 +85,18 @@ def migrate_tenant(
     if task.database is not None and task.database not in resources.settings().databases:
         _hand_back(task, worker, f"has database {task.database} in its configuration")
     started = time.monotonic()
+    outcome = "raised"
     try:
         outcome = _with_a_slot(task, worker, max_failures)
+        logger.info("%s: %s (run %s)", tenant, outcome, run_id)
+        return outcome
     except (Retry, UnknownRunTenant):
         raise
     except Exception as exc:
         raise _fail_or_retry(self, task, exc, started) from None
-    logger.info("%s: %s (run %s)", tenant, outcome, run_id)
-    if outcome != "waiting":
-        _take_waiting(task, worker, max_failures)
-    return outcome
+    finally:
+        if outcome != "waiting":  # whatever became of this tenant, its slot is free again
+            _take_waiting(task, worker, max_failures)
 
 
 def _with_a_slot(task: runs.TenantTask, worker: str, max_failures: int | None) -> str:
@@ -241,12 +243,26 @@ def _migrate_elsewhere(
     ):
         pair = attempt.Pair(control, tenant)
         with attempt.open_pair(pair, task):
-            found = attempt.remote_begin(pair, task, worker, settings)
+            quick = (
+                attempt.remote_at_once(pair, task, worker, settings, max_attempts, started)
+                if not max_failures
+                else attempt.Quick.NOT_TRIED
+            )
+            if quick is attempt.Quick.DONE:
+                return "succeeded"
+            found = (
+                quick
+                if isinstance(quick, attempt.Started)
+                else attempt.remote_begin(
+                    pair, task, worker, settings, marked=quick is attempt.Quick.MISSED
+                )
+            )
             verdict = _check(found, task, max_attempts)
             if verdict is not None:
+                attempt.remote_end(pair, task, commit=False)
                 return verdict
             if max_failures and runs.mark_skipped_if_budget_spent(control, task, max_failures):
-                attempt.remote_end(pair, commit=True)
+                attempt.remote_end(pair, task, commit=True)
                 return "skipped"
             elapsed_ms = int((time.monotonic() - started) * 1000)
             if not attempt.remote_apply(pair, found, task, elapsed_ms):

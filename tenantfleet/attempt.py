@@ -22,6 +22,7 @@ before the upgrade, and the attempt goes the long way, with its running mark alr
 ``open_transaction`` rolls back whatever is open when the block raises.
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -215,28 +216,46 @@ def end(connection: Connection, *, commit: bool) -> None:
 # inside the control one that marks it succeeded: if the control commit is lost after the
 # tenant's, the row stays pending with the schema at the target, and the next attempt finds it
 # there under the lock and only marks it (no two-phase commit needed, nothing migrated twice).
+#
+# ``remote_at_once``, the common case, in three round trips: (1) control: slot, mark lock,
+# running mark (committed), then BEGIN and the succeeded mark, left open; (2) the tenant's
+# database: BEGIN, confine and lock, a check that the schema is at the guessed revision (a
+# division by zero otherwise: the shard databases need no function of ours), the upgrade,
+# COMMIT; (3) control: the attempt's duration, COMMIT, slot and mark lock given back. When the
+# guess does not hold, both sides roll back and the attempt goes the long way
+# (``remote_begin``, ``remote_apply``) with its running mark, slot and lock kept.
 
-_REMOTE_START = sa.text(
+DIVISION_BY_ZERO = "22012"
+_MARK_LOCK = f"pg_try_advisory_lock({locks.key_sql(':label')})"
+_REMOTE_START_SQL = (
     f"{locks.TAKE_SLOT_SQL}; COMMIT;"
-    f" SELECT public.tenantfleet_expect(pg_try_advisory_lock({locks.key_sql(':label')}),"
+    f" SELECT public.tenantfleet_expect({_MARK_LOCK},"
     " 'another worker is migrating this tenant right now');"
-    f" SELECT set_config('synchronous_commit', 'off', true); {runs.MARK_RUNNING_SQL}; COMMIT;"
-    f" {runs.TENANT_ROW_SQL}"
+    f" SELECT set_config('synchronous_commit', 'off', true); {runs.MARK_RUNNING_SQL}; COMMIT"
 )
 """Control: a slot, the tenant's mark lock (``runs.NOT_PENDING`` when another worker holds it),
-the running mark, the row."""
+the running mark."""
+_REMOTE_START = sa.text(f"{_REMOTE_START_SQL}; {runs.TENANT_ROW_SQL}")
+_REMOTE_ROW = sa.text(runs.TENANT_ROW_SQL)
+_REMOTE_MARK_SQL = "BEGIN; SET LOCAL synchronous_commit = off; " + runs.MARK_SUCCEEDED_SQL
+"""Control, inside a transaction left open until the tenant's COMMIT is through. Not durable at
+once: a mark lost in a crash is made again by the next attempt, from the schema itself."""
+_REMOTE_MARK = _driver(_REMOTE_MARK_SQL)
+_REMOTE_AT_ONCE = sa.text(f"{_REMOTE_START_SQL}; {_REMOTE_MARK_SQL}; {runs.TENANT_ROW_SQL}")
+_REMOTE_GUESS = _driver(f"{_LOCK}; SELECT 1 / ({alembic_runtime.AT_REVISION_SQL})::integer")
 _REMOTE_LOCK = sa.text(
     f"{_LOCK}; SELECT v.version_num FROM (SELECT 1) AS one"
     f" LEFT JOIN {alembic_runtime.VERSION_TABLE} AS v ON true"
 )
 _REMOTE_LOCK_WITHOUT_VERSION_TABLE = sa.text(f"ROLLBACK; {_LOCK}")
-_REMOTE_MARK = "BEGIN; SET LOCAL synchronous_commit = off; " + _driver(runs.MARK_SUCCEEDED_SQL)
-"""Control, inside a transaction left open until the tenant's COMMIT is through. Not durable at
-once: a mark lost in a crash is made again by the next attempt, from the schema itself."""
-_REMOTE_RELEASE = sa.text(
-    f"{locks.FREE_SLOT_SQL}; SELECT pg_advisory_unlock({locks.key_sql(':label')})"
+_REMOTE_RELEASE_SQL = f"{locks.FREE_SLOT_SQL}; SELECT pg_advisory_unlock({locks.key_sql(':label')})"
+_REMOTE_RELEASE = sa.text(_REMOTE_RELEASE_SQL)
+_REMOTE_DONE = _driver(
+    "UPDATE public.migration_run_tenants SET duration_ms = :elapsed_ms"
+    f" WHERE {runs.THIS_RUN_SQL}; COMMIT; {_REMOTE_RELEASE_SQL}"
 )
-
+"""Control, once the tenant's COMMIT is through: the whole attempt's duration, COMMIT, and the
+slot and the mark lock given back."""
 
 BUSY = "busy elsewhere"
 """``Started.status`` of a tenant another worker holds the mark lock of: not pending here."""
@@ -252,25 +271,84 @@ class Pair:
 
 @contextmanager
 def open_pair(pair: Pair, task: runs.TenantTask) -> Iterator[None]:
-    """Whatever happens, roll back what is open on both and give back the slot and the mark
+    """If the block raises, roll back what is open on both and give back the slot and the mark
     lock (a broken connection loses them with its session anyway)."""
     try:
         yield
-    finally:
+    except BaseException:
         with suppress(Exception):
             pair.tenant.exec_driver_sql("ROLLBACK")
         with suppress(Exception):
             pair.control.exec_driver_sql("ROLLBACK")
             pair.control.execute(_REMOTE_RELEASE, {"label": task.label})
+        raise
 
 
-def remote_begin(pair: Pair, task: runs.TenantTask, worker: str, settings: Settings) -> Started:
-    """Control: slot, mark lock, running mark and the row; tenant database: BEGIN, confine,
-    lock, and the version rows read under the lock. A tenant another worker is migrating right
-    now reads as not pending."""
-    params = {**task.binds(), **task.slot_binds(settings), "worker": worker, "label": task.label}
+def _remote_params(task: runs.TenantTask, worker: str, settings: Settings) -> dict[str, Any]:
+    return {**task.binds(), **task.slot_binds(settings), "worker": worker, "label": task.label}
+
+
+def remote_at_once(
+    pair: Pair,
+    task: runs.TenantTask,
+    worker: str,
+    settings: Settings,
+    max_attempts: int,
+    started: float,
+) -> Quick | Started:
+    """The whole attempt in three round trips if the schema is at the guessed revision. When
+    the row is not pending (or not this run's, or past the poison cap) the ``Started`` that
+    says so, with both sides rolled back."""
+    guess = _last_from_revision.get(task.target)
+    sql = alembic_runtime.replayable_sql(guess, task.target) if guess else None
+    if not sql:
+        return Quick.NOT_TRIED
+    params = {
+        **_remote_params(task, worker, settings),
+        "from_revision": guess,
+        "elapsed_ms": 0,
+    }
     try:
-        row = pair.control.execute(_REMOTE_START, params).first()
+        row = pair.control.execute(_REMOTE_AT_ONCE, params).first()
+    except DBAPIError as exc:
+        if db.sqlstate(exc) != runs.NOT_PENDING:
+            raise
+        pair.control.exec_driver_sql("ROLLBACK")
+        found = pair.control.execute(_REMOTE_ROW, task.binds()).first()
+        return Started(None, None, None) if found is None else Started(0, BUSY, None)
+    assert row is not None  # the mark matched the row: it exists
+    if row.attempts > max_attempts:  # the poison cap: pending, but given up
+        pair.control.exec_driver_sql("ROLLBACK")
+        return Started(row.attempts, "running", None)
+    confine = {**alembic_runtime.confine_params(task.schema, settings), "revision": guess}
+    try:
+        pair.tenant.exec_driver_sql(f"{_REMOTE_GUESS};\n{replay.driver_sql(sql)};\nCOMMIT", confine)
+    except DBAPIError as exc:
+        if db.sqlstate(exc) not in (DIVISION_BY_ZERO, UNDEFINED_TABLE):
+            raise
+        pair.tenant.exec_driver_sql("ROLLBACK")
+        pair.control.exec_driver_sql("ROLLBACK")
+        return Quick.MISSED
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+    pair.control.exec_driver_sql(
+        _REMOTE_DONE, {**task.binds(), "elapsed_ms": elapsed_ms, "label": task.label}
+    )
+    return Quick.DONE
+
+
+def remote_begin(
+    pair: Pair, task: runs.TenantTask, worker: str, settings: Settings, *, marked: bool = False
+) -> Started:
+    """Control: slot, mark lock, running mark and the row (unless ``marked``: only the row);
+    tenant database: BEGIN, confine, lock, and the version rows read under the lock. A tenant
+    another worker is migrating right now reads as not pending."""
+    try:
+        if marked:
+            row = pair.control.execute(_REMOTE_ROW, task.binds()).first()
+        else:
+            row = pair.control.execute(
+                _REMOTE_START, _remote_params(task, worker, settings)
+            ).first()
     except DBAPIError as exc:
         if db.sqlstate(exc) != runs.NOT_PENDING:
             raise
@@ -292,8 +370,8 @@ def remote_begin(pair: Pair, task: runs.TenantTask, worker: str, settings: Setti
 
 def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms: int) -> bool:
     """Upgrade in the tenant database; mark succeeded in the control database (its transaction
-    open); COMMIT the tenant's, then the control's. False (both rolled back) when the row was no
-    longer pending."""
+    open); COMMIT the tenant's, then the control's, and give back slot and mark lock. False
+    (both rolled back) when the row was no longer pending."""
     sql = alembic_runtime.upgrade_sql(started.versions, task.target)
     if sql is None:
         alembic_runtime.migrate_online(pair.tenant, task.schema, task.target)
@@ -305,14 +383,21 @@ def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms
     except DBAPIError as exc:
         if db.sqlstate(exc) != runs.NOT_PENDING:
             raise
+        remote_end(pair, task, commit=False)
         return False
     pair.tenant.exec_driver_sql("COMMIT")
-    pair.control.exec_driver_sql("COMMIT")
+    pair.control.exec_driver_sql(
+        _REMOTE_DONE, {**task.binds(), "elapsed_ms": elapsed_ms, "label": task.label}
+    )
+    if started.versions is not None and len(started.versions) == 1:
+        _last_from_revision[task.target] = started.versions[0]
     return True
 
 
-def remote_end(pair: Pair, *, commit: bool) -> None:
+def remote_end(pair: Pair, task: runs.TenantTask, *, commit: bool) -> None:
     """COMMIT or ROLLBACK what ``remote_begin`` opened in both databases (the budget skip
-    commits the control side's mark; the tenant's side has changed nothing)."""
+    commits the control side's mark; the tenant's side has changed nothing); give back the slot
+    and the mark lock."""
     pair.tenant.exec_driver_sql("ROLLBACK")
     pair.control.exec_driver_sql("COMMIT" if commit else "ROLLBACK")
+    pair.control.execute(_REMOTE_RELEASE, {"label": task.label})

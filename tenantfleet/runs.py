@@ -209,14 +209,14 @@ def mark_dispatched(connection: Connection, run_id: int) -> None:
 # The tenant task's statements, as SQL text with :run_id and :schema, because the task sends
 # them together with other statements in one round trip (``tenantfleet.attempt``). A row that
 # is final is never changed again.
-_THIS_RUN = (
+THIS_RUN_SQL = (
     "run_id = :run_id AND schema_name = :schema AND to_revision = :target"
     " AND run_id IN (SELECT id FROM public.migration_runs WHERE uid = CAST(:run_uid AS uuid))"
 )
 """The task's own row: its run id *and* uid (ids repeat across databases that share a broker)
 and its target (a message for another target never marks this row)."""
 _THIS_PENDING_ROW = (
-    f"WHERE {_THIS_RUN} AND status IN ({', '.join(repr(status) for status in PENDING)})"
+    f"WHERE {THIS_RUN_SQL} AND status IN ({', '.join(repr(status) for status in PENDING)})"
 )
 MARK_RUNNING_SQL = (
     "UPDATE public.migration_run_tenants SET status = 'running', attempts = attempts + 1,"
@@ -230,7 +230,7 @@ STILL_PENDING_SQL = (
     + " AND attempts <= :max_attempts)"
 )
 """True while the tenant is pending in its run and has begun at most ``:max_attempts`` attempts."""
-TENANT_ROW_SQL = f"SELECT attempts, status FROM public.migration_run_tenants WHERE {_THIS_RUN}"
+TENANT_ROW_SQL = f"SELECT attempts, status FROM public.migration_run_tenants WHERE {THIS_RUN_SQL}"
 """The row as the attempt sees it, read under the schema's lock."""
 NOT_PENDING = "TF409"
 """SQLSTATE of ``MARK_SUCCEEDED_SQL`` when the row is no longer pending (public migration

@@ -323,6 +323,11 @@ def test_no_database_ever_runs_more_tenants_at_once_than_its_cap(shards: Shards)
     ini = helpers.tenant_env(shards.root / "slow", [("slow_0001", SLOW)])
     shards.extra_env["TENANTFLEET_TENANT_ALEMBIC"] = str(ini)
     placed = provision(shards, "c", 30, None)
+    broken = placed["shard1"][3]  # fails: its slot must still pass on to the waiting tenants
+    shard1 = shards.engine("shard1")
+    with shard1.begin() as connection:
+        connection.execute(sa.text(f"CREATE TABLE {broken}.slow_marker (id integer)"))
+    shard1.dispose()
     shards.write_config({"shard1": 1, "shard2": 2})
     samples: dict[str, int] = {"shard1": 0, "shard2": 0}
     stop = threading.Event()
@@ -354,10 +359,14 @@ def test_no_database_ever_runs_more_tenants_at_once_than_its_cap(shards: Shards)
         sampler.join()
         shards.stop_workers()
         shards.extra_env.clear()
-    assert done.code == 0, done.err
+    assert done.code == 1, done.err
     report = json.loads(done.out)
     rows = run_rows(shards, report["run_id"])
-    assert len(rows) == 90 and {r.status for r in rows} == {"succeeded"}
+    assert len(rows) == 90
+    assert {r.schema_name for r in rows if r.status != "succeeded"} == {broken}
+    assert next(r for r in rows if r.schema_name == broken).error_class == "DuplicateTable"
+    # a failure is recorded after its slot is given back: the intervals of successes only
+    rows = [r for r in rows if r.status == "succeeded"]
     overlap = {key: _most_at_once(rows, None if key == "default" else key) for key in placed}
     assert overlap["shard1"] == 1, overlap
     assert overlap["shard2"] <= 2, overlap
