@@ -21,7 +21,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -436,10 +437,18 @@ class Bench:
         build_fleet(template_url, tenants, max(2, self.workers), shards)
 
     def fresh_copy(self, split: bool = False) -> None:
-        """A new copy of the template(s) (the workers stopped: the copy drops their database)."""
+        """A new copy of the template(s) (the workers stopped: the copy drops their database),
+        checkpointed and flushed to disk before the clock starts: the copy's writes would
+        otherwise still be flushing during the run (that made runs of one contender differ by
+        up to 40 %)."""
         self.stop_workers()
         for name in self.split_names if split else [self.database]:
             recreate_database(self.settings, name, template=f"{name}_w1")
+        admin = db.make_engine(config.database_url(self.settings), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql("CHECKPOINT")
+        admin.dispose()
+        os.sync()
 
     def start_workers(self, env: dict[str, str] | None = None) -> None:
         """Wait for the worker's "ready." line: importing Celery here would make the fork
@@ -454,6 +463,22 @@ class Bench:
                 raise RuntimeError(f"the worker did not start; see {self.log}")
             time.sleep(0.1)
 
+    @contextmanager
+    def cpu(self) -> Iterator[dict[str, float]]:
+        """CPU-seconds spent while the block runs: the machine, the producer (this process's
+        children), the workers (their process tree), and the rest (PostgreSQL, Redis, noise)."""
+        assert self._worker is not None
+        pid = self._worker.pid
+        busy, producer, workers = busy_cpu_seconds(), children_cpu_seconds(), tree_cpu_seconds(pid)
+        found: dict[str, float] = {}
+        yield found
+        found["machine"] = round(busy_cpu_seconds() - busy, 2)
+        found["producer"] = round(children_cpu_seconds() - producer, 2)
+        found["workers"] = round(tree_cpu_seconds(pid) - workers, 2)
+        found["postgres_redis_rest"] = round(
+            found["machine"] - found["producer"] - found["workers"], 2
+        )
+
     def stop_workers(self) -> None:
         if self._worker is not None:
             processes.stop(self._worker)
@@ -463,7 +488,9 @@ class Bench:
         self.fresh_copy(split=name == "split")
         if name == "split":
             self.start_workers(self.split_env)
-            seconds = fleet(self.split_url, self.split_env, ["--wait"])[0]
+            with self.cpu() as cpu:
+                seconds = fleet(self.split_url, self.split_env, ["--wait"])[0]
+            self.last_split_cpu = cpu
             found: set[str | None] = set()
             for database in self.split_names:
                 found |= versions(bench_url(self.settings, database), schemas)
@@ -476,18 +503,10 @@ class Bench:
             self.start_workers()
             client = redis_client(config.broker_url(self.settings))
             before = command_counts(client)
-            busy, producer = busy_cpu_seconds(), children_cpu_seconds()
-            assert self._worker is not None
-            workers = tree_cpu_seconds(self._worker.pid)
-            seconds = fleet(self.url, self.env, ["--wait"])[0]
+            with self.cpu() as cpu:
+                seconds = fleet(self.url, self.env, ["--wait"])[0]
             self.last_footprint = footprint(self.url, client, before, len(schemas))
-            cpu = {
-                "machine": busy_cpu_seconds() - busy,
-                "producer": children_cpu_seconds() - producer,
-                "workers": tree_cpu_seconds(self._worker.pid) - workers,
-            }
-            cpu["postgres_redis_rest"] = cpu["machine"] - cpu["producer"] - cpu["workers"]
-            self.last_footprint["cpu_seconds"] = {k: round(v, 2) for k, v in cpu.items()}
+            self.last_footprint["cpu_seconds"] = cpu
         elif name == "sequential":
             seconds = sequential(self.url, schemas)
         else:
@@ -506,8 +525,10 @@ class Bench:
                 samples[name].append(seconds)
                 self.say(f"  run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s")
                 if name == "split":
-                    split_spans.append(self.last_spans)
-                    self.say(f"    per database: {self.last_spans}")
+                    split_spans.append({**self.last_spans, "cpu_seconds": self.last_split_cpu})
+                    self.say(f"    per database: {self.last_spans}, cpu {self.last_split_cpu}")
+                if name == "fleet":
+                    self.say(f"    cpu {self.last_footprint['cpu_seconds']}")
         result: dict[str, Any] = {name: summary(s, len(schemas)) for name, s in samples.items()}
         if split_spans:
             result["split"]["databases"] = split_spans
@@ -535,10 +556,13 @@ class Bench:
         samples = [fleet(self.url, self.env, ["--wait"])[0] for _ in range(repeat)]
         return summary(samples, len(schemas))
 
-    def measure_enqueue(self) -> dict[str, Any]:
+    def measure_enqueue(self, tenants: int) -> dict[str, Any]:
         """The producer alone (no worker consuming): seconds and peak RSS; then the callback."""
         self.fresh_copy()
+        client = redis_client(config.broker_url(self.settings))
+        memory = int(client.info("memory")["used_memory"])
         seconds, rss_kib = fleet(self.url, self.env)
+        queued_bytes = int(client.info("memory")["used_memory"]) - memory
         self.start_workers()
         engine = db.make_engine(self.url)
         with engine.connect() as connection:
@@ -555,6 +579,7 @@ class Bench:
             )
         ]
         return {
+            "redis_bytes_per_queued_tenant": round(queued_bytes / tenants),
             "enqueue_seconds": round(seconds, 3),
             "producer_peak_rss_mb": round(rss_kib / 1024, 1),
             "callback_seconds": round(callback[-1], 3) if callback else None,
@@ -603,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["noop"] = bench.measure_noop(schemas, args.repeat)
             say(f"  no-op migrate: {result['noop']['seconds']} s")
         if args.enqueue:
-            result["enqueue"] = bench.measure_enqueue()
+            result["enqueue"] = bench.measure_enqueue(args.tenants)
     finally:
         bench.stop_workers()
     if args.json:
