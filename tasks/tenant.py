@@ -130,7 +130,7 @@ def _take_waiting(done: runs.TenantTask, worker: str, max_failures: int | None) 
     next waiting tenant is, and it takes the rest."""
     budget = time.monotonic() + resources.settings().task_time_limit * DRAIN_SHARE
     taken = 0
-    while True:
+    while attempt.someone_waits():
         try:
             task = _engine_call(lambda c: runs.claim_waiting(c, done))
         except Exception as exc:  # the control database: they wait, resume finds them

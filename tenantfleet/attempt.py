@@ -71,9 +71,28 @@ _AS_GUESSED = _driver(
     f"{alembic_runtime.AT_REVISION_SQL} AND {runs.STILL_PENDING_SQL},"
     " 'the schema is not at the guessed revision, or the tenant is no longer pending')"
 )
-_MARK_AND_COMMIT = _driver(runs.MARK_SUCCEEDED_SQL) + f";\nCOMMIT; {locks.FREE_SLOT_SQL}"
-"""The success mark, then COMMIT and the slot given back; the mark raises instead when the row
-is no longer pending, so the COMMIT is never reached (``end`` gives the slot back then)."""
+_MARK_AND_COMMIT = _driver(
+    f"{runs.MARK_SUCCEEDED_SQL};\nCOMMIT; {locks.FREE_SLOT_SQL}; {runs.ANY_WAITING_SQL}"
+)
+"""The success mark, then COMMIT, the slot given back, and whether tenants wait for one; the
+mark raises instead when the row is no longer pending, so the COMMIT is never reached (``end``
+gives the slot back then)."""
+
+_waiting_after_last = True
+
+
+def someone_waits() -> bool:
+    """Whether tenants of the last attempt's run and database waited for a slot when it gave
+    its own back: True unless the attempt's last statement, read after the slot was given back,
+    said none did (``open_transaction`` and ``open_pair`` start every attempt at True). Only
+    then does the worker look for one to take."""
+    return _waiting_after_last
+
+
+def _note_waiting(seen: object) -> None:
+    global _waiting_after_last
+    _waiting_after_last = seen is not False
+
 
 _last_from_revision: dict[str, str] = {}
 """Per target, the revision the last tenant this process migrated to it started from."""
@@ -109,6 +128,7 @@ class Started:
 @contextmanager
 def open_transaction(connection: Connection) -> Iterator[None]:
     """Roll back what the block left open if it raises (the driver does not know about it)."""
+    _note_waiting(None)
     try:
         yield
     except BaseException:
@@ -148,11 +168,12 @@ def at_once(
     }
     statements = [_AS_GUESSED, replay.driver_sql(sql), _MARK_AND_COMMIT]
     try:
-        connection.exec_driver_sql(";\n".join(statements), params)
+        result = connection.exec_driver_sql(";\n".join(statements), params)
     except DBAPIError as exc:
         if db.sqlstate(exc) not in (runs.NOT_PENDING, UNDEFINED_TABLE):
             raise
         return Quick.MISSED
+    _note_waiting(result.scalar())
     return Quick.DONE
 
 
@@ -194,7 +215,8 @@ def apply(connection: Connection, started: Started, task: runs.TenantTask, elaps
         alembic_runtime.migrate_online(connection, task.schema, task.target)
     statements = [replay.driver_sql(sql)] if sql else []
     try:
-        connection.exec_driver_sql(";\n".join([*statements, _MARK_AND_COMMIT]), params)
+        result = connection.exec_driver_sql(";\n".join([*statements, _MARK_AND_COMMIT]), params)
+        _note_waiting(result.scalar())
     except DBAPIError as exc:
         if db.sqlstate(exc) != runs.NOT_PENDING:
             raise
@@ -252,10 +274,10 @@ _REMOTE_RELEASE_SQL = f"{locks.FREE_SLOT_SQL}; SELECT pg_advisory_unlock({locks.
 _REMOTE_RELEASE = sa.text(_REMOTE_RELEASE_SQL)
 _REMOTE_DONE = _driver(
     "UPDATE public.migration_run_tenants SET duration_ms = :elapsed_ms"
-    f" WHERE {runs.THIS_RUN_SQL}; COMMIT; {_REMOTE_RELEASE_SQL}"
+    f" WHERE {runs.THIS_RUN_SQL}; COMMIT; {_REMOTE_RELEASE_SQL}; {runs.ANY_WAITING_SQL}"
 )
-"""Control, once the tenant's COMMIT is through: the whole attempt's duration, COMMIT, and the
-slot and the mark lock given back."""
+"""Control, once the tenant's COMMIT is through: the whole attempt's duration, COMMIT, the slot
+and the mark lock given back, and whether tenants wait for one."""
 
 BUSY = "busy elsewhere"
 """``Started.status`` of a tenant another worker holds the mark lock of: not pending here."""
@@ -273,6 +295,7 @@ class Pair:
 def open_pair(pair: Pair, task: runs.TenantTask) -> Iterator[None]:
     """If the block raises, roll back what is open on both and give back the slot and the mark
     lock (a broken connection loses them with its session anyway)."""
+    _note_waiting(None)
     try:
         yield
     except BaseException:
@@ -330,10 +353,15 @@ def remote_at_once(
         pair.control.exec_driver_sql("ROLLBACK")
         return Quick.MISSED
     elapsed_ms = int((time.monotonic() - started) * 1000)
-    pair.control.exec_driver_sql(
+    _finish_remote(pair, task, elapsed_ms)
+    return Quick.DONE
+
+
+def _finish_remote(pair: Pair, task: runs.TenantTask, elapsed_ms: int) -> None:
+    result = pair.control.exec_driver_sql(
         _REMOTE_DONE, {**task.binds(), "elapsed_ms": elapsed_ms, "label": task.label}
     )
-    return Quick.DONE
+    _note_waiting(result.scalar())
 
 
 def remote_begin(
@@ -386,9 +414,7 @@ def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms
         remote_end(pair, task, commit=False)
         return False
     pair.tenant.exec_driver_sql("COMMIT")
-    pair.control.exec_driver_sql(
-        _REMOTE_DONE, {**task.binds(), "elapsed_ms": elapsed_ms, "label": task.label}
-    )
+    _finish_remote(pair, task, elapsed_ms)
     if started.versions is not None and len(started.versions) == 1:
         _last_from_revision[task.target] = started.versions[0]
     return True

@@ -112,6 +112,7 @@ class TenantTask:
             "run_uid": self.run_uid,
             "schema": self.schema,
             "target": self.target,
+            "database": self.database,
         }
 
     def core_binds(self) -> dict[str, Any]:
@@ -290,6 +291,13 @@ def note_handed_back(connection: Connection, task: TenantTask, worker: str, need
     )
 
 
+ANY_WAITING_SQL = (
+    "SELECT EXISTS (SELECT FROM public.migration_run_tenants WHERE run_id = :run_id"
+    " AND status = 'waiting' AND database IS NOT DISTINCT FROM :database)"
+)
+"""Whether some tenant of the run and database waits for a slot (the partial index
+``ix_migration_run_tenants_waiting``): read by an attempt's last statement, after it gave its
+slot back, so a worker looks for waiting tenants only when there are some."""
 WAITING_FOR_A_SLOT = "WaitingForSlot"
 """``error_class`` of a ``waiting`` tenant: every slot of its database was taken."""
 
