@@ -147,6 +147,14 @@ def _begin_params(task: runs.TenantTask, worker: str, settings: Settings) -> dic
     }
 
 
+def _guessed(task: runs.TenantTask) -> tuple[str, str] | None:
+    """(the revision the last tenant this process migrated to the same target started from,
+    the span's SQL from there), when there is one and the span can be replayed."""
+    guess = _last_from_revision.get(task.target)
+    sql = alembic_runtime.replayable_sql(guess, task.target) if guess else None
+    return (guess, sql) if guess and sql else None
+
+
 def at_once(
     connection: Connection,
     task: runs.TenantTask,
@@ -155,10 +163,10 @@ def at_once(
     max_attempts: int,
 ) -> Quick:
     """The whole attempt in one round trip, if the schema is at the guessed revision."""
-    guess = _last_from_revision.get(task.target)
-    sql = alembic_runtime.replayable_sql(guess, task.target) if guess else None
-    if not sql:
+    guessed = _guessed(task)
+    if guessed is None:
         return Quick.NOT_TRIED
+    guess, sql = guessed
     params = {
         **_begin_params(task, worker, settings),
         "revision": guess,
@@ -322,10 +330,10 @@ def remote_at_once(
     """The whole attempt in three round trips if the schema is at the guessed revision. When
     the row is not pending (or not this run's, or past the poison cap) the ``Started`` that
     says so, with both sides rolled back."""
-    guess = _last_from_revision.get(task.target)
-    sql = alembic_runtime.replayable_sql(guess, task.target) if guess else None
-    if not sql:
+    guessed = _guessed(task)
+    if guessed is None:
         return Quick.NOT_TRIED
+    guess, sql = guessed
     params = {
         **_remote_params(task, worker, settings),
         "from_revision": guess,
