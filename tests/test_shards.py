@@ -416,3 +416,44 @@ def test_labels_name_the_database_with_the_schema() -> None:
     assert databases.parse_label("acme") == databases.Placed("acme")
     with pytest.raises(InvalidSchemaName):
         databases.parse_label("shard2/Robert'); DROP")
+
+
+def test_dry_run_canary_and_failure_budget_work_across_databases(shards: Shards) -> None:
+    """A canary in shard2 that fails stops the run before any other database is touched; once
+    fixed, ``retry`` finishes every database; ``--dry-run`` names each tenant's database."""
+    placed = provision(shards, "d", 4, R1)
+    canary = placed["shard2"][0]
+    shard2 = shards.engine("shard2")
+    with shard2.begin() as connection:
+        connection.execute(sa.text(f"CREATE TABLE {canary}.audit_log (id integer)"))
+    names = [arg for group in placed.values() for n in group for arg in ("--tenant", n)]
+    plan = json.loads(shards.cli("migrate", "--revision", R2, "--dry-run", "--json", *names).out)
+    assert {t["schema"]: t["database"] for t in plan["tenants"]}[canary] == "shard2"
+    shards.start_workers(2)
+    try:
+        stopped = shards.cli(
+            "migrate",
+            "--revision",
+            R2,
+            "--canary-tenant",
+            canary,
+            "--max-failures",
+            "5",
+            "--wait",
+            "--json",
+            *names,
+        )
+        assert stopped.code == 1, stopped.err
+        report = json.loads(stopped.out)
+        states = {t["tenant"]: t["status"] for t in report["tenants"]}
+        assert states[f"shard2/{canary}"] == "failed"
+        assert set(states.values()) == {"failed", "skipped"}
+        assert set(revisions(shards, placed).values()) == {R1}  # nobody else was touched
+        with shard2.begin() as connection:
+            connection.execute(sa.text(f"DROP TABLE {canary}.audit_log"))
+        again = shards.cli("retry", str(report["run_id"]), "--wait")  # keeps --max-failures
+        assert again.code == 0, again.err
+    finally:
+        shards.stop_workers()
+        shard2.dispose()
+    assert set(revisions(shards, placed).values()) == {R2}
