@@ -6,8 +6,9 @@ database (``database_url``: the registry and the run tables live there), else a 
 alone in the control database, ``KEY/schema`` elsewhere.
 
 While a tenant of another database migrates, its worker holds, on its control-database
-connection, a session lock named after the label (``lock_name``): the control database alone
-can then tell which tenants are being migrated right now, wherever they live.
+connection, a session lock named after the label (a schema alone is the control database's own
+schema lock: the same key either way): the control database alone can then tell which tenants
+are being migrated right now, wherever they live (``locks.held`` of the labels).
 """
 
 from collections.abc import Callable, Iterable, Sequence
@@ -47,11 +48,6 @@ def parse_label(text: str) -> Placed:
     database, _, schema = text.rpartition(SEPARATOR)
     validate_schema_name(schema)
     return Placed(schema, validate_key(database) if database else None)
-
-
-lock_name = label
-"""The control-database lock a worker holds while it migrates a tenant of another database (a
-schema name alone is the control database's own schema lock: the same key either way)."""
 
 
 def validate_key(key: str) -> str:
