@@ -6,9 +6,11 @@ configuration or connection error, 3 ``--timeout`` reached while the run goes on
 
 import argparse
 import gc
+import getpass
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -311,6 +313,25 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _follow(manager, args.run_id, args, watch)
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    reason = args.reason or f"cancelled by {getpass.getuser()}@{socket.gethostname()}"
+    cancelled, closed = producer.cancel(manager, args.run_id, reason)
+    report = producer.report(manager.engine, args.run_id)
+    report["cancelled_now"] = cancelled
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    in_flight = report["counts"]["pending"]
+    _say(
+        f"run {args.run_id}: {cancelled} tenants not started are cancelled and will not be"
+        " touched" + ("" if closed else f"; {in_flight} in flight finish, then the run closes")
+    )
+    if closed:
+        print(output.run_summary(report))
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     manager = MigrationManager()
     with db.begin(manager.engine) as connection:
@@ -583,6 +604,14 @@ def build_parser() -> argparse.ArgumentParser:
         follower.add_argument("--wait", action="store_true", help="follow the run to its end")
         follower.add_argument("--timeout", type=SECONDS, metavar="SECONDS", help="exit 3 after")
     retry.add_argument("--wait-for-active", action="store_true")
+    cancel = _command(
+        commands,
+        "cancel",
+        cmd_cancel,
+        "stop a run: tenants not started are recorded cancelled, those in flight finish",
+    )
+    cancel.add_argument("run_id", type=int)
+    cancel.add_argument("--reason", help="recorded on each cancelled tenant (default: who, where)")
     status = _command(commands, "status", cmd_status, "a run: counts, failures, slowest tenants")
     status.add_argument("run_id", type=int, nargs="?", help="default: the latest run")
     runs_cmd = _command(commands, "runs", cmd_runs, "recent runs")

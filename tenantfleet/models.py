@@ -63,7 +63,7 @@ class MigrationRun(PublicBase):
     __tablename__ = "migration_runs"
     __table_args__ = (
         sa.CheckConstraint(
-            "status IN ('running', 'succeeded', 'partial', 'failed', 'nothing_to_do')",
+            "status IN ('running', 'succeeded', 'partial', 'failed', 'nothing_to_do', 'cancelled')",
             name="ck_migration_runs_status",
         ),
     )
@@ -89,6 +89,7 @@ class MigrationRun(PublicBase):
         UUID(as_uuid=False), server_default=sa.text("gen_random_uuid()")
     )
     dispatched_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class MigrationRunTenant(PublicBase):
@@ -98,7 +99,7 @@ class MigrationRunTenant(PublicBase):
     __table_args__ = (
         sa.CheckConstraint(
             "status IN ('queued', 'running', 'retrying', 'succeeded', 'failed', 'skipped',"
-            " 'waiting')",
+            " 'waiting', 'cancelled')",
             name="ck_migration_run_tenants_status",
         ),
         sa.Index("ix_migration_run_tenants_run_id_status", "run_id", "status"),

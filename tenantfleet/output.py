@@ -79,7 +79,9 @@ def run_summary(report: dict[str, Any]) -> str:
     counts = report["counts"]
     lines = [
         f"run {report['run_id']}: {report['status']} - {counts['succeeded']} succeeded, "
-        f"{counts['failed']} failed, {counts['skipped']} skipped, {counts['pending']} pending "
+        f"{counts['failed']} failed, {counts['skipped']} skipped, "
+        + (f"{counts['cancelled']} cancelled, " if counts["cancelled"] else "")
+        + f"{counts['pending']} pending "
         f"of {counts['total']} (already at target: {counts['up_to_date']}); "
         f"target {report['target_revision']}"
     ]
@@ -143,7 +145,16 @@ def status_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-STATES = ("succeeded", "failed", "skipped", "queued", "running", "retrying", "waiting")
+STATES = (
+    "succeeded",
+    "failed",
+    "skipped",
+    "cancelled",
+    "queued",
+    "running",
+    "retrying",
+    "waiting",
+)
 
 
 def _states(counts: dict[str, int]) -> str:

@@ -24,7 +24,7 @@ from tenantfleet.names import shorten, validate_schema_name
 from tenantfleet.queues import Queues, of_database
 
 BROKER_CONNECT_TIMEOUT_S = 5.0
-RETRYABLE = ("failed", "skipped", *runs.PENDING)
+RETRYABLE = ("failed", "skipped", "cancelled", *runs.PENDING)
 
 Say = Callable[[str], None]
 
@@ -361,6 +361,16 @@ def resume(
         return _dispatch(manager, run_id, idle, say, watch or follow.Watch())
 
 
+def cancel(manager: MigrationManager, run_id: int, reason: str) -> tuple[int, runs.Run | None]:
+    """Stop an open run: its tenants not started are recorded ``cancelled`` and never touched;
+    those in flight finish, and the run closes (``cancelled``) when the last has. (how many were
+    cancelled, the run if it closed at once)."""
+    with db.begin(manager.engine) as connection:
+        manager.require_public(connection)
+        cancelled = runs.cancel(connection, run_id, reason)
+        return cancelled, runs.finalize(connection, run_id)
+
+
 def resend_lost(manager: MigrationManager, run_id: int, quiet_for: float) -> int:
     """What the watchdog of ``--wait`` does when no tenant finished for ``quiet_for`` seconds:
     decide from the rows and the tenant locks which pending tenants have no live task, and
@@ -498,6 +508,7 @@ def counts_dict(tally: runs.Counts) -> dict[str, int]:
         "running": tally.running,
         "retrying": tally.retrying,
         "waiting": tally.waiting,
+        "cancelled": tally.cancelled,
     }
 
 

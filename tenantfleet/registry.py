@@ -147,7 +147,7 @@ def apply_run_outcomes(connection: Connection, run_id: int) -> int:
         .where(
             tenant_registry.c.schema_name == rt.c.schema_name,
             rt.c.run_id == run_id,
-            rt.c.status.in_(("succeeded", "failed", "skipped")),
+            rt.c.status.in_(("succeeded", "failed", "skipped", "cancelled")),
         )
         .values(
             last_migration_status=rt.c.status,

@@ -18,7 +18,7 @@ from tenantfleet.errors import UsageError
 from tenantfleet.public_tables import migration_run_tenants as run_tenants
 from tenantfleet.public_tables import migration_runs as runs
 
-FINAL = ("succeeded", "failed", "skipped")
+FINAL = ("succeeded", "failed", "skipped", "cancelled")
 PENDING = ("queued", "running", "retrying", "waiting")
 ERROR_MESSAGE_MAX = 2000
 
@@ -34,6 +34,7 @@ class Counts:
     retrying: int = 0
     waiting: int = 0
     """Parked until a slot of their database is free (its cap is reached)."""
+    cancelled: int = 0
 
     @property
     def pending(self) -> int:
@@ -41,7 +42,7 @@ class Counts:
 
     @property
     def done(self) -> int:
-        return self.succeeded + self.failed + self.skipped
+        return self.succeeded + self.failed + self.skipped + self.cancelled
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Run:
     finished_at: datetime | None
     uid: str
     dispatched_at: datetime | None
+    cancelled_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -460,10 +462,12 @@ NOT_MIGRATABLE = ("SchemaMissing", "UnknownRevision", "DatabaseUnreachable")
 """``error_class`` of the tenants a plan skipped because it cannot migrate them."""
 
 
-def run_status(tally: Counts, not_migratable: int = 0) -> str:
-    """``partial``: some tenants failed or could not be migrated, the rest succeeded. ``failed``:
-    none succeeded, or the run was stopped (a canary failed, the failure budget ran out) and
-    tenants were skipped."""
+def run_status(tally: Counts, not_migratable: int = 0, *, cancelled: bool = False) -> str:
+    """``cancelled``: an operator stopped it (``cancel``). ``partial``: some tenants failed or
+    could not be migrated, the rest succeeded. ``failed``: none succeeded, or the run was
+    stopped (a canary failed, the failure budget ran out) and tenants were skipped."""
+    if cancelled:
+        return "cancelled"
     if tally.total == 0:
         return "nothing_to_do"
     if tally.failed == 0 and tally.skipped == 0:
@@ -480,7 +484,9 @@ def finalize(connection: Connection, run_id: int) -> Run | None:
     makes the chord callback, its errback and a waiting producer agree on one close.
     """
     locked = connection.execute(
-        sa.select(runs.c.finished_at).where(runs.c.id == run_id).with_for_update()
+        sa.select(runs.c.finished_at, runs.c.cancelled_at)
+        .where(runs.c.id == run_id)
+        .with_for_update()
     ).first()
     if locked is None:
         raise UsageError(f"no run with id {run_id}")
@@ -499,7 +505,7 @@ def finalize(connection: Connection, run_id: int) -> Run | None:
         runs.update()
         .where(runs.c.id == run_id)
         .values(
-            status=run_status(tally, not_migratable),
+            status=run_status(tally, not_migratable, cancelled=locked.cancelled_at is not None),
             succeeded=tally.succeeded,
             failed=tally.failed,
             skipped=tally.skipped,
@@ -531,6 +537,40 @@ def mark_skipped_if_budget_spent(
         task.core_binds(),
     )
     return True
+
+
+NOT_STARTED = ("queued", "waiting", "retrying")
+"""Pending tenants no attempt is working on right now (a ``retrying`` one waits for its next)."""
+
+
+def cancel(connection: Connection, run_id: int, reason: str) -> int:
+    """Stop the run: every tenant not started is recorded ``cancelled`` (its task, if it comes,
+    finds it final and touches nothing); tenants in flight finish. How many were cancelled.
+    A closed run is a ``UsageError``."""
+    found = connection.execute(
+        sa.select(runs.c.finished_at, runs.c.status).where(runs.c.id == run_id).with_for_update()
+    ).first()
+    if found is None:
+        raise UsageError(f"no run with id {run_id}")
+    if found.finished_at is not None:
+        raise UsageError(f"run {run_id} is closed ({found.status}): nothing to cancel")
+    connection.execute(
+        runs.update()
+        .where(runs.c.id == run_id)
+        .values(cancelled_at=sa.func.coalesce(runs.c.cancelled_at, sa.func.now()))
+    )
+    result = connection.execute(
+        run_tenants.update()
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.status.in_(NOT_STARTED))
+        .values(
+            status="cancelled",
+            finished_at=sa.func.now(),
+            updated_at=sa.func.now(),
+            error_class="Cancelled",
+            error_message=reason[:ERROR_MESSAGE_MAX],
+        )
+    )
+    return result.rowcount
 
 
 def skip_pending(connection: Connection, run_id: int, reason: str) -> int:

@@ -65,6 +65,7 @@ def test_broken_tenants_fail_alone_are_recorded_and_show_in_flower(stack: Stack)
         "running": 0,
         "retrying": 0,
         "waiting": 0,
+        "cancelled": 0,
     }
     per_run = {k: v for k, v in report["counts"].items() if k != "up_to_date"}
     assert report["databases"] == {"default": per_run}

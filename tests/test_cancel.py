@@ -1,0 +1,81 @@
+"""``tenantfleet cancel RUN``: tenants not started are recorded ``cancelled`` and never touched,
+tenants in flight finish, the run closes ``cancelled``; ``retry`` picks the cancelled ones up."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from tenantfleet import fleet_setup, runs
+from tests.fleet import running_fleet
+
+R1, R2 = fleet_setup.R1, fleet_setup.R2
+
+WAITING_FOR_LOCKS = sa.text(
+    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def test_cancel_touches_no_tenant_not_started_and_lets_those_in_flight_finish(
+    pg_admin_url: str, template_url: str, tmp_path: Path
+) -> None:
+    with running_fleet(
+        pg_admin_url,
+        template_url,
+        tmp_path / "fleet",
+        concurrency=2,
+        TENANTFLEET_LOCK_TIMEOUT="300",
+    ) as stack:
+        schemas = stack.provision("x", 30)
+        blocker = stack.engine.connect()
+        blocker.begin()
+        blocker.execute(sa.text("LOCK TABLE x00001.users, x00002.users IN ACCESS EXCLUSIVE MODE"))
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "tenantfleet", "migrate", "--revision", R2, "--wait", "--json"],
+            env={**os.environ, "TENANTFLEET_DATABASE_URL": stack.database_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            with stack.engine.connect() as watcher:
+                while watcher.execute(WAITING_FOR_LOCKS).scalar_one() < 2:
+                    assert time.monotonic() < deadline, "the two workers never blocked"
+                    time.sleep(0.1)
+                run_id = runs.latest_run_id(watcher)
+            cancelled = stack.cli("cancel", str(run_id), "--reason", "bad deploy: stop")
+            assert cancelled.code == 0, cancelled.err
+            assert "28 tenants not started are cancelled" in cancelled.err
+            assert "2 in flight finish" in cancelled.err
+            again = stack.cli("cancel", str(run_id))
+            assert again.code == 0  # still open: nothing more to cancel, said so
+        finally:
+            blocker.rollback()
+            blocker.close()
+        out, err = migrate.communicate(timeout=300)
+        assert migrate.returncode == 1, err
+        report = json.loads(out)
+        assert report["status"] == "cancelled"
+        states = {t["schema"]: t for t in report["tenants"]}
+        assert {s for s, t in states.items() if t["status"] == "succeeded"} == {
+            "x00001",
+            "x00002",
+        }
+        rest = [s for s in schemas if s not in ("x00001", "x00002")]
+        assert {states[s]["status"] for s in rest} == {"cancelled"}
+        assert states[rest[0]]["error"] == "Cancelled: bad deploy: stop"
+        assert {s for s, v in stack.revisions(schemas).items() if v == R2} == {"x00001", "x00002"}
+        closed = stack.cli("cancel", str(run_id))
+        assert closed.code == 2 and "is closed (cancelled): nothing to cancel" in closed.err
+        status = stack.cli("status", str(run_id))
+        assert status.code == 1 and "28 cancelled" in status.out
+        retried = stack.cli("retry", str(run_id), "--wait", "--json")
+        assert retried.code == 0, retried.err
+        assert json.loads(retried.out)["counts"]["succeeded"] == 28
+        assert set(stack.revisions(schemas).values()) == {R2}
