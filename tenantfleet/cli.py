@@ -348,6 +348,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ours, reason = follow.waiting_for(producer.app(), queues, report["target_revision"])
         report["workers"] = ours
         report["waiting_for"] = reason
+        report["blocked"] = producer.blocked(manager, run_id)
     if args.json:
         _print_json(report)
     else:

@@ -9,6 +9,7 @@ key in ``pg_locks`` as ``classid`` (high 32 bits), ``objid`` (low 32 bits) and `
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -68,3 +69,48 @@ def hold(connection: Connection, name: str) -> bool:
     ).scalar()
     connection.commit()
     return bool(taken)
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A tenant being migrated that waits for a lock another session holds, and that session."""
+
+    schema: str
+    pid: int
+    """The tenant's own session."""
+    waits_for: str
+    """The lock it waits for: mode and object (``AccessExclusiveLock on acme.users``)."""
+    blocker_pid: int
+    blocker_application: str
+    blocker_state: str
+    blocker_seconds: float
+    """How long the blocker's transaction (or statement) has been open."""
+    blocker_query: str
+    """Its current or last statement, cut to 200 characters."""
+
+
+_BLOCKED = (
+    "SELECT s, t.pid, w.mode || ' on ' || coalesce(w.relation::regclass::text, w.locktype),"
+    " b.pid, coalesce(b.application_name, ''), coalesce(b.state, ''),"
+    " coalesce(extract(epoch FROM now() - coalesce(b.xact_start, b.query_start)), 0)::float,"
+    " left(coalesce(b.query, ''), 200)"
+    " FROM unnest(CAST(:schemas AS text[])) AS s"
+    " JOIN pg_locks t ON t.locktype = 'advisory' AND t.objsubid = 1 AND t.granted"
+    " AND t.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND t.classid = (({key} >> 32) & 4294967295)::bigint::oid"
+    " AND t.objid = ({key} & 4294967295)::bigint::oid"
+    " JOIN pg_locks w ON w.pid = t.pid AND NOT w.granted"
+    " CROSS JOIN LATERAL unnest(pg_blocking_pids(t.pid)) AS blocker(pid)"
+    " JOIN pg_stat_activity b ON b.pid = blocker.pid"
+    " ORDER BY s, b.pid"
+)
+
+
+def blocked(connection: Connection, schemas: Sequence[str]) -> list[Blocked]:
+    """Which of ``schemas`` (tenants of this database) are being migrated by a session that
+    waits for a lock right now, and who holds it (``pg_locks``, ``pg_blocking_pids``,
+    ``pg_stat_activity``): the answer to "why is this tenant still running?"."""
+    if not schemas:
+        return []
+    query = sa.text(_BLOCKED.format(key=key_sql("s")))
+    return [Blocked(*row) for row in connection.execute(query, {"schemas": list(schemas)})]

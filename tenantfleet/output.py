@@ -130,6 +130,26 @@ def status_report(report: dict[str, Any]) -> str:
         )
         if report.get("waiting_for"):
             lines.append(f"waiting: {report['waiting_for']}")
+    if report.get("blocked"):
+        lines.append("")
+        lines.append("tenants waiting for a lock, and who holds it:")
+        lines.append(
+            table(
+                ["tenant", "waits for", "held by pid", "application", "state", "for s", "query"],
+                [
+                    [
+                        b["tenant"],
+                        b["waits_for"],
+                        b["blocker_pid"],
+                        b["blocker_application"],
+                        b["blocker_state"],
+                        round(b["blocker_seconds"], 1),
+                        _clip(b["blocker_query"]),
+                    ]
+                    for b in report["blocked"]
+                ],
+            )
+        )
     if report.get("slowest"):
         lines.append("")
         lines.append("slowest tenants:")

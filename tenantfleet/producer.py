@@ -4,6 +4,7 @@ Order matters for "nothing lost": the run and one row per tenant are committed b
 task is sent, so whatever happens to the broker afterwards, the run tables know every tenant.
 """
 
+import dataclasses
 import io
 import os
 import socket
@@ -369,6 +370,30 @@ def cancel(manager: MigrationManager, run_id: int, reason: str) -> tuple[int, ru
         manager.require_public(connection)
         cancelled = runs.cancel(connection, run_id, reason)
         return cancelled, runs.finalize(connection, run_id)
+
+
+def blocked(manager: MigrationManager, run_id: int) -> list[dict[str, Any]]:
+    """The run's running tenants that wait for a lock right now, each with who holds it, read
+    in the database each tenant lives in (one that cannot be reached is left out)."""
+    with db.connect(manager.engine) as connection:
+        running = runs.tenants_of(connection, run_id, ["running"])
+    by_database: dict[str | None, list[str]] = {}
+    for tenant in running:
+        by_database.setdefault(tenant.database, []).append(tenant.schema_name)
+    found: list[dict[str, Any]] = []
+    for database, schemas in by_database.items():
+        try:
+            with db.connect(manager.engine_for(database)) as connection:
+                waiting = locks.blocked(connection, schemas)
+        except Exception as exc:
+            if not db.is_unreachable(exc):
+                raise
+            continue
+        found += [
+            {"tenant": databases.label(database, b.schema), **dataclasses.asdict(b)}
+            for b in waiting
+        ]
+    return found
 
 
 def resend_lost(manager: MigrationManager, run_id: int, quiet_for: float) -> int:

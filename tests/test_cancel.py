@@ -1,5 +1,6 @@
 """``tenantfleet cancel RUN``: tenants not started are recorded ``cancelled`` and never touched,
-tenants in flight finish, the run closes ``cancelled``; ``retry`` picks the cancelled ones up."""
+tenants in flight finish, the run closes ``cancelled``; ``retry`` picks the cancelled ones up.
+While two tenants wait on a lock, ``status`` names the session that holds it."""
 
 import json
 import os
@@ -34,6 +35,7 @@ def test_cancel_touches_no_tenant_not_started_and_lets_those_in_flight_finish(
         schemas = stack.provision("x", 30)
         blocker = stack.engine.connect()
         blocker.begin()
+        blocker_pid = blocker.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         blocker.execute(sa.text("LOCK TABLE x00001.users, x00002.users IN ACCESS EXCLUSIVE MODE"))
         migrate = subprocess.Popen(
             [sys.executable, "-m", "tenantfleet", "migrate", "--revision", R2, "--wait", "--json"],
@@ -49,6 +51,18 @@ def test_cancel_touches_no_tenant_not_started_and_lets_those_in_flight_finish(
                     assert time.monotonic() < deadline, "the two workers never blocked"
                     time.sleep(0.1)
                 run_id = runs.latest_run_id(watcher)
+            status = stack.cli("status", str(run_id), "--json")
+            assert status.code == 3, status.err  # open and alive
+            blocked = {b["tenant"]: b for b in json.loads(status.out)["blocked"]}
+            assert set(blocked) == {"x00001", "x00002"}
+            assert blocked["x00001"]["blocker_pid"] == blocker_pid
+            assert blocked["x00001"]["waits_for"].endswith("on x00001.users")
+            assert blocked["x00001"]["blocker_state"] == "idle in transaction"
+            assert "LOCK TABLE" in blocked["x00001"]["blocker_query"]
+            text = stack.cli("status", str(run_id)).out
+            assert (
+                "tenants waiting for a lock, and who holds it" in text and str(blocker_pid) in text
+            )
             cancelled = stack.cli("cancel", str(run_id), "--reason", "bad deploy: stop")
             assert cancelled.code == 0, cancelled.err
             assert "28 tenants not started are cancelled" in cancelled.err
