@@ -68,7 +68,7 @@ class Settings:
     tenant_alembic: Path | None = None
     tenants: str = "registry"
     tenants_query: str | None = None
-    max_concurrent: int = 8
+    max_concurrent: int = 16
     databases: Mapping[str, Database] = field(default_factory=dict)
     """The tenant databases by key (``[tool.tenantfleet.databases.KEY]``), besides this one."""
     config_file: Path | None = field(default=None, compare=False)
