@@ -341,6 +341,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         open_runs = guard.open_runs(connection, manager.settings.stale_run_after)
         state = next((o for o in open_runs if o.run.id == run_id), None)
     report = producer.report(manager.engine, run_id, slowest=5)
+    if args.tenant is not None:
+        report["attempts"] = producer.attempts(manager, run_id, args.tenant)
     if state is not None:
         report["alive"] = state.alive
         report["idle_seconds"] = round(state.idle_seconds, 1)
@@ -615,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", help="recorded on each cancelled tenant (default: who, where)")
     status = _command(commands, "status", cmd_status, "a run: counts, failures, slowest tenants")
     status.add_argument("run_id", type=int, nargs="?", help="default: the latest run")
+    status.add_argument(
+        "--tenant", metavar="S", help="also list every attempt at this tenant in the run"
+    )
     runs_cmd = _command(commands, "runs", cmd_runs, "recent runs")
     runs_cmd.add_argument("--limit", type=COUNT, default=20)
     _command(commands, "fleet", cmd_fleet, "tenants per revision, behind head, drift")

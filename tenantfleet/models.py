@@ -130,3 +130,28 @@ class MigrationRunTenant(PublicBase):
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )
     database: Mapped[str | None] = mapped_column(sa.String(63))
+
+
+class MigrationAttempt(PublicBase):
+    """One attempt at one tenant of one run: who, when, and how it ended."""
+
+    __tablename__ = "migration_attempts"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["run_id", "schema_name"],
+            ["migration_run_tenants.run_id", "migration_run_tenants.schema_name"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    run_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    schema_name: Mapped[str] = mapped_column(sa.String(63), primary_key=True)
+    attempt: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    worker: Mapped[str | None] = mapped_column(sa.String(255))
+    started_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(sa.String(16))
+    sqlstate: Mapped[str | None] = mapped_column(sa.String(5))
+    error_message: Mapped[str | None] = mapped_column(sa.Text)

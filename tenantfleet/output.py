@@ -130,6 +130,26 @@ def status_report(report: dict[str, Any]) -> str:
         )
         if report.get("waiting_for"):
             lines.append(f"waiting: {report['waiting_for']}")
+    if "attempts" in report:
+        lines.append("")
+        lines.append("attempts:")
+        lines.append(
+            table(
+                ["#", "worker", "started", "finished", "outcome", "sqlstate", "error"],
+                [
+                    [
+                        a["attempt"],
+                        a["worker"],
+                        _when(a["started_at"]),
+                        _when(a["finished_at"]) if a["finished_at"] else "(no end: worker died?)",
+                        a["outcome"],
+                        a["sqlstate"],
+                        _clip(a["error_message"] or ""),
+                    ]
+                    for a in report["attempts"]
+                ],
+            )
+        )
     if report.get("blocked"):
         lines.append("")
         lines.append("tenants waiting for a lock, and who holds it:")

@@ -372,6 +372,15 @@ def cancel(manager: MigrationManager, run_id: int, reason: str) -> tuple[int, ru
         return cancelled, runs.finalize(connection, run_id)
 
 
+def attempts(manager: MigrationManager, run_id: int, schema: str) -> list[dict[str, Any]]:
+    """Every attempt at ``schema`` in the run (``UsageError`` if the run has no such tenant)."""
+    validate_schema_name(schema)
+    with db.connect(manager.engine) as connection:
+        if schema not in runs.statuses(connection, run_id, [schema]):
+            raise UsageError(f"run {run_id} has no tenant {schema}")
+        return [dataclasses.asdict(a) for a in runs.attempts_of(connection, run_id, schema)]
+
+
 def blocked(manager: MigrationManager, run_id: int) -> list[dict[str, Any]]:
     """The run's running tenants that wait for a lock right now, each with who holds it, read
     in the database each tenant lives in (one that cannot be reached is left out)."""

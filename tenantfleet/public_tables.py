@@ -17,3 +17,6 @@ migration_runs = PublicBase.metadata.tables["migration_runs"].to_metadata(
 migration_run_tenants = PublicBase.metadata.tables["migration_run_tenants"].to_metadata(
     _metadata, schema="public"
 )
+migration_attempts = PublicBase.metadata.tables["migration_attempts"].to_metadata(
+    _metadata, schema="public"
+)

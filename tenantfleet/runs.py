@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from tenantfleet import databases, db, registry
 from tenantfleet.config import Settings
 from tenantfleet.errors import UsageError
+from tenantfleet.public_tables import migration_attempts as attempts_table
 from tenantfleet.public_tables import migration_run_tenants as run_tenants
 from tenantfleet.public_tables import migration_runs as runs
 
@@ -222,11 +223,14 @@ _THIS_PENDING_ROW = (
     f"WHERE {THIS_RUN_SQL} AND status IN ({', '.join(repr(status) for status in PENDING)})"
 )
 MARK_RUNNING_SQL = (
-    "UPDATE public.migration_run_tenants SET status = 'running', attempts = attempts + 1,"
-    " worker = :worker, started_at = coalesce(started_at, now()), updated_at = now() "
-    + _THIS_PENDING_ROW
+    "WITH started AS (UPDATE public.migration_run_tenants SET status = 'running',"
+    " attempts = attempts + 1, worker = :worker, started_at = coalesce(started_at, now()),"
+    " updated_at = now() " + _THIS_PENDING_ROW + " RETURNING run_id, schema_name, attempts, worker)"
+    " INSERT INTO public.migration_attempts (run_id, schema_name, attempt, worker)"
+    " SELECT run_id, schema_name, attempts, worker FROM started ON CONFLICT DO NOTHING"
 )
-"""Progress: the attempt begins (the attempt count survives a crash, for the poison cap)."""
+"""Progress: the attempt begins, and is kept (``migration_attempts``); the attempt count
+survives a crash, for the poison cap."""
 STILL_PENDING_SQL = (
     "EXISTS (SELECT FROM public.migration_run_tenants "
     + _THIS_PENDING_ROW
@@ -245,7 +249,10 @@ MARK_SUCCEEDED_SQL = (
     " error_class = NULL, error_message = NULL, duration_ms = :elapsed_ms"
     " + (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::integer "
     + _THIS_PENDING_ROW
-    + " RETURNING 1), registered AS (UPDATE public.tenant_registry"
+    + " RETURNING run_id, schema_name, attempts), ended AS (UPDATE public.migration_attempts a"
+    " SET finished_at = now(), outcome = 'succeeded' FROM marked m WHERE a.run_id = m.run_id"
+    " AND a.schema_name = m.schema_name AND a.attempt = m.attempts),"
+    " registered AS (UPDATE public.tenant_registry"
     " SET current_revision = :target, updated_at = now()"
     " WHERE schema_name = :schema AND EXISTS (SELECT FROM marked))"
     " SELECT public.tenantfleet_expect(EXISTS (SELECT FROM marked),"
@@ -393,6 +400,35 @@ def _mark_error(
             "b_error_message": message[:ERROR_MESSAGE_MAX],
         },
     )
+    _end_attempt(connection, task, status, f"{error_class}: {message}", db.sqlstate(error))
+
+
+_END_ATTEMPT = sa.text(
+    "UPDATE public.migration_attempts SET finished_at = now(), outcome = :outcome,"
+    " sqlstate = :sqlstate, error_message = :message WHERE run_id = :run_id"
+    " AND schema_name = :schema AND finished_at IS NULL AND attempt = (SELECT attempts FROM"
+    " public.migration_run_tenants WHERE run_id = :run_id AND schema_name = :schema)"
+)
+
+
+def _end_attempt(
+    connection: Connection,
+    task: TenantTask,
+    outcome: str,
+    message: str | None,
+    sqlstate: str | None = None,
+) -> None:
+    """Close the tenant's current attempt, if it is open, with how it ended."""
+    connection.execute(
+        _END_ATTEMPT,
+        {
+            "run_id": task.run_id,
+            "schema": task.schema,
+            "outcome": outcome,
+            "sqlstate": sqlstate,
+            "message": message[:ERROR_MESSAGE_MAX] if message else None,
+        },
+    )
 
 
 def counts(connection: Connection, run_id: int, schemas: Sequence[str] | None = None) -> Counts:
@@ -536,6 +572,7 @@ def mark_skipped_if_budget_spent(
         ),
         task.core_binds(),
     )
+    _end_attempt(connection, task, "skipped", "MaxFailuresReached")
     return True
 
 
@@ -652,6 +689,29 @@ def quiet_pending(connection: Connection, run_id: int, quiet_for: float) -> list
         .order_by(run_tenants.c.schema_name)
     )
     return [RunTenant(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt at one tenant (``migration_attempts``); no end: its worker died, or is at it."""
+
+    attempt: int
+    worker: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    sqlstate: str | None
+    error_message: str | None
+
+
+def attempts_of(connection: Connection, run_id: int, schema: str) -> list[Attempt]:
+    """Every attempt at ``schema`` in the run, first first."""
+    query = (
+        sa.select(*[attempts_table.c[f.name] for f in fields(Attempt)])
+        .where(attempts_table.c.run_id == run_id, attempts_table.c.schema_name == schema)
+        .order_by(attempts_table.c.attempt)
+    )
+    return [Attempt(*row) for row in connection.execute(query)]
 
 
 def slowest(connection: Connection, run_id: int, limit: int = 5) -> list[RunTenant]:

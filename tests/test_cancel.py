@@ -93,3 +93,57 @@ def test_cancel_touches_no_tenant_not_started_and_lets_those_in_flight_finish(
         assert retried.code == 0, retried.err
         assert json.loads(retried.out)["counts"]["succeeded"] == 28
         assert set(stack.revisions(schemas).values()) == {R2}
+
+
+def test_every_attempt_at_a_tenant_is_kept_and_listed(
+    pg_admin_url: str, template_url: str, tmp_path: Path
+) -> None:
+    """A tenant whose table another session holds times out (lock_timeout 1 s in the tests),
+    is retried, and succeeds once the lock is gone: ``status RUN --tenant S`` lists both
+    attempts with worker, times, outcome and SQLSTATE."""
+    with running_fleet(pg_admin_url, template_url, tmp_path / "fleet", concurrency=2) as stack:
+        schemas = stack.provision("y", 3)
+        blocker = stack.engine.connect()
+        blocker.begin()
+        blocker.execute(sa.text("LOCK TABLE y00001.users IN ACCESS EXCLUSIVE MODE"))
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "tenantfleet", "migrate", "--revision", R2, "--wait"],
+            env={**os.environ, "TENANTFLEET_DATABASE_URL": stack.database_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            with stack.engine.connect() as watcher:
+                while True:
+                    attempts = watcher.execute(
+                        sa.text(
+                            "SELECT max(attempts) FROM public.migration_run_tenants"
+                            " WHERE schema_name = 'y00001'"
+                        )
+                    ).scalar()
+                    if attempts is not None and attempts >= 2:
+                        break
+                    assert time.monotonic() < deadline, "the tenant was never retried"
+                    time.sleep(0.1)
+                run_id = runs.latest_run_id(watcher)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        _, err = migrate.communicate(timeout=300)
+        assert migrate.returncode == 0, err
+        listed = stack.cli("status", str(run_id), "--tenant", "y00001", "--json")
+        found = json.loads(listed.out)["attempts"]
+        assert [a["attempt"] for a in found] == list(range(1, len(found) + 1))
+        assert found[0]["outcome"] == "retrying" and found[0]["sqlstate"] == "55P03"
+        assert found[0]["error_message"].startswith("LockNotAvailable: ")
+        assert found[-1]["outcome"] == "succeeded" and found[-1]["sqlstate"] is None
+        assert all(a["worker"] and a["finished_at"] for a in found)
+        text = stack.cli("status", str(run_id), "--tenant", "y00001").out
+        assert "attempts:" in text and "55P03" in text
+        other = json.loads(stack.cli("status", str(run_id), "--tenant", "y00002", "--json").out)
+        assert [a["outcome"] for a in other["attempts"]] == ["succeeded"]
+        stranger = stack.cli("status", str(run_id), "--tenant", "nobody")
+        assert stranger.code == 2 and "has no tenant nobody" in stranger.err
+        assert set(stack.revisions(schemas).values()) == {R2}
