@@ -147,6 +147,12 @@ def _begin_params(task: runs.TenantTask, worker: str, settings: Settings) -> dic
     }
 
 
+def _remember(started: Started, task: runs.TenantTask) -> None:
+    """After a success the long way: the revision it started from is the next tenant's guess."""
+    if started.versions is not None and len(started.versions) == 1:
+        _last_from_revision[task.target] = started.versions[0]
+
+
 def _guessed(task: runs.TenantTask) -> tuple[str, str] | None:
     """(the revision the last tenant this process migrated to the same target started from,
     the span's SQL from there), when there is one and the span can be replayed."""
@@ -230,8 +236,7 @@ def apply(connection: Connection, started: Started, task: runs.TenantTask, elaps
             raise
         end(connection, commit=False)
         return False
-    if started.versions is not None and len(started.versions) == 1:
-        _last_from_revision[task.target] = started.versions[0]
+    _remember(started, task)
     return True
 
 
@@ -423,8 +428,7 @@ def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms
         return False
     pair.tenant.exec_driver_sql("COMMIT")
     _finish_remote(pair, task, elapsed_ms)
-    if started.versions is not None and len(started.versions) == 1:
-        _last_from_revision[task.target] = started.versions[0]
+    _remember(started, task)
     return True
 
 

@@ -1,8 +1,10 @@
 """A running fleet for tests: a database, real ``celery worker`` processes and a real Flower."""
 
 import json
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -86,6 +88,16 @@ class Stack:
         """``tenantfleet ARGS`` on this fleet's database, as a subprocess."""
         return helpers.run_cli(
             *args, env={"TENANTFLEET_DATABASE_URL": self.database_url, **env}, timeout=300
+        )
+
+    def cli_background(self, *args: str) -> "subprocess.Popen[str]":
+        """``tenantfleet ARGS`` on this fleet's database, started and left running."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "tenantfleet", *args],
+            env={**os.environ, "TENANTFLEET_DATABASE_URL": self.database_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def provision(self, prefix: str, count: int, revision: str = fleet_setup.R1) -> list[str]:

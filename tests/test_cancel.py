@@ -3,9 +3,6 @@ tenants in flight finish, the run closes ``cancelled``; ``retry`` picks the canc
 While two tenants wait on a lock, ``status`` names the session that holds it."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,13 +34,7 @@ def test_cancel_touches_no_tenant_not_started_and_lets_those_in_flight_finish(
         blocker.begin()
         blocker_pid = blocker.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         blocker.execute(sa.text("LOCK TABLE x00001.users, x00002.users IN ACCESS EXCLUSIVE MODE"))
-        migrate = subprocess.Popen(
-            [sys.executable, "-m", "tenantfleet", "migrate", "--revision", R2, "--wait", "--json"],
-            env={**os.environ, "TENANTFLEET_DATABASE_URL": stack.database_url},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        migrate = stack.cli_background("migrate", "--revision", R2, "--wait", "--json")
         try:
             deadline = time.monotonic() + 120
             with stack.engine.connect() as watcher:
@@ -106,13 +97,7 @@ def test_every_attempt_at_a_tenant_is_kept_and_listed(
         blocker = stack.engine.connect()
         blocker.begin()
         blocker.execute(sa.text("LOCK TABLE y00001.users IN ACCESS EXCLUSIVE MODE"))
-        migrate = subprocess.Popen(
-            [sys.executable, "-m", "tenantfleet", "migrate", "--revision", R2, "--wait"],
-            env={**os.environ, "TENANTFLEET_DATABASE_URL": stack.database_url},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        migrate = stack.cli_background("migrate", "--revision", R2, "--wait")
         try:
             deadline = time.monotonic() + 120
             with stack.engine.connect() as watcher:
