@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
@@ -105,9 +106,16 @@ def tenant_script() -> ScriptDirectory:
     return ScriptDirectory.from_config(Config(str(tenant_ini())))
 
 
+BASE = "base"
+"""The target of a tenant rolled back to before its first revision (a run row's
+``to_revision``, a task's target)."""
+
+
 def knows_revision(revision: str) -> bool:
     """Whether the tenant scripts define ``revision``, reading them again from disk once if
     not (a new revision deployed to this host after the process parsed them)."""
+    if revision == BASE:
+        return True
     for attempt in range(2):
         try:
             if tenant_script().get_revision(revision) is not None:
@@ -151,6 +159,16 @@ def revisions_below(script: ScriptDirectory, target: str) -> frozenset[str | Non
     below.update(r.revision for r in script.iterate_revisions(target, "base"))
     below.discard(target)
     return frozenset(below)
+
+
+def goes_down(current: str | None, destination: str | None) -> bool:
+    """Whether moving from ``current`` to ``destination`` (None or ``base``: before the first
+    revision) is a downgrade: the destination lies strictly below."""
+    if current is None or current == destination:
+        return False
+    if destination in (None, BASE):
+        return True
+    return destination in revisions_below(tenant_script(), current)
 
 
 def pending(script: ScriptDirectory, current: str | None, target: str | None) -> list[str]:
@@ -350,9 +368,9 @@ def migrate_online(
     def steps(rev: Any, _context: Any) -> Any:
         """Alembic's own step planning (what ``command.upgrade``/``downgrade`` hand it)."""
         seen["from"] = tuple(rev)
-        if downgrade:
-            return script._downgrade_revs(destination or "base", rev)
-        if destination is None:
+        if downgrade or (len(rev) == 1 and goes_down(rev[0], destination)):
+            return script._downgrade_revs(destination or BASE, rev)
+        if destination in (None, BASE):
             return []  # an upgrade to base: nothing to do
         return script._upgrade_revs(destination, rev)
 
@@ -398,7 +416,7 @@ def replayable_sql(current: str | None, destination: str) -> str | None:
     Alembic online). Rendered once per process; ``TENANTFLEET_REPLAY_SQL=false`` turns it off."""
     if current == destination:
         return ""
-    if not tf_config.load_settings().replay_sql:
+    if not tf_config.load_settings().replay_sql or goes_down(current, destination):
         return None
     try:
         span = replay.Span(
@@ -407,6 +425,29 @@ def replayable_sql(current: str | None, destination: str) -> str | None:
         return span.render()
     except Exception:  # NotReplayable, or anything offline mode cannot do: run online
         return None
+
+
+class NotRendered(Exception):
+    """A span offline mode cannot render (a revision reads the database); ``partial`` is what
+    was rendered before it stopped."""
+
+    def __init__(self, message: str, partial: str) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+def render_sql(schema: str, from_revision: str | None, target: str) -> str:
+    """The SQL Alembic's offline mode renders for ``schema`` from ``from_revision`` (None: base)
+    to ``target``, as ``alembic upgrade --sql`` prints it; ``NotRendered`` when it cannot."""
+    buffer = io.StringIO()
+    cfg = tenant_config(schema)
+    cfg.output_buffer = buffer
+    span = f"{from_revision}:{target}" if from_revision else target
+    try:
+        command.upgrade(cfg, span, sql=True)
+    except Exception as exc:
+        raise NotRendered(f"{type(exc).__name__}: {exc}", buffer.getvalue()) from None
+    return buffer.getvalue()
 
 
 def _render_config(buffer: io.StringIO) -> Config:

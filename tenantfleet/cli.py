@@ -86,6 +86,12 @@ COUNT_OR_ZERO = _number(int, 0, "a whole number of at least 0")
 PORT = _number(int, 1, "a port number")
 
 
+def RULE(text: str) -> str:  # noqa: N802 - an argparse type, named like the others
+    if not config.RULE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lint rule name")
+    return text
+
+
 def _print_status(status: Status, as_json: bool) -> None:
     if as_json:
         _print_json(output.status_dict(status))
@@ -196,12 +202,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         wait_for_active=args.wait_for_active,
         strict=args.strict,
+        allow=tuple(args.allow or ()),
+        waves=tuple(args.wave or ()),
+        wave_pause=args.wave_pause or 0.0,
+        wave_hold=args.wave_hold,
     )
     if args.dry_run:
         return _dry_run(manager, options, sql=args.sql, as_json=args.json)
     watch = _watch(manager, args.timeout)
     run_id = producer.start(manager, options, _say, watch)
     return _follow(manager, run_id, args, watch)
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    options = producer.MigrateOptions(
+        revision=args.revision,
+        include=tuple(args.tenant or ()),
+        exclude=tuple(args.exclude or ()),
+    )
+    chosen = producer.plan(manager, options, dry_run=True)
+    report = producer.lint_plan(manager, chosen, tuple(args.allow or ()))
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print(output.lint_text(report))
+    return EXIT_USAGE if report.blocking else EXIT_OK
 
 
 def _watch(manager: MigrationManager, timeout: float | None) -> follow.Watch:
@@ -229,15 +255,15 @@ def _dry_run(
     manager: MigrationManager, options: producer.MigrateOptions, *, sql: bool, as_json: bool
 ) -> int:
     chosen = producer.plan(manager, options, dry_run=True)
-    canaries = producer.choose_canaries(chosen, options)
+    waves = producer.choose_waves(chosen, options)
     statement = ""
     if sql and chosen.behind:
         schema, from_revision = chosen.behind[0]
         statement = producer.dry_run_sql(schema, from_revision, chosen.target)
     if as_json:
-        _print_json(output.plan_dict(chosen, canaries, statement))
+        _print_json(output.plan_dict(chosen, waves, statement))
     else:
-        print(output.plan_text(chosen, canaries))
+        print(output.plan_text(chosen, waves))
         if statement:
             print(f"\n-- SQL of {chosen.behind[0][0]}'s upgrade:\n{statement}")
     return EXIT_OK
@@ -329,6 +355,33 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     )
     if closed:
         print(output.run_summary(report))
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout goes with --wait")
+    manager = MigrationManager()
+    options = producer.MigrateOptions(
+        max_failures=args.max_failures,
+        waves=tuple(args.wave or ()),
+        wave_pause=args.wave_pause or 0.0,
+        wave_hold=args.wave_hold,
+    )
+    watch = _watch(manager, args.timeout)
+    run_id = producer.rollback(manager, args.run_id, options, _say, watch)
+    _say(f"run {run_id} rolls back run {args.run_id}")
+    return _follow(manager, run_id, args, watch)
+
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    wave = producer.continue_run(manager, args.run_id, _say, _watch(manager, None))
+    message = f"run {args.run_id}: goes on after wave {wave}"
+    if args.json:
+        _print_json({"run_id": args.run_id, "continued_after_wave": wave, "message": message})
+    else:
+        print(message)
     return EXIT_OK
 
 
@@ -493,6 +546,31 @@ def _command(
     return parser
 
 
+def _rollout_arguments(command: argparse.ArgumentParser) -> None:
+    """Waves and the failure budget: for ``migrate`` and ``rollback``."""
+    command.add_argument(
+        "--wave",
+        action="append",
+        metavar="N|N%",
+        help="a wave: the next N (or N %%) of the tenants by schema name; repeatable, the rest"
+        " go last; a wave starts when the one before succeeded (within --max-failures)",
+    )
+    command.add_argument(
+        "--wave-pause", type=SECONDS, metavar="SECONDS", help="wait this long between waves"
+    )
+    command.add_argument(
+        "--wave-hold",
+        action="store_true",
+        help="between waves, wait for `tenantfleet continue RUN`",
+    )
+    command.add_argument(
+        "--max-failures",
+        type=COUNT,
+        metavar="N",
+        help="after N failed tenants, skip the tenants not started yet",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tenantfleet",
@@ -579,12 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--canary-tenant", action="append", metavar="S", help="a canary chosen by name"
     )
-    migrate.add_argument(
-        "--max-failures",
-        type=COUNT,
-        metavar="N",
-        help="after N failed tenants, skip the tenants not started yet",
-    )
+    _rollout_arguments(migrate)
     migrate.add_argument("--dry-run", action="store_true", help="print the plan, touch nothing")
     migrate.add_argument("--sql", action="store_true", help="with --dry-run: one tenant's SQL")
     migrate.add_argument(
@@ -596,6 +669,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse (exit 2) when a tenant cannot be migrated, instead of skipping it",
     )
 
+    lint_cmd = _command(
+        commands,
+        "lint",
+        cmd_lint,
+        "check the SQL of every pending revision (squawk and the fleet's rules); exit 2 when"
+        " a finding blocks",
+    )
+    lint_cmd.add_argument("--revision", default="head", help="target revision (default: head)")
+    lint_cmd.add_argument("--tenant", action="append", metavar="S", help="only this schema")
+    lint_cmd.add_argument("--exclude", action="append", metavar="S", help="skip this schema")
+    for gated in (migrate, lint_cmd):
+        gated.add_argument(
+            "--allow",
+            action="append",
+            type=RULE,
+            metavar="RULE",
+            help="a lint rule whose findings do not block (repeatable; also lint_allow)",
+        )
+
     retry = _command(commands, "retry", cmd_retry, "migrate again what a run did not finish")
     retry.add_argument("run_id", type=int)
     retry.add_argument("--tenant", action="append", metavar="S", help="only this schema")
@@ -603,7 +695,15 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "resume", cmd_resume, "enqueue again the lost tenants of an unfinished run"
     )
     resume.add_argument("run_id", type=int)
-    for follower in (retry, resume):
+    back = _command(
+        commands,
+        "rollback",
+        cmd_rollback,
+        "a new run that brings every tenant a run upgraded back to where it came from",
+    )
+    back.add_argument("run_id", type=int)
+    _rollout_arguments(back)
+    for follower in (retry, resume, back):
         follower.add_argument("--wait", action="store_true", help="follow the run to its end")
         follower.add_argument("--timeout", type=SECONDS, metavar="SECONDS", help="exit 3 after")
     retry.add_argument("--wait-for-active", action="store_true")
@@ -614,6 +714,13 @@ def build_parser() -> argparse.ArgumentParser:
         "stop a run: tenants not started are recorded cancelled, those in flight finish",
     )
     cancel.add_argument("run_id", type=int)
+    go_on = _command(
+        commands,
+        "continue",
+        cmd_continue,
+        "let a run held between waves (--wave-hold) start its next wave",
+    )
+    go_on.add_argument("run_id", type=int)
     cancel.add_argument("--reason", help="recorded on each cancelled tenant (default: who, where)")
     status = _command(commands, "status", cmd_status, "a run: counts, failures, slowest tenants")
     status.add_argument("run_id", type=int, nargs="?", help="default: the latest run")

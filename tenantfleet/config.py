@@ -69,6 +69,11 @@ class Settings:
     tenants: str = "registry"
     tenants_query: str | None = None
     max_concurrent: int = 16
+    lint_allow: tuple[str, ...] = ()
+    """Lint rules whose findings never block a run (``tenantfleet lint``)."""
+    lint_big_table_rows: int = 100_000
+    """A table this big (rows, the planner's estimate) in any tenant is too big for a blocking
+    ``CREATE INDEX``."""
     databases: Mapping[str, Database] = field(default_factory=dict)
     """The tenant databases by key (``[tool.tenantfleet.databases.KEY]``), besides this one."""
     config_file: Path | None = field(default=None, compare=False)
@@ -141,6 +146,17 @@ def _positive(raw: str, where: str, base: Path | None) -> int:
     return value
 
 
+RULE_NAME = re.compile(r"[a-z][a-z0-9-]{1,63}")
+
+
+def _rule_names(raw: str, where: str, _base: Path | None) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    for name in names:
+        if not RULE_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: {name!r} is not a lint rule name (e.g. ban-drop-column)")
+    return names
+
+
 def _flag(raw: str, where: str, _base: Path | None) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -208,6 +224,8 @@ KEYS = (
     Key("tenants", _one_of(*TENANT_SOURCES)),
     Key("tenants_query", _text),
     Key("max_concurrent", _positive),
+    Key("lint_allow", _rule_names),
+    Key("lint_big_table_rows", _whole),
 )
 KEY_NAMES = tuple(key.name for key in KEYS)
 
@@ -304,8 +322,10 @@ def _from_file(value: Any, where: str, env: Mapping[str, str]) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
     if not isinstance(value, str):
-        raise ConfigError(f"{where} must be a string, a number or a boolean")
+        raise ConfigError(f"{where} must be a string, a number, a boolean or a list of strings")
     if value.startswith("env:"):
         name = value.removeprefix("env:")
         if not env.get(name):
@@ -369,6 +389,8 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
             continue
         value = getattr(settings, item.name)
         shown = "" if value is None else str(value)
+        if isinstance(value, tuple):
+            shown = ",".join(value)
         if item.name in secret and shown:
             shown = mask_password(shown)
         rows.append((item.name, shown, settings.sources.get(item.name, "default")))

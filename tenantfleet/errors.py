@@ -53,6 +53,10 @@ class RunActive(UsageError):
     """Another run is active; a second one would race it."""
 
 
+class LintRefused(UsageError):
+    """The lint gate found a blocking finding in a pending revision: nothing was touched."""
+
+
 class MigrationFailed(TenantfleetError):
     """A revision's SQL failed; the tenant was rolled back to where it was."""
 

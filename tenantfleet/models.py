@@ -90,6 +90,10 @@ class MigrationRun(PublicBase):
     )
     dispatched_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    wave: Mapped[int | None] = mapped_column(sa.Integer)
+    """The wave being run (NULL: the run has no waves)."""
+    continued_wave: Mapped[int | None] = mapped_column(sa.Integer)
+    """The last wave after which an operator let the run go on (``tenantfleet continue``)."""
 
 
 class MigrationRunTenant(PublicBase):
@@ -130,6 +134,9 @@ class MigrationRunTenant(PublicBase):
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )
     database: Mapped[str | None] = mapped_column(sa.String(63))
+    wave: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    reached_revision: Mapped[str | None] = mapped_column(sa.String(64))
+    """Where a tenant that failed part way through an ``autocommit_block()`` revision is."""
 
 
 class MigrationAttempt(PublicBase):

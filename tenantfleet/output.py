@@ -3,6 +3,7 @@
 from dataclasses import asdict
 from typing import Any
 
+from tenantfleet import lint
 from tenantfleet.alembic_runtime import Step
 from tenantfleet.config import CONTROL_DATABASE
 from tenantfleet.databases import shown
@@ -119,6 +120,23 @@ def status_report(report: dict[str, Any]) -> str:
                 [
                     [key, found["total"], *(found[name] for name in STATES)]
                     for key, found in report["databases"].items()
+                ],
+            )
+        )
+    if report["waves"]:
+        lines.append("")
+        at = report["wave"]
+        lines.append(
+            table(
+                ["wave", "total", *STATES, ""],
+                [
+                    [
+                        found["wave"],
+                        found["total"],
+                        *(found[name] for name in STATES),
+                        "<- at" if found["wave"] == at and report["finished_at"] is None else "",
+                    ]
+                    for found in report["waves"]
                 ],
             )
         )
@@ -256,7 +274,7 @@ def _when(moment: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
 
-def plan_dict(plan: Plan, canaries: list[str], sql: str) -> dict[str, Any]:
+def plan_dict(plan: Plan, waves: list[list[str]], sql: str) -> dict[str, Any]:
     return {
         "target_revision": plan.target,
         "tenants": [
@@ -269,23 +287,25 @@ def plan_dict(plan: Plan, canaries: list[str], sql: str) -> dict[str, Any]:
             for schema, rev in plan.behind
         ],
         "up_to_date": len(plan.up_to_date),
-        "canaries": canaries,
+        "canaries": waves[0] if len(waves) > 1 else [],
+        "waves": [len(wave) for wave in waves] if len(waves) > 1 else [],
         "sql": sql or None,
     }
 
 
-def plan_text(plan: Plan, canaries: list[str]) -> str:
+def plan_text(plan: Plan, waves: list[list[str]]) -> str:
     head = (
         f"dry run: {len(plan.behind)} tenants would be migrated to {plan.target}"
         f" ({len(plan.up_to_date)} already there); nothing was changed"
     )
     if not plan.behind:
         return head
+    wave_of = {s: n for n, wave in enumerate(waves, 1) for s in wave} if len(waves) > 1 else {}
     rows = [
-        [plan.label(schema), rev or "base", plan.target, "canary" if schema in canaries else ""]
+        [plan.label(schema), rev or "base", plan.target, wave_of.get(schema, "")]
         for schema, rev in plan.behind
     ]
-    return head + "\n\n" + table(["tenant", "from", "to", ""], rows)
+    return head + "\n\n" + table(["tenant", "from", "to", "wave"], rows)
 
 
 def fleet_dict(report: FleetReport) -> dict[str, Any]:
@@ -350,3 +370,23 @@ def fleet_text(report: FleetReport) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def lint_text(report: lint.Report) -> str:
+    """The lint report: one line per finding, then the verdict."""
+    if not report.revisions:
+        return "lint: no revision pending for the selected tenants"
+    lines = [
+        f"{f.level:<8} {f.revision} {f.rule}: {f.statement or '(the revision)'}\n"
+        f"         {f.message}"
+        for f in report.findings
+    ]
+    blocking = len(report.blocking)
+    verdict = (
+        f"{blocking} blocking findings: `migrate` refuses the run (--allow RULE to let a rule"
+        " through)"
+        if blocking
+        else "nothing blocks: `migrate` would go ahead"
+    )
+    checked = f"lint: {len(report.revisions)} revisions checked ({', '.join(report.revisions)})"
+    return "\n".join([checked, *lines, verdict])

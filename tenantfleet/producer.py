@@ -4,9 +4,11 @@ Order matters for "nothing lost": the run and one row per tenant are committed b
 task is sent, so whatever happens to the broker afterwards, the run tables know every tenant.
 """
 
+import contextlib
 import dataclasses
-import io
+import functools
 import os
+import re
 import socket
 import time
 import uuid
@@ -14,12 +16,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from alembic import command
 from sqlalchemy.engine import Connection, Engine
 
-from tenantfleet import alembic_runtime, databases, db, follow, guard, locks, runs, tenants
+from tenantfleet import alembic_runtime, databases, db, follow, guard, lint, locks, runs, tenants
 from tenantfleet.databases import Placed
-from tenantfleet.errors import ConnectionFailed, RunActive, TenantStateError, UsageError
+from tenantfleet.errors import (
+    ConnectionFailed,
+    LintRefused,
+    RunActive,
+    TenantStateError,
+    UsageError,
+)
 from tenantfleet.manager import MigrationManager
 from tenantfleet.names import shorten, validate_schema_name
 from tenantfleet.queues import Queues, of_database
@@ -46,6 +53,14 @@ class MigrateOptions:
     wait_for_active: bool = False
     parent_run_id: int | None = None
     strict: bool = False
+    allow: Sequence[str] = ()
+    """Lint rules whose findings do not block this run (besides ``lint_allow``)."""
+    waves: Sequence[str] = ()
+    """``N`` or ``N%``: each wave the next N (or N % of the selected tenants)."""
+    wave_pause: float = 0.0
+    """Seconds to wait between waves."""
+    wave_hold: bool = False
+    """Wait for ``tenantfleet continue RUN`` between waves."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,12 @@ def validate(options: MigrateOptions) -> str:
         validate_schema_name(name)
     if options.canary < 0 or (options.max_failures is not None and options.max_failures < 1):
         raise UsageError("--canary must be at least 0 and --max-failures at least 1")
+    for spec in options.waves:
+        _wave_size(spec, 100)
+    if options.waves and (options.canary or options.canary_tenants):
+        raise UsageError("--canary is the first of two waves: give --wave alone")
+    if (options.wave_pause or options.wave_hold) and not (options.waves or options.canary):
+        raise UsageError("--wave-pause and --wave-hold go with --wave")
     target = alembic_runtime.resolve_revision(alembic_runtime.tenant_script(), options.revision)
     if target is None:
         raise UsageError("migrate only upgrades; use `tenantfleet tenant downgrade` for base")
@@ -147,6 +168,35 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
     return Plan(target, behind, at_or_past, not_migratable, placement)
 
 
+def lint_plan(manager: MigrationManager, chosen: Plan, allow: Sequence[str] = ()) -> lint.Report:
+    """The lint gate over every revision some tenant of ``chosen`` would run, with table sizes
+    read from those tenants."""
+    script = alembic_runtime.tenant_script()
+    revisions = lint.pending_revisions(script, {rev for _, rev in chosen.behind}, chosen.target)
+    placed = [Placed(schema, chosen.placement.get(schema)) for schema, _ in chosen.behind]
+    settings = manager.settings
+    return lint.check(
+        revisions,
+        lint.fleet_sizes(manager.engine_for, placed),
+        [*settings.lint_allow, *allow],
+        settings.lint_big_table_rows,
+    )
+
+
+def gate(manager: MigrationManager, chosen: Plan, allow: Sequence[str]) -> None:
+    """``LintRefused`` (one line per finding) when a pending revision has a blocking finding."""
+    blocking = lint_plan(manager, chosen, allow).blocking
+    if blocking:
+        lines = [
+            f"  {f.revision} {f.rule}: {f.statement or '(the revision)'} -- {f.message}"
+            for f in blocking
+        ]
+        raise LintRefused(
+            f"the lint gate refuses the run: {len(blocking)} blocking findings (allow a rule"
+            " by name: --allow RULE, or lint_allow in the config)\n" + "\n".join(lines)
+        )
+
+
 def choose_canaries(chosen: Plan, options: MigrateOptions) -> list[str]:
     """The first ``--canary`` behind tenants by schema name, or the ``--canary-tenant`` ones."""
     behind = [schema for schema, _ in chosen.behind]
@@ -158,16 +208,47 @@ def choose_canaries(chosen: Plan, options: MigrateOptions) -> list[str]:
     return behind[: options.canary]
 
 
+WAVE_SPEC = re.compile(r"([1-9][0-9]*)(%?)")
+
+
+def _wave_size(spec: str, total: int) -> int:
+    """How many tenants of ``total`` a wave ``N`` or ``N%`` takes (a % rounds up)."""
+    found = WAVE_SPEC.fullmatch(spec.strip())
+    if found is None or (found.group(2) and int(found.group(1)) > 100):
+        raise UsageError(f"--wave {spec!r}: give a number of tenants (5) or a percentage (10%)")
+    number = int(found.group(1))
+    return -(-number * total // 100) if found.group(2) else number
+
+
+def choose_waves(chosen: Plan, options: MigrateOptions) -> list[list[str]]:
+    """The behind tenants in waves, in schema-name order: the canaries then the rest, or each
+    ``--wave`` the next N or N % of them, the rest last. No waves: one list, or none."""
+    behind = [schema for schema, _ in chosen.behind]
+    canaries = choose_canaries(chosen, options)
+    if canaries:
+        rest = [s for s in behind if s not in set(canaries)]
+        return [canaries, rest] if rest else [canaries]
+    waves: list[list[str]] = []
+    left = behind
+    for spec in options.waves:
+        if not left:
+            break
+        size = _wave_size(spec, len(behind))
+        waves.append(left[:size])
+        left = left[size:]
+    return [*waves, left] if left else waves
+
+
 def start(
     manager: MigrationManager,
     options: MigrateOptions,
     say: Say = _quiet,
     watch: follow.Watch | None = None,
 ) -> int:
-    """Upgrade public, plan, record the run (one at a time), send its tasks; the run id.
+    """Upgrade public, plan, lint, record the run (one at a time), send its tasks; the run id.
 
-    Canaries are sent first and followed (``watch``: timeout, watchdog); the others are sent
-    only if every canary succeeded. While it records and sends, the producer holds the run's
+    With waves (``--canary`` is two), each wave is sent and followed (``watch``: timeout,
+    watchdog) before the next. While it records and sends, the producer holds the run's
     dispatch lock, so a run whose producer died before sending everything is seen abandoned
     at once (``guard``) instead of blocking every deploy until it goes stale.
     """
@@ -179,24 +260,44 @@ def start(
         if options.upgrade_public:
             manager.upgrade_public()
         chosen = plan(manager, options)
-        canaries = choose_canaries(chosen, options)
         if chosen.behind:
-            check_broker(app())
-        uid = str(uuid.uuid4())
-        with db.connect(manager.engine) as holder:
-            locks.hold(holder, locks.dispatching(uid))  # a new uid: always free
-            try:
-                run_id = _record(manager, chosen, options, canaries, uid)
-            except RunActive:
-                if not options.wait_for_active:
-                    raise
-                continue
-            _dispatch(manager, run_id, [s for s, _ in chosen.behind], say, watch)
-        return run_id
+            gate(manager, chosen, options.allow)
+        try:
+            return _launch(manager, chosen, options, say, watch)
+        except RunActive:
+            if not options.wait_for_active:
+                raise
+
+
+def _launch(
+    manager: MigrationManager,
+    chosen: Plan,
+    options: MigrateOptions,
+    say: Say,
+    watch: follow.Watch,
+    rollback: "Rollback | None" = None,
+) -> int:
+    """Record the run of ``chosen`` and send it, holding its dispatch lock; the run id."""
+    canaries = choose_canaries(chosen, options)
+    waves = choose_waves(chosen, options)
+    if chosen.behind:
+        check_broker(app())
+    uid = str(uuid.uuid4())
+    with db.connect(manager.engine) as holder:
+        locks.hold(holder, locks.dispatching(uid))  # a new uid: always free
+        run_id = _record(manager, chosen, options, canaries, waves, uid, rollback)
+        _dispatch(manager, run_id, [s for s, _ in chosen.behind], say, watch)
+    return run_id
 
 
 def _record(
-    manager: MigrationManager, chosen: Plan, options: MigrateOptions, canaries: list[str], uid: str
+    manager: MigrationManager,
+    chosen: Plan,
+    options: MigrateOptions,
+    canaries: list[str],
+    waves: list[list[str]],
+    uid: str,
+    rollback: "Rollback | None" = None,
 ) -> int:
     """Write the run under the producers' lock, unless another run is active."""
     with db.begin(manager.engine) as connection:
@@ -218,28 +319,56 @@ def _record(
                 "exclude": list(options.exclude),
                 "canaries": canaries,
                 "max_failures": options.max_failures,
+                "allow": list(options.allow),
+                "waves": list(options.waves) or (["canaries"] if canaries else []),
+                "wave_pause": options.wave_pause,
+                "wave_hold": options.wave_hold,
+                **({"rollback_of": rollback.run_id} if rollback else {}),
             },
             producer=f"{socket.gethostname()}:{os.getpid()}",
             parent_run_id=options.parent_run_id,
             uid=uid,
             skipped=chosen.not_migratable,
             placement=chosen.placement,
+            waves={s: n for n, wave in enumerate(waves, 1) for s in wave}
+            if len(waves) > 1
+            else None,
+            targets=rollback.targets if rollback else None,
         )
+
+
+@dataclass(frozen=True)
+class _Sending:
+    """What ``_dispatch`` reads of a run before it sends."""
+
+    run: runs.Run
+    waves: dict[str, int]
+    queues: Queues
+    placement: dict[str, str]
+    targets: dict[str, str]
 
 
 def _dispatch(
     manager: MigrationManager, run_id: int, to_send: Sequence[str], say: Say, watch: follow.Watch
 ) -> int:
-    """Send ``to_send`` (pending tenants of the run), canaries first; mark the run dispatched.
-    How many tasks were sent. Raises ``StoppedFollowing`` when ``watch`` times out while the
-    canaries run (``resume`` sends the rest later)."""
+    """Send ``to_send`` (pending tenants of the run), wave after wave when the run has waves
+    (from the wave it is at); mark the run dispatched. How many tasks were sent. A wave starts
+    only when the one before ended within the failure budget (without one: all succeeded),
+    after ``--wave-pause`` and, with ``--wave-hold``, ``tenantfleet continue``; when one did
+    not, the tenants of the waves never started are recorded ``skipped``. Raises
+    ``StoppedFollowing`` when ``watch`` times out between waves (``resume`` goes on later)."""
     engine = manager.engine
 
-    def read() -> tuple[runs.Run, dict[str, str], Queues, dict[str, str]]:
+    def read() -> _Sending:
         with db.connect(engine) as connection:
             run = runs.get_run(connection, run_id)
-            states = runs.statuses(connection, run_id, run.options.get("canaries", []))
-            return run, states, of_database(connection), runs.placement(connection, run_id)
+            return _Sending(
+                run,
+                runs.waves(connection, run_id),
+                of_database(connection),
+                runs.placement(connection, run_id),
+                runs.targets(connection, run_id) if run.options.get("rollback_of") else {},
+            )
 
     def close(skip_reason: str | None) -> int:
         """Every task is sent (or the rest skipped): mark it, close the run if it can be."""
@@ -249,41 +378,114 @@ def _dispatch(
             runs.finalize(connection, run_id)
         return skipped
 
-    run, canary_states, fleet_queues, placement = follow.patiently(watch, read)
-
-    def send(schemas: Sequence[str]) -> None:
-        labels = [databases.label(placement.get(s), s) for s in schemas]
-        enqueue(celery_app, fleet_queues, run, labels, max_failures)
-
+    known = follow.patiently(watch, read)
+    run = known.run
     max_failures = run.options.get("max_failures")
     celery_app = app()
-    # what the watch needs to tell why tenants wait, for the canaries and for --wait after
-    watch.app, watch.queues, watch.target = celery_app, fleet_queues, run.target_revision
+
+    def send(schemas: Sequence[str]) -> None:
+        tenants = [
+            (
+                databases.label(known.placement.get(s), s),
+                known.targets.get(s, run.target_revision),
+            )
+            for s in schemas
+        ]
+        enqueue(celery_app, known.queues, run, tenants, max_failures)
+
+    # what the watch needs to tell why tenants wait, for the waves and for --wait after
+    watch.app, watch.queues, watch.target = celery_app, known.queues, run.target_revision
+    numbers = sorted(set(known.waves.values()))
+    if not numbers:
+        send(to_send)
+        follow.patiently(watch, lambda: close(None))  # also closes a run with nothing to send
+        return len(to_send)
     sent = 0
-    unfinished = [c for c, state in canary_states.items() if state not in runs.FINAL]
-    if canary_states:
-        first = [c for c in unfinished if c in to_send]
-        send(first)
-        sent += len(first)
-        if unfinished:
-            say(f"run {run_id}: waiting for {len(unfinished)} canary tenants")
-            outcome = follow.until_final(engine, run_id, unfinished, watch)
-            if outcome is None:
-                raise follow.StoppedFollowing(
-                    f"--timeout reached while the canaries of run {run_id} ran; the rest is not"
-                    f" sent: `tenantfleet resume {run_id}` sends it once they succeed"
-                )
-            canary_states.update(outcome)
-        failed = [c for c, state in canary_states.items() if state != "succeeded"]
-        if failed:
-            reason = f"skipped: canary {shorten(failed)} did not succeed"
-            skipped = follow.patiently(watch, lambda: close(reason))
-            say(f"run {run_id}: canary {shorten(failed)} failed; {skipped} tenants skipped")
+    for number in [n for n in numbers if n >= (run.wave or 0)]:
+        members = [s for s, n in known.waves.items() if n == number]
+        follow.patiently(watch, functools.partial(_at_wave, engine, run_id, number))
+        now = [s for s in to_send if known.waves.get(s) == number]
+        send(now)
+        sent += len(now)
+        if number == numbers[-1]:
+            break
+        say(f"run {run_id}: wave {number} of {len(numbers)} ({len(members)} tenants) running")
+        outcome = follow.until_final(engine, run_id, members, watch)
+        if outcome is None:
+            raise follow.StoppedFollowing(
+                f"--timeout reached while wave {number} of run {run_id} ran; the next waves"
+                f" are not sent: `tenantfleet resume {run_id}` goes on"
+            )
+        reason = _wave_verdict(engine, run, number, outcome, watch)
+        if reason is not None:
+            skipped = follow.patiently(watch, functools.partial(close, reason))
+            say(f"run {run_id}: {reason.removeprefix('skipped: ')}; {skipped} tenants skipped")
             return sent
-    rest = [s for s in to_send if s not in canary_states]
-    send(rest)
-    follow.patiently(watch, lambda: close(None))  # also closes a run with nothing to send
-    return sent + len(rest)
+        _between_waves(engine, run, number, say, watch)
+    follow.patiently(watch, lambda: close(None))
+    return sent
+
+
+def _at_wave(engine: Engine, run_id: int, number: int) -> None:
+    with db.begin(engine) as connection:
+        runs.start_wave(connection, run_id, number)
+
+
+def _wave_verdict(
+    engine: Engine, run: runs.Run, number: int, outcome: dict[str, str], watch: follow.Watch
+) -> str | None:
+    """None when the run may go on past wave ``number`` (whose tenants ended as ``outcome``);
+    else why the rest is skipped."""
+    budget = run.options.get("max_failures")
+    if run.options.get("waves") == ["canaries"]:
+        failed = [s for s, state in outcome.items() if state != "succeeded"]
+        return f"skipped: canary {shorten(failed)} did not succeed" if failed else None
+    if budget is None:
+        failed = [s for s, state in outcome.items() if state != "succeeded"]
+        if failed:
+            return f"skipped: wave {number} did not succeed ({shorten(failed)})"
+        return None
+
+    def failures() -> int:
+        with db.connect(engine) as connection:
+            return runs.counts(connection, run.id).failed
+
+    spent = follow.patiently(watch, failures)
+    if spent >= budget:
+        return f"skipped: the failure budget ({budget}) was spent by wave {number}"
+    return None
+
+
+def _between_waves(
+    engine: Engine, run: runs.Run, number: int, say: Say, watch: follow.Watch
+) -> None:
+    """Wait ``wave_pause`` seconds, then (``wave_hold``) until ``tenantfleet continue``; a
+    cancelled run goes on at once (its next waves were cancelled)."""
+    pause_until = time.monotonic() + float(run.options.get("wave_pause") or 0)
+    hold = bool(run.options.get("wave_hold"))
+    if hold:
+        say(
+            f"run {run.id}: wave {number} done; `tenantfleet continue {run.id}` starts"
+            f" wave {number + 1}"
+        )
+
+    def look() -> runs.Run:
+        with db.connect(engine) as connection:
+            return runs.get_run(connection, run.id)
+
+    while True:
+        now = follow.patiently(watch, look)
+        if now.cancelled_at is not None:
+            return
+        held = hold and (now.continued_wave or 0) < number
+        if time.monotonic() >= pause_until and not held:
+            return
+        if watch.expired():
+            raise follow.StoppedFollowing(
+                f"--timeout reached between waves {number} and {number + 1} of run {run.id}:"
+                f" `tenantfleet resume {run.id}` goes on"
+            )
+        time.sleep(watch.poll_interval)
 
 
 def wait_for_no_active_run(manager: MigrationManager, say: Say, watch: follow.Watch) -> None:
@@ -336,6 +538,7 @@ def retry(
         max_failures=run.options.get("max_failures"),
         wait_for_active=wait_for_active,
         parent_run_id=run_id,
+        allow=run.options.get("allow", []),
     )
     return start(manager, options, say, watch)
 
@@ -360,6 +563,100 @@ def resume(
             raise RunActive(f"run {run_id} is being sent by its producer ({run.producer})")
         idle = [t.schema_name for t in pending if t.label not in busy]
         return _dispatch(manager, run_id, idle, say, watch or follow.Watch())
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """A run that brings the tenants another run upgraded back where each came from."""
+
+    run_id: int
+    """The run rolled back."""
+    targets: dict[str, str]
+    """Each tenant's revision before that run (``base``: it had none)."""
+
+
+def rollback(
+    manager: MigrationManager,
+    run_id: int,
+    options: MigrateOptions,
+    say: Say = _quiet,
+    watch: follow.Watch | None = None,
+) -> int:
+    """A new run, linked to ``run_id``, that downgrades every tenant ``run_id`` upgraded to the
+    revision it came from: one transaction per tenant, with the same locks, retries, records,
+    waves and failure budget as ``migrate``. Refused, before anything changes, when a revision
+    to undo has no ``downgrade()``; a tenant that has moved since (or whose database cannot be
+    reached) is recorded ``skipped``, not touched. The new run's id."""
+    validate(options)
+    with db.connect(manager.engine) as connection:
+        manager.require_public(connection)
+        run = runs.get_run(connection, run_id)
+        done = runs.tenants_of(connection, run_id, ["succeeded"])
+    if run.finished_at is None:
+        raise UsageError(f"run {run_id} is still open: let it finish, or cancel it, first")
+    if run.options.get("rollback_of"):
+        raise UsageError(f"run {run_id} is itself a rollback: migrate forward again instead")
+    if not done:
+        raise UsageError(f"run {run_id} upgraded no tenant: nothing to roll back")
+    _refuse_without_downgrades(run_id, {(t.from_revision, t.to_revision) for t in done})
+    read = databases.read_versions(
+        manager.engine_for, [Placed(t.schema_name, t.database) for t in done]
+    )
+    behind: list[tuple[str, str | None]] = []
+    moved: list[tuple[str, str | None, str, str]] = []
+    for tenant in done:
+        schema = tenant.schema_name
+        now = read.found.get(schema, tenant.to_revision)
+        if tenant.database in read.unreachable:
+            where = databases.shown(tenant.database)
+            reason = f"database {where} could not be reached: not touched"
+            moved.append((schema, None, "DatabaseUnreachable", reason))
+        elif schema not in read.found or now != tenant.to_revision:
+            found = "gone" if schema not in read.found else f"at {now or 'base'}"
+            reason = (
+                f"{found} now, not at {tenant.to_revision} where run {run_id} left it: not touched"
+            )
+            moved.append((schema, now, "MovedSince", reason))
+        else:
+            behind.append((schema, now))
+    targets = {t.schema_name: t.from_revision or alembic_runtime.BASE for t in done}
+    common = sorted(set(targets.values()))
+    chosen = Plan(
+        common[0] if len(common) == 1 else "(each its own)",
+        behind,
+        not_migratable=moved,
+        placement={t.schema_name: t.database for t in done if t.database is not None},
+    )
+    rolled = dataclasses.replace(options, parent_run_id=run_id)
+    return _launch(manager, chosen, rolled, say, watch or follow.Watch(), Rollback(run_id, targets))
+
+
+def _refuse_without_downgrades(run_id: int, spans: set[tuple[str | None, str]]) -> None:
+    """``UsageError`` naming the revisions to undo whose ``downgrade()`` is missing or empty."""
+    script = alembic_runtime.tenant_script()
+    lacking: set[str] = set()
+    for start, end in spans:
+        for rev in lint.pending_revisions(script, [start], end):
+            if lint.downgrade_findings(rev):
+                lacking.add(rev.revision)
+    if lacking:
+        raise UsageError(
+            f"run {run_id} cannot be rolled back: no downgrade() in {shorten(sorted(lacking))};"
+            " nothing was changed"
+        )
+
+
+def continue_run(
+    manager: MigrationManager, run_id: int, say: Say = _quiet, watch: follow.Watch | None = None
+) -> int:
+    """Let a run held between waves go on (``--wave-hold``); the wave it goes on after. Its
+    producer sends the next wave; when that producer is gone, this one does (``resume``)."""
+    with db.begin(manager.engine) as connection:
+        manager.require_public(connection)
+        wave = runs.continue_run(connection, run_id)
+    with contextlib.suppress(RunActive):  # its producer is alive: it sends the next wave
+        resume(manager, run_id, say, watch)
+    return wave
 
 
 def cancel(manager: MigrationManager, run_id: int, reason: str) -> tuple[int, runs.Run | None]:
@@ -418,32 +715,27 @@ def resend_lost(manager: MigrationManager, run_id: int, quiet_for: float) -> int
         quiet = {t.schema_name: t for t in runs.quiet_pending(connection, run_id, quiet_for)}
         pending = runs.tenants_of(connection, run_id, runs.PENDING)
         held = locks.held(connection, [t.label for t in pending])
-    if run.dispatched_at is None:  # the canary phase: the others were never sent
-        canaries = set(run.options.get("canaries", []))
-        quiet = {s: t for s, t in quiet.items() if s in canaries}
+    if run.dispatched_at is None:  # between waves: the later ones were never sent
+        quiet = {s: t for s, t in quiet.items() if t.wave is None or t.wave <= (run.wave or 0)}
     waiting = ("queued", "waiting")
-    lost = [t.label for t in quiet.values() if t.status not in waiting and t.label not in held]
+    lost = [t for t in quiet.values() if t.status not in waiting and t.label not in held]
     if not held:
-        lost += [t.label for t in quiet.values() if t.status in waiting]
-    enqueue(app(), queues_of(manager), run, lost, run.options.get("max_failures"))
+        lost += [t for t in quiet.values() if t.status in waiting]
+    tenants = [(t.label, t.to_revision) for t in lost]
+    enqueue(app(), queues_of(manager), run, tenants, run.options.get("max_failures"))
     return len(lost)
 
 
 def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
     """The SQL one tenant's upgrade would run (Alembic offline mode); nothing is touched. A
     revision that reads the database cannot be rendered: the SQL stops there, saying so."""
-    buffer = io.StringIO()
-    cfg = alembic_runtime.tenant_config(schema)
-    cfg.output_buffer = buffer
-    span = f"{from_revision}:{target}" if from_revision else target
     try:
-        command.upgrade(cfg, span, sql=True)
-    except Exception as exc:
-        buffer.write(
-            f"\n-- stopped: {type(exc).__name__}: {exc}\n-- (a revision that reads the database"
+        return alembic_runtime.render_sql(schema, from_revision, target)
+    except alembic_runtime.NotRendered as exc:
+        return (
+            f"{exc.partial}\n-- stopped: {exc}\n-- (a revision that reads the database"
             " cannot be rendered offline; the workers run it online)\n"
         )
-    return buffer.getvalue()
 
 
 def app() -> Any:
@@ -475,13 +767,14 @@ def enqueue(
     app: Any,
     queues: Queues,
     run: runs.Run,
-    labels: Sequence[str],
+    tenants: Sequence[tuple[str, str]],
     max_failures: int | None = None,
 ) -> None:
     """``chord(group(one task per tenant), finalize_run)``, ``finalize_run_on_error`` on error,
-    on the queues of the run's control database. A task names its tenant by its label
-    (``KEY/schema`` in another database): what Flower and the worker log show."""
-    if not labels:
+    on the queues of the run's control database; ``tenants`` are (label, target revision). A
+    task names its tenant by its label (``KEY/schema`` in another database): what Flower and the
+    worker log show."""
+    if not tenants:
         return
     from celery import chord, group
 
@@ -496,10 +789,10 @@ def enqueue(
     # No time limits in the message: the worker's TENANTFLEET_TASK_TIME_LIMIT decides (Celery
     # would otherwise send the producer's setting with every task, and it would win).
     header = group(
-        migrate_tenant.si(run.id, label, run.target_revision, **extra).set(
+        migrate_tenant.si(run.id, label, target, **extra).set(
             queue=queues.tenants, time_limit=None, soft_time_limit=None
         )
-        for label in labels
+        for label, target in tenants
     )
     with app.batched_publishing(PUBLISH_BATCH):
         chord(header, body).apply_async()
@@ -511,6 +804,7 @@ def report(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:
         run = runs.get_run(connection, run_id)
         tally = runs.counts(connection, run_id)
         by_database = runs.counts_by_database(connection, run_id)
+        by_wave = runs.counts_by_wave(connection, run_id)
         tenants = runs.tenants_of(connection, run_id)
         slow = runs.slowest(connection, run_id, slowest) if slowest else []
     result: dict[str, Any] = {
@@ -522,6 +816,9 @@ def report(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:
         "databases": {
             databases.shown(database): counts_dict(found) for database, found in by_database.items()
         },
+        "waves": [{"wave": n, **counts_dict(found)} for n, found in by_wave.items()],
+        "wave": run.wave,
+        "rollback_of": run.options.get("rollback_of"),
         "tenants": [_tenant_dict(t) for t in tenants],
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
@@ -558,4 +855,6 @@ def _tenant_dict(tenant: runs.RunTenant) -> dict[str, Any]:
         "attempts": tenant.attempts,
         "duration_ms": tenant.duration_ms,
         "worker": tenant.worker,
+        "wave": tenant.wave,
+        "reached_revision": tenant.reached_revision,
     }

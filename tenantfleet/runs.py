@@ -37,6 +37,10 @@ class Counts:
     """Parked until a slot of their database is free (its cap is reached)."""
     cancelled: int = 0
 
+    @classmethod
+    def of(cls, by_status: Mapping[str, int]) -> "Counts":
+        return cls(total=sum(by_status.values()), **by_status)
+
     @property
     def pending(self) -> int:
         return self.queued + self.running + self.retrying + self.waiting
@@ -64,6 +68,8 @@ class Run:
     uid: str
     dispatched_at: datetime | None
     cancelled_at: datetime | None
+    wave: int | None
+    continued_wave: int | None
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,8 @@ class RunTenant:
     error_class: str | None
     error_message: str | None
     database: str | None
+    wave: int | None
+    reached_revision: str | None
 
     @property
     def label(self) -> str:
@@ -139,6 +147,8 @@ def create_run(
     uid: str | None = None,
     skipped: Sequence[tuple[str, str | None, str, str]] = (),
     placement: Mapping[str, str] | None = None,
+    waves: Mapping[str, int] | None = None,
+    targets: Mapping[str, str] | None = None,
 ) -> int:
     """Write the run and one ``queued`` row per tenant in ``behind`` (schema, from revision), and
     one ``skipped`` row per tenant in ``skipped`` (schema, revision, error class, reason): tenants
@@ -150,6 +160,8 @@ def create_run(
     """
     empty = not behind and not skipped
     placement = placement or {}
+    waves = waves or {}
+    targets = targets or {}
     extra = {"uid": uid} if uid else {}
     run_id: int = connection.execute(
         runs.insert()
@@ -170,16 +182,17 @@ def create_run(
         connection.execute(
             sa.text(
                 "INSERT INTO public.migration_run_tenants (run_id, schema_name, from_revision,"
-                " to_revision, database) SELECT :run_id, s, f, :target, d FROM unnest("
-                "CAST(:schemas AS text[]), CAST(:froms AS text[]), CAST(:databases AS text[]))"
-                " AS u(s, f, d)"
+                " to_revision, database, wave) SELECT :run_id, s, f, t, d, w FROM unnest("
+                "CAST(:schemas AS text[]), CAST(:froms AS text[]), CAST(:targets AS text[]),"
+                " CAST(:databases AS text[]), CAST(:waves AS smallint[])) AS u(s, f, t, d, w)"
             ),
             {
                 "run_id": run_id,
-                "target": target_revision,
                 "schemas": [schema for schema, _ in behind],
                 "froms": [from_revision for _, from_revision in behind],
+                "targets": [targets.get(schema, target_revision) for schema, _ in behind],
                 "databases": [placement.get(schema) for schema, _ in behind],
+                "waves": [waves.get(schema) for schema, _ in behind],
             },
         )
     if skipped:
@@ -442,7 +455,7 @@ def counts(connection: Connection, run_id: int, schemas: Sequence[str] | None = 
         query = query.where(run_tenants.c.schema_name.in_(list(schemas)))
     rows = connection.execute(query).all()
     by_status = {status: int(n) for status, n in rows}
-    return Counts(total=sum(by_status.values()), **by_status)
+    return Counts.of(by_status)
 
 
 def counts_by_database(connection: Connection, run_id: int) -> dict[str | None, Counts]:
@@ -466,10 +479,7 @@ def counts_by_run_and_database(
     for run_id, database, status, n in rows:
         found.setdefault(run_id, {}).setdefault(database, {})[status] = int(n)
     return {
-        run_id: {
-            database: Counts(total=sum(by_status.values()), **by_status)
-            for database, by_status in by_database.items()
-        }
+        run_id: {database: Counts.of(by_status) for database, by_status in by_database.items()}
         for run_id, by_database in found.items()
     }
 
@@ -624,6 +634,62 @@ def skip_pending(connection: Connection, run_id: int, reason: str) -> int:
         )
     )
     return result.rowcount
+
+
+def waves(connection: Connection, run_id: int) -> dict[str, int]:
+    """The wave of each tenant of a run with waves (empty without)."""
+    rows = connection.execute(
+        sa.select(run_tenants.c.schema_name, run_tenants.c.wave).where(
+            run_tenants.c.run_id == run_id, run_tenants.c.wave.is_not(None)
+        )
+    )
+    return {schema: wave for schema, wave in rows}
+
+
+def targets(connection: Connection, run_id: int) -> dict[str, str]:
+    """Each tenant's target revision (they differ in a rollback)."""
+    rows = connection.execute(
+        sa.select(run_tenants.c.schema_name, run_tenants.c.to_revision).where(
+            run_tenants.c.run_id == run_id
+        )
+    )
+    return {schema: target for schema, target in rows}
+
+
+def start_wave(connection: Connection, run_id: int, wave: int) -> None:
+    """The run is at ``wave``: its tenants are being sent."""
+    connection.execute(runs.update().where(runs.c.id == run_id).values(wave=wave))
+
+
+def continue_run(connection: Connection, run_id: int) -> int:
+    """Let an open run with waves go on past the wave it is at (``tenantfleet continue``);
+    that wave. A closed run, or one without waves, is a ``UsageError``."""
+    found = connection.execute(
+        sa.select(runs.c.finished_at, runs.c.status, runs.c.wave)
+        .where(runs.c.id == run_id)
+        .with_for_update()
+    ).first()
+    if found is None:
+        raise UsageError(f"no run with id {run_id}")
+    if found.finished_at is not None:
+        raise UsageError(f"run {run_id} is closed ({found.status}): nothing to continue")
+    if found.wave is None:
+        raise UsageError(f"run {run_id} has no waves: nothing to continue")
+    connection.execute(runs.update().where(runs.c.id == run_id).values(continued_wave=found.wave))
+    return int(found.wave)
+
+
+def counts_by_wave(connection: Connection, run_id: int) -> dict[int, Counts]:
+    """``counts`` for each wave of the run (empty without waves)."""
+    rows = connection.execute(
+        sa.select(run_tenants.c.wave, run_tenants.c.status, sa.func.count())
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.wave.is_not(None))
+        .group_by(run_tenants.c.wave, run_tenants.c.status)
+    ).all()
+    found: dict[int, dict[str, int]] = {}
+    for wave, status, n in rows:
+        found.setdefault(wave, {})[status] = int(n)
+    return {wave: Counts.of(by_status) for wave, by_status in sorted(found.items())}
 
 
 def placement(connection: Connection, run_id: int) -> dict[str, str]:

@@ -1,0 +1,343 @@
+"""The lint gate: the SQL of every pending revision, checked before a fleet runs it.
+
+Each revision is rendered on its own by Alembic's offline mode (``alembic upgrade --sql``) for a
+probe schema, and checked by **squawk** (the PostgreSQL migration linter, ``squawk-cli``, pinned
+in ``pyproject.toml``) and by rules only a fleet has:
+
+- ``outside-tenant-schema``: DDL or a foreign key that names an object outside the tenant's
+  schema (a shared table every tenant would lock at once);
+- ``index-on-big-table``: ``CREATE INDEX`` without ``CONCURRENTLY`` on a table whose largest
+  tenant copy holds ``lint_big_table_rows`` rows or more (the planner's estimate, read across
+  the fleet in one catalog pass per database); below that a warning. It stands in for squawk's
+  ``require-concurrent-index-creation``, which cannot know sizes;
+- ``missing-downgrade``: a revision whose ``downgrade()`` is missing or does nothing (its runs
+  cannot be rolled back);
+- ``not-rendered``: a revision offline mode cannot render (it reads the database): not checked,
+  and said so.
+
+A finding is an ``error`` (it blocks ``migrate``) or a ``warning``; an error of a rule allowed by
+name (``--allow RULE``, ``lint_allow``) is shown as ``allowed`` and blocks nothing.
+"""
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.script import Script, ScriptDirectory
+from sqlalchemy.engine import Connection
+
+from tenantfleet import alembic_runtime, db
+from tenantfleet.databases import Placed
+from tenantfleet.errors import ConfigError
+
+PROBE = "tenantfleet_lint_probe"
+"""The schema the revisions are rendered for: any name outside it is outside the tenant."""
+
+ERROR = "error"
+WARNING = "warning"
+ALLOWED = "allowed"
+
+OUTSIDE = "outside-tenant-schema"
+BIG_INDEX = "index-on-big-table"
+NO_DOWNGRADE = "missing-downgrade"
+NOT_RENDERED = "not-rendered"
+FLEET_RULES = (OUTSIDE, BIG_INDEX, NO_DOWNGRADE, NOT_RENDERED)
+
+SQUAWK_ERRORS = frozenset(
+    {
+        "ban-drop-database",
+        "ban-drop-table",
+        "ban-drop-column",
+        "ban-truncate-cascade",
+        "renaming-column",
+        "renaming-table",
+        "changing-column-type",
+        "adding-required-field",
+        "ban-concurrent-index-creation-in-transaction",
+    }
+)
+"""squawk's rules that block a fleet run: data lost in every tenant, a rename or type change the
+running app breaks on in every tenant at once, a statement that fails in every tenant with
+rows. squawk's other rules warn."""
+SQUAWK_OFF = (
+    "require-concurrent-index-creation",  # index-on-big-table decides, knowing the sizes
+    "prefer-robust-stmts",  # each tenant is one transaction: all or nothing, re-runnable
+    "require-timeout-settings",  # the workers set lock_timeout and statement_timeout
+    "require-lock-timeout",
+    "require-statement-timeout",
+)
+
+_STATEMENT_END = re.compile(r";[ \t]*\n(?:[ \t]*\n)+")
+_COMMENT_LINES = re.compile(r"^--[^\n]*\n?", re.MULTILINE)
+_LITERAL = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
+_NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
+_QUALIFIED = re.compile(rf"(?<![\w.\"$])({_NAME})\s*\.\s*{_NAME}")
+_REFERENCES = re.compile(rf"\bREFERENCES\s+({_NAME})\s*\.", re.IGNORECASE)
+_DDL = re.compile(r"\s*(CREATE|ALTER|DROP|COMMENT|GRANT|REVOKE|TRUNCATE|LOCK)\b", re.IGNORECASE)
+_INDEX = re.compile(
+    rf"\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+(CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
+    rf"(?:{_NAME}\s+)?ON\s+(?:ONLY\s+)?(?:{_NAME}\s*\.\s*)?({_NAME})",
+    re.IGNORECASE,
+)
+_SIZES_SQL = sa.text(
+    "SELECT c.relname, max(c.reltuples)::bigint,"
+    " (array_agg(n.nspname ORDER BY c.reltuples DESC))[1]"
+    " FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = ANY(CAST(:schemas AS text[])) AND c.relname = ANY(CAST(:tables AS text[]))"
+    " AND c.relkind IN ('r', 'p') GROUP BY c.relname"
+)
+"""Per table name, its largest copy among the given schemas (rows, the planner's estimate) and
+the schema holding it: one catalog pass."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    revision: str
+    rule: str
+    level: str
+    statement: str
+    """The statement's first line ("" for a finding about the whole revision)."""
+    message: str
+
+
+@dataclass(frozen=True)
+class Report:
+    revisions: list[str]
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def blocking(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == ERROR]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "revisions": self.revisions,
+            "blocking": len(self.blocking),
+            "findings": [f.__dict__ for f in self.findings],
+        }
+
+
+@dataclass(frozen=True)
+class _Statement:
+    text: str
+    line: int
+    """Its first line in the text given to squawk (0-based, as squawk counts)."""
+
+    @property
+    def first_line(self) -> str:
+        return self.text.strip().splitlines()[0][:160]
+
+
+Sizes = Callable[[Sequence[str]], dict[str, tuple[int, str]]]
+"""Table names -> {name: (rows of its largest tenant copy, that tenant)}."""
+
+
+def pending_revisions(
+    script: ScriptDirectory, froms: Iterable[str | None], target: str
+) -> list[Script]:
+    """Every revision between any of ``froms`` and ``target``, oldest first."""
+    found: dict[str, Script] = {}
+    for start in set(froms):
+        for rev in script.iterate_revisions(target, start or "base"):
+            if rev.revision != start:
+                found[rev.revision] = rev
+    order = [r.revision for r in script.walk_revisions()][::-1]
+    return sorted(found.values(), key=lambda r: order.index(r.revision))
+
+
+def check(
+    revisions: Sequence[Script], sizes: Sizes, allow: Iterable[str], big_table_rows: int
+) -> Report:
+    """Every finding of ``revisions``; errors of rules in ``allow`` are ``allowed``."""
+    allowed = set(allow)
+    findings: list[Finding] = []
+    for rev in revisions:
+        findings += _check_revision(rev, sizes, big_table_rows)
+    return Report(
+        [r.revision for r in revisions],
+        [
+            Finding(f.revision, f.rule, ALLOWED, f.statement, f.message)
+            if f.level == ERROR and f.rule in allowed
+            else f
+            for f in findings
+        ],
+    )
+
+
+def _check_revision(rev: Script, sizes: Sizes, big_table_rows: int) -> list[Finding]:
+    findings = downgrade_findings(rev)
+    try:
+        statements = _statements(rev)
+    except alembic_runtime.NotRendered as exc:
+        message = f"cannot be rendered offline, so it was not checked: {exc}"
+        return [*findings, Finding(rev.revision, NOT_RENDERED, WARNING, "", message)]
+    for statement in statements:
+        findings += _outside(rev.revision, statement)
+    findings += _big_indexes(rev.revision, statements, sizes, big_table_rows)
+    findings += _squawk(rev.revision, statements)
+    return findings
+
+
+def _statements(rev: Script) -> list[_Statement]:
+    """The revision's own statements (not Alembic's version-table bookkeeping), each with the
+    line it starts on when they are joined again with blank lines between them."""
+    start = rev.down_revision if isinstance(rev.down_revision, str) else None
+    if isinstance(rev.down_revision, tuple | list):
+        start = ",".join(rev.down_revision)
+    sql = alembic_runtime.render_sql(PROBE, start, rev.revision)
+    texts = [_COMMENT_LINES.sub("", t).strip() for t in _STATEMENT_END.split(sql + "\n\n")]
+    kept = [
+        t
+        for t in texts
+        if t
+        and alembic_runtime.VERSION_TABLE not in t
+        and "set_config('search_path'" not in t
+    ]
+    statements: list[_Statement] = []
+    line = 0
+    for text in kept:
+        statements.append(_Statement(text, line))
+        line += text.count("\n") + 2
+    return statements
+
+
+def downgrade_findings(rev: Script) -> list[Finding]:
+    source = Path(rev.path).read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == "downgrade":
+            does_something = any(
+                not isinstance(stmt, ast.Pass)
+                and not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))
+                for stmt in node.body
+            )
+            if does_something:
+                return []
+            message = "downgrade() does nothing: runs of this revision cannot be rolled back"
+            return [Finding(rev.revision, NO_DOWNGRADE, ERROR, "", message)]
+    message = "no downgrade(): runs of this revision cannot be rolled back"
+    return [Finding(rev.revision, NO_DOWNGRADE, ERROR, "", message)]
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+
+
+def _outside(revision: str, statement: _Statement) -> list[Finding]:
+    bare = _LITERAL.sub("''", statement.text)
+    pattern = _QUALIFIED if _DDL.match(bare) else _REFERENCES
+    outside = sorted({_unquote(m.group(1)) for m in pattern.finditer(bare)} - {PROBE, "pg_catalog"})
+    if not outside:
+        return []
+    message = (
+        f"names objects of schema {', '.join(outside)}: every tenant would change or lock"
+        " them, all at once"
+    )
+    return [Finding(revision, OUTSIDE, ERROR, statement.first_line, message)]
+
+
+def _big_indexes(
+    revision: str, statements: Sequence[_Statement], sizes: Sizes, big_table_rows: int
+) -> list[Finding]:
+    blocking = [
+        (s, _unquote(m.group(2)))
+        for s in statements
+        if (m := _INDEX.match(s.text)) is not None and not m.group(1)
+    ]
+    known = sizes(sorted({table for _, table in blocking})) if blocking else {}
+    findings = []
+    for statement, table in blocking:
+        rows, where = known.get(table, (0, ""))
+        if rows >= big_table_rows:
+            level = ERROR
+            message = (
+                f"blocks writes to {table} while it builds; {table} holds ~{rows:,} rows in"
+                f" {where} (>= {big_table_rows:,}): use CREATE INDEX CONCURRENTLY"
+                " (op.get_context().autocommit_block())"
+            )
+        else:
+            level = WARNING
+            largest = f"at most ~{rows:,} rows ({where})" if where else "no rows yet"
+            message = f"blocks writes to {table} while it builds; it is small in every tenant:"
+            message += f" {largest}"
+        findings.append(Finding(revision, BIG_INDEX, level, statement.first_line, message))
+    return findings
+
+
+def squawk_binary() -> str:
+    """The ``squawk`` of this environment (``squawk-cli``), else the one on PATH."""
+    beside = Path(sys.executable).parent / "squawk"
+    found = str(beside) if beside.is_file() else shutil.which("squawk")
+    if found is None:
+        raise ConfigError("squawk is not installed: pip install squawk-cli (tenantfleet needs it)")
+    return found
+
+
+def _squawk(revision: str, statements: Sequence[_Statement]) -> list[Finding]:
+    if not statements:
+        return []
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as sql:
+        sql.write("".join(f"{s.text};\n\n" for s in statements))
+        sql.flush()
+        done = subprocess.run(
+            [
+                squawk_binary(),
+                "--reporter",
+                "json",
+                f"--exclude={','.join(SQUAWK_OFF)}",
+                sql.name,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if done.returncode not in (0, 1):
+        raise ConfigError(f"squawk failed on revision {revision}: {done.stderr.strip()[:300]}")
+    findings = []
+    for item in json.loads(done.stdout or "[]"):
+        rule = item["rule_name"]
+        statement = max((s for s in statements if s.line <= item["line"]), key=lambda s: s.line)
+        level = ERROR if rule in SQUAWK_ERRORS else WARNING
+        message = item["message"] + (f" {item['help']}" if item.get("help") else "")
+        findings.append(Finding(revision, rule, level, statement.first_line, message))
+    return findings
+
+
+def fleet_sizes(engine_for: Callable[[str | None], Any], placed: Sequence[Placed]) -> Sizes:
+    """``Sizes`` read from the fleet: one catalog pass per database holding ``placed``; a
+    database that cannot be reached adds nothing."""
+
+    def sizes(tables: Sequence[str]) -> dict[str, tuple[int, str]]:
+        by_database: dict[str | None, list[str]] = {}
+        for tenant in placed:
+            by_database.setdefault(tenant.database, []).append(tenant.schema)
+        largest: dict[str, tuple[int, str]] = {}
+        for database, schemas in by_database.items():
+            try:
+                with db.connect(engine_for(database)) as connection:
+                    found = _read_sizes(connection, schemas, tables)
+            except Exception as exc:
+                if not db.is_unreachable(exc):
+                    raise
+                continue
+            for table, (rows, schema) in found.items():
+                if rows > largest.get(table, (-1, ""))[0]:
+                    largest[table] = (rows, schema)
+        return largest
+
+    return sizes
+
+
+def _read_sizes(
+    connection: Connection, schemas: Sequence[str], tables: Sequence[str]
+) -> dict[str, tuple[int, str]]:
+    rows = connection.execute(_SIZES_SQL, {"schemas": list(schemas), "tables": list(tables)})
+    return {table: (max(int(count), 0), schema) for table, count, schema in rows}

@@ -1,0 +1,226 @@
+"""Safe rollouts with real workers: the lint gate (our rules and squawk's), waves that stop at a
+failing wave or hold for ``continue``, and the rollback of a run (every tenant back at its own
+from-revision, compared through the catalog)."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tenantfleet import runs
+from tests import helpers
+from tests.fleet import Stack, running_fleet
+from tests.test_fleet import break_tenants, repair_tenants
+
+R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(stack: Stack) -> Iterator[None]:
+    stack.deactivate_all()
+    yield
+
+
+def _json(result: helpers.Result) -> dict:  # type: ignore[type-arg]
+    return json.loads(result.out)  # type: ignore[no-any-return]
+
+
+def test_waves_stop_at_the_wave_that_failed_and_never_start_the_next(stack: Stack) -> None:
+    schemas = stack.provision("wv", 20)
+    break_tenants(stack, ["wv00004"])  # in wave 2 (2 tenants, then 25 % of 20: 5)
+    untouched = helpers.snapshot(stack.engine, schemas[7:])
+    plan = _json(stack.cli("migrate", "--dry-run", "--json", "--wave", "2", "--wave", "25%"))
+    assert plan["waves"] == [2, 5, 13]
+    result = stack.cli("migrate", "--revision", R2, "--wave", "2", "--wave", "25%", "--wait", "--json")
+    assert result.code == 1, result.err
+    report = _json(result)
+    by_wave = {w["wave"]: w for w in report["waves"]}
+    assert by_wave[1]["succeeded"] == 2
+    assert by_wave[2]["succeeded"] == 4 and by_wave[2]["failed"] == 1
+    assert by_wave[3]["skipped"] == 13 and by_wave[3]["total"] == 13
+    states = {t["schema"]: t for t in report["tenants"]}
+    assert states["wv00020"]["error"] == "Skipped: skipped: wave 2 did not succeed (wv00004)"
+    assert helpers.snapshot(stack.engine, schemas[7:]) == untouched
+    assert "wave" in stack.cli("status", str(report["run_id"])).out
+
+    repair_tenants(stack, ["wv00004"])
+    again = stack.cli("retry", str(report["run_id"]), "--wait")
+    assert again.code == 0, again.err
+    assert set(stack.revisions(schemas).values()) == {R2}
+
+
+def test_a_held_run_waits_for_continue_between_waves(stack: Stack) -> None:
+    schemas = stack.provision("wh", 6)
+    producer = stack.cli_background(
+        "migrate", "--revision", R2, "--wave", "2", "--wave-hold", "--wait", "--json"
+    )
+    try:
+        assert producer.stderr is not None
+        for line in producer.stderr:  # the condition meant: the producer says it holds
+            if "`tenantfleet continue" in line:
+                break
+        with stack.engine.connect() as connection:
+            run_id = runs.latest_run_id(connection)
+            counts = runs.counts_by_wave(connection, run_id)
+        assert counts[1].succeeded == 2 and counts[2].queued == 4  # wave 2 not sent
+        status = _json(stack.cli("status", str(run_id), "--json"))
+        assert status["wave"] == 1 and status["finished_at"] is None
+        go_on = stack.cli("continue", str(run_id))
+        assert go_on.code == 0 and "goes on after wave 1" in go_on.out
+        out, err = producer.communicate(timeout=300)
+    finally:
+        producer.kill()
+    assert producer.returncode == 0, err
+    assert json.loads(out)["status"] == "succeeded"
+    assert set(stack.revisions(schemas).values()) == {R2}
+    closed = stack.cli("continue", str(run_id))
+    assert closed.code == 2 and "is closed" in closed.err
+
+
+def test_rollback_brings_every_tenant_back_to_its_own_revision(stack: Stack) -> None:
+    at_r1 = stack.provision("rb", 6)
+    at_r2 = stack.provision("rc", 4, R2)
+    before = helpers.snapshot(stack.engine, at_r1 + at_r2)
+    first = _json(stack.cli("migrate", "--wait", "--json"))
+    assert first["status"] == "succeeded"
+    assert set(stack.revisions(at_r1 + at_r2).values()) == {R3}
+    # one tenant moved since: it is listed, not touched
+    assert stack.cli("tenant", "downgrade", "rb00006", "--revision", R2).code == 0
+
+    result = stack.cli("rollback", str(first["run_id"]), "--wave", "3", "--wait", "--json")
+    assert result.code == 1, result.err  # the moved tenant is skipped
+    report = _json(result)
+    assert report["rollback_of"] == first["run_id"]
+    assert report["parent_run_id"] == first["run_id"]
+    states = {t["schema"]: t for t in report["tenants"]}
+    assert states["rb00006"]["status"] == "skipped"
+    assert "not at 20250415_000000 where run" in states["rb00006"]["error"]
+    assert {states[s]["to_revision"] for s in at_r1[:5]} == {R1}
+    assert {states[s]["to_revision"] for s in at_r2} == {R2}
+    found = stack.revisions(at_r1 + at_r2)
+    assert {found[s] for s in at_r1[:5]} == {R1} and {found[s] for s in at_r2} == {R2}
+    assert found["rb00006"] == R2
+    assert stack.cli("tenant", "downgrade", "rb00006", "--revision", R1).code == 0
+    assert helpers.snapshot(stack.engine, at_r1 + at_r2) == before
+
+    again = stack.cli("rollback", str(report["run_id"]))
+    assert again.code == 2 and "is itself a rollback" in again.err
+
+
+OUTSIDE = """
+tenantfleet_replay = True
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE users ADD COLUMN plan_id bigint REFERENCES public.plans (id)")
+
+
+def downgrade() -> None:
+    op.drop_column("users", "plan_id")
+"""
+NO_DOWNGRADE = """
+def upgrade() -> None:
+    op.add_column("users", sa.Column("nick", sa.Text()))
+"""
+BIG_INDEX = """
+def upgrade() -> None:
+    op.create_index("ix_orders_amount", "orders", ["amount"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_orders_amount", "orders")
+"""
+DROP_COLUMN = """
+def upgrade() -> None:
+    op.drop_column("users", "nick")
+
+
+def downgrade() -> None:
+    op.add_column("users", sa.Column("nick", sa.Text()))
+"""
+READS = """
+def upgrade() -> None:
+    users = op.get_bind().execute(sa.text("SELECT count(*) FROM users")).scalar()
+    op.execute(f"COMMENT ON TABLE users IS 'had {users} users'")
+
+
+def downgrade() -> None:
+    op.execute("SELECT 1")
+"""
+BLOCKING = {
+    "l0001": "outside-tenant-schema",
+    "l0002": "missing-downgrade",
+    "l0003": "index-on-big-table",
+    "l0004": "ban-drop-column",
+}
+
+
+def test_the_lint_gate_refuses_blocking_findings_unless_allowed_by_name(
+    pg_admin_url: str, template_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = helpers.tenant_env(
+        tmp_path,
+        [
+            ("l0001", OUTSIDE),
+            ("l0002", NO_DOWNGRADE),
+            ("l0003", BIG_INDEX),
+            ("l0004", DROP_COLUMN),
+            ("l0005", READS),
+        ],
+    )
+    monkeypatch.setenv("TENANTFLEET_TENANT_ALEMBIC", str(ini))
+    monkeypatch.setenv("TENANTFLEET_LINT_BIG_TABLE_ROWS", "1000")
+    with running_fleet(
+        pg_admin_url, template_url, tmp_path / "fleet", TENANTFLEET_TENANT_ALEMBIC=str(ini)
+    ) as stack:
+        schemas = stack.provision("li", 3, R3)
+        with stack.engine.begin() as connection:
+            connection.execute(sa.text("CREATE TABLE public.plans (id bigint PRIMARY KEY)"))
+            connection.execute(
+                sa.text(
+                    "INSERT INTO li00002.orders (user_id, amount, status)"
+                    " SELECT (SELECT min(id) FROM li00002.users), g, 'new'"
+                    " FROM generate_series(1, 5000) AS g"
+                )
+            )
+            connection.execute(sa.text("ANALYZE li00002.orders"))
+        before = helpers.snapshot(stack.engine, schemas)
+
+        linted = stack.cli("lint", "--json")
+        assert linted.code == 2, linted.err
+        report = _json(linted)
+        assert report["revisions"] == ["l0001", "l0002", "l0003", "l0004", "l0005"]
+        errors = {(f["revision"], f["rule"]) for f in report["findings"] if f["level"] == "error"}
+        assert errors == set(BLOCKING.items())
+        big = next(f for f in report["findings"] if f["rule"] == "index-on-big-table")
+        assert "li00002" in big["message"] and "ix_orders_amount" in big["statement"]
+        assert any(
+            f["revision"] == "l0005" and f["rule"] == "not-rendered" and f["level"] == "warning"
+            for f in report["findings"]
+        )
+        assert "blocking findings" in stack.cli("lint").out
+
+        refused = stack.cli("migrate", "--wait")
+        assert refused.code == 2
+        assert "the lint gate refuses the run: 4 blocking findings" in refused.err
+        for revision, rule in BLOCKING.items():
+            assert f"  {revision} {rule}: " in refused.err
+        assert helpers.snapshot(stack.engine, schemas) == before
+        with stack.engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM migration_runs")).scalar() == 0
+
+        three = [f"--allow={rule}" for rule in list(BLOCKING.values())[:3]]
+        still = stack.cli("migrate", *three)
+        assert still.code == 2 and "1 blocking findings" in still.err
+        allowed = stack.cli("lint", "--json", TENANTFLEET_LINT_ALLOW=",".join(BLOCKING.values()))
+        assert allowed.code == 0 and _json(allowed)["blocking"] == 0
+
+        ran = stack.cli("migrate", *three, "--allow", "ban-drop-column", "--wait", "--json")
+        assert ran.code == 0, ran.err
+        assert set(stack.revisions(schemas).values()) == {"l0005"}
+        refused_back = stack.cli("rollback", str(_json(ran)["run_id"]))
+        assert refused_back.code == 2
+        assert "cannot be rolled back: no downgrade() in l0002" in refused_back.err
+        assert set(stack.revisions(schemas).values()) == {"l0005"}
