@@ -198,9 +198,7 @@ def _statements(rev: Script) -> list[_Statement]:
     kept = [
         t
         for t in texts
-        if t
-        and alembic_runtime.VERSION_TABLE not in t
-        and "set_config('search_path'" not in t
+        if t and alembic_runtime.VERSION_TABLE not in t and "set_config('search_path'" not in t
     ]
     statements: list[_Statement] = []
     line = 0

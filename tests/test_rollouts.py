@@ -33,7 +33,9 @@ def test_waves_stop_at_the_wave_that_failed_and_never_start_the_next(stack: Stac
     untouched = helpers.snapshot(stack.engine, schemas[7:])
     plan = _json(stack.cli("migrate", "--dry-run", "--json", "--wave", "2", "--wave", "25%"))
     assert plan["waves"] == [2, 5, 13]
-    result = stack.cli("migrate", "--revision", R2, "--wave", "2", "--wave", "25%", "--wait", "--json")
+    result = stack.cli(
+        "migrate", "--revision", R2, "--wave", "2", "--wave", "25%", "--wait", "--json"
+    )
     assert result.code == 1, result.err
     report = _json(result)
     by_wave = {w["wave"]: w for w in report["waves"]}
