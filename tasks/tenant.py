@@ -27,7 +27,7 @@ from celery.exceptions import Reject, Retry
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantfleet import alembic_runtime, attempt, databases, db, locks, runs
+from tenantfleet import alembic_runtime, attempt, databases, db, locks, runs, stepwise
 from tenantfleet.workers import app, resources
 
 logger = logging.getLogger(__name__)
@@ -222,6 +222,11 @@ def _migrate(task: runs.TenantTask, worker: str, max_failures: int | None) -> st
         if max_failures and runs.mark_skipped_if_budget_spent(connection, task, max_failures):
             attempt.end(connection, commit=True)
             return "skipped"
+        if alembic_runtime.commits_part_way(found.from_revision, task.target):
+            connection.exec_driver_sql("ROLLBACK")  # the slot stays; stepwise locks again
+            return _in_steps(
+                task, started, lambda frm, ms: attempt.mark_done(connection, task, frm, ms)
+            )
         elapsed_ms = int((time.monotonic() - started) * 1000)
         if not attempt.apply(connection, found, task, elapsed_ms):
             return "duplicate"  # another delivery finished this tenant meanwhile
@@ -264,10 +269,36 @@ def _migrate_elsewhere(
             if max_failures and runs.mark_skipped_if_budget_spent(control, task, max_failures):
                 attempt.remote_end(pair, task, commit=True)
                 return "skipped"
+            if alembic_runtime.commits_part_way(found.from_revision, task.target):
+                tenant.exec_driver_sql("ROLLBACK")  # slot and mark lock stay in the control one
+                return _in_steps(
+                    task, started, lambda frm, ms: attempt.remote_mark_done(pair, task, frm, ms)
+                )
             elapsed_ms = int((time.monotonic() - started) * 1000)
             if not attempt.remote_apply(pair, found, task, elapsed_ms):
                 return "duplicate"
     return "succeeded"
+
+
+def _in_steps(
+    task: runs.TenantTask, started: float, mark: Callable[[str | None, int], bool]
+) -> str:
+    """A span that commits part way (``tenantfleet.stepwise``), then ``mark`` (from revision,
+    elapsed ms): the tenant's status. On failure the revision it reached is noted and the error
+    raised (recorded failed, or retried, as any other)."""
+    outcome = stepwise.run(
+        resources.steps_engine(task.database), task.schema, task.target, resources.settings()
+    )
+    if outcome.dropped:
+        logger.warning(
+            "%s: dropped invalid indexes a failed concurrent build left: %s",
+            task.label,
+            ", ".join(outcome.dropped),
+        )
+    if outcome.error is not None:
+        _record(lambda c: runs.note_reached(c, task, outcome.reached))
+        raise outcome.error
+    return "succeeded" if mark(outcome.from_revision, _ms_since(started)) else "duplicate"
 
 
 def _check(found: attempt.Started, task: runs.TenantTask, max_attempts: int) -> str | None:

@@ -132,6 +132,8 @@ def forget_scripts() -> None:
     tenant_script.cache_clear()
     replayable_sql.cache_clear()
     _process_tenant_config.cache_clear()
+    commits_part_way.cache_clear()
+    _source.cache_clear()
 
 
 @cache
@@ -169,6 +171,33 @@ def goes_down(current: str | None, destination: str | None) -> bool:
     if destination in (None, BASE):
         return True
     return destination in revisions_below(tenant_script(), current)
+
+
+AUTOCOMMIT_MARKER = "autocommit_block"
+
+
+@cache
+def commits_part_way(current: str | None, target: str) -> bool:
+    """Whether a revision between ``current`` and ``target`` (either way) uses
+    ``autocommit_block()``: its span cannot be the tenant's one transaction."""
+    if current == target:
+        return False
+    script = tenant_script()
+    if goes_down(current, target):
+        upper, lower = current, None if target == BASE else target
+    else:
+        upper, lower = target, current
+    try:
+        span = list(script.iterate_revisions(upper, lower or "base"))
+    except RevisionError:  # a branched or unknown current: Alembic online decides
+        return False
+    return any(r.revision != lower and AUTOCOMMIT_MARKER in _source(r.path) for r in span)
+
+
+@cache
+def _source(path: str) -> str:
+    with open(path) as module:
+        return module.read()
 
 
 def pending(script: ScriptDirectory, current: str | None, target: str | None) -> list[str]:
@@ -416,7 +445,11 @@ def replayable_sql(current: str | None, destination: str) -> str | None:
     Alembic online). Rendered once per process; ``TENANTFLEET_REPLAY_SQL=false`` turns it off."""
     if current == destination:
         return ""
-    if not tf_config.load_settings().replay_sql or goes_down(current, destination):
+    if (
+        not tf_config.load_settings().replay_sql
+        or goes_down(current, destination)
+        or commits_part_way(current, destination)
+    ):
         return None
     try:
         span = replay.Span(

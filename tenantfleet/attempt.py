@@ -228,16 +228,33 @@ def apply(connection: Connection, started: Started, task: runs.TenantTask, elaps
     if sql is None:
         alembic_runtime.migrate_online(connection, task.schema, task.target)
     statements = [replay.driver_sql(sql)] if sql else []
+    if not _then_mark(connection, ";\n".join([*statements, _MARK_AND_COMMIT]), params):
+        return False
+    _remember(started, task)
+    return True
+
+
+def _then_mark(connection: Connection, sql: str, params: dict[str, Any]) -> bool:
+    """``sql``, which ends with ``_MARK_AND_COMMIT``; False (rolled back, slot given back) when
+    the mark found the row no longer pending."""
     try:
-        result = connection.exec_driver_sql(";\n".join([*statements, _MARK_AND_COMMIT]), params)
+        result = connection.exec_driver_sql(sql, params)
         _note_waiting(result.scalar())
     except DBAPIError as exc:
         if db.sqlstate(exc) != runs.NOT_PENDING:
             raise
         end(connection, commit=False)
         return False
-    _remember(started, task)
     return True
+
+
+def mark_done(
+    connection: Connection, task: runs.TenantTask, from_revision: str | None, elapsed_ms: int
+) -> bool:
+    """After a span ran outside ``begin``'s transaction (``tenantfleet.stepwise``): the success
+    mark, COMMIT, the slot given back. False when the row was no longer pending."""
+    params = {**task.binds(), "from_revision": from_revision, "elapsed_ms": elapsed_ms}
+    return _then_mark(connection, f"BEGIN;\n{_MARK_AND_COMMIT}", params)
 
 
 def end(connection: Connection, *, commit: bool) -> None:
@@ -418,7 +435,31 @@ def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms
         alembic_runtime.migrate_online(pair.tenant, task.schema, task.target)
     elif sql:
         pair.tenant.exec_driver_sql(replay.driver_sql(sql))
-    params = {**task.binds(), "from_revision": started.from_revision, "elapsed_ms": elapsed_ms}
+    if not _remote_mark(pair, task, started.from_revision, elapsed_ms):
+        return False
+    pair.tenant.exec_driver_sql("COMMIT")
+    _finish_remote(pair, task, elapsed_ms)
+    _remember(started, task)
+    return True
+
+
+def remote_mark_done(
+    pair: Pair, task: runs.TenantTask, from_revision: str | None, elapsed_ms: int
+) -> bool:
+    """``mark_done`` for a tenant of another database: the mark, COMMIT, slot and mark lock
+    given back."""
+    if not _remote_mark(pair, task, from_revision, elapsed_ms):
+        return False
+    _finish_remote(pair, task, elapsed_ms)
+    return True
+
+
+def _remote_mark(
+    pair: Pair, task: runs.TenantTask, from_revision: str | None, elapsed_ms: int
+) -> bool:
+    """The success mark in the control database, its transaction left open; False (both
+    sides rolled back, slot and mark lock given back) when the row was no longer pending."""
+    params = {**task.binds(), "from_revision": from_revision, "elapsed_ms": elapsed_ms}
     try:
         pair.control.exec_driver_sql(_REMOTE_MARK, params)
     except DBAPIError as exc:
@@ -426,9 +467,6 @@ def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms
             raise
         remote_end(pair, task, commit=False)
         return False
-    pair.tenant.exec_driver_sql("COMMIT")
-    _finish_remote(pair, task, elapsed_ms)
-    _remember(started, task)
     return True
 
 

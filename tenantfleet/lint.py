@@ -80,7 +80,8 @@ _STATEMENT_END = re.compile(r";[ \t]*\n(?:[ \t]*\n)+")
 _COMMENT_LINES = re.compile(r"^--[^\n]*\n?", re.MULTILINE)
 _LITERAL = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
 _NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
-_QUALIFIED = re.compile(rf"(?<![\w.\"$])({_NAME})\s*\.\s*{_NAME}")
+_QUALIFIED = re.compile(rf"(?<![\w.\"$])({_NAME})((?:\s*\.\s*{_NAME})+)")
+_COLUMN_COMMENT = re.compile(r"\s*COMMENT\s+ON\s+COLUMN\b", re.IGNORECASE)
 _REFERENCES = re.compile(rf"\bREFERENCES\s+({_NAME})\s*\.", re.IGNORECASE)
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP|COMMENT|GRANT|REVOKE|TRUNCATE|LOCK)\b", re.IGNORECASE)
 _INDEX = re.compile(
@@ -231,8 +232,17 @@ def _unquote(name: str) -> str:
 
 def _outside(revision: str, statement: _Statement) -> list[Finding]:
     bare = _LITERAL.sub("''", statement.text)
-    pattern = _QUALIFIED if _DDL.match(bare) else _REFERENCES
-    outside = sorted({_unquote(m.group(1)) for m in pattern.finditer(bare)} - {PROBE, "pg_catalog"})
+    if _DDL.match(bare):
+        # table.column in COMMENT ON COLUMN; schema.table (or schema.table.column) elsewhere
+        least = 3 if _COLUMN_COMMENT.match(bare) else 2
+        named = {
+            _unquote(m.group(1))
+            for m in _QUALIFIED.finditer(bare)
+            if m.group(2).count(".") + 1 >= least
+        }
+    else:
+        named = {_unquote(m.group(1)) for m in _REFERENCES.finditer(bare)}
+    outside = sorted(named - {PROBE, "pg_catalog"})
     if not outside:
         return []
     message = (

@@ -313,6 +313,14 @@ def note_handed_back(connection: Connection, task: TenantTask, worker: str, need
     )
 
 
+def note_reached(connection: Connection, task: TenantTask, reached: str | None) -> None:
+    """Where a tenant whose span commits part way (``tenantfleet.stepwise``) stopped."""
+    connection.execute(
+        _PENDING_ROW.values(reached_revision=reached or "base", updated_at=sa.func.now()),
+        task.core_binds(),
+    )
+
+
 ANY_WAITING_SQL = (
     "SELECT EXISTS (SELECT FROM public.migration_run_tenants WHERE run_id = :run_id"
     " AND status = 'waiting' AND database IS NOT DISTINCT FROM :database)"

@@ -227,3 +227,89 @@ def test_the_lint_gate_refuses_blocking_findings_unless_allowed_by_name(
         assert refused_back.code == 2
         assert "cannot be rolled back: no downgrade() in l0002" in refused_back.err
         assert set(stack.revisions(schemas).values()) == {"l0005"}
+
+
+HANDLE = """
+tenantfleet_replay = True
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE users ADD COLUMN IF NOT EXISTS handle text")
+    op.execute("UPDATE users SET handle = 'u' || id WHERE handle IS NULL")
+
+
+def downgrade() -> None:
+    op.drop_column("users", "handle")
+"""
+CONCURRENT_INDEX = """
+def upgrade() -> None:
+    op.execute("COMMENT ON COLUMN users.handle IS 'unique soon'")
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ux_users_handle", "users", ["handle"], unique=True, postgresql_concurrently=True,
+            if_not_exists=True,
+        )
+    op.execute("COMMENT ON COLUMN users.handle IS 'unique'")
+
+
+def downgrade() -> None:
+    with op.get_context().autocommit_block():
+        op.drop_index("ux_users_handle", "users", postgresql_concurrently=True)
+"""
+INVALID_INDEXES = sa.text(
+    "SELECT count(*) FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
+    " WHERE c.relname = 'ux_users_handle' AND NOT i.indisvalid"
+)
+
+
+def test_a_concurrent_index_revision_runs_outside_one_transaction_with_honest_records(
+    pg_admin_url: str, template_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100 tenants through a revision with ``autocommit_block()``; one fails mid-build (a
+    duplicate under the new unique index): its invalid index is dropped, it is recorded failed
+    at the revision it reached (the one before, committed), and a retry finishes it."""
+    ini = helpers.tenant_env(tmp_path, [("c0001", HANDLE), ("c0002", CONCURRENT_INDEX)])
+    monkeypatch.setenv("TENANTFLEET_TENANT_ALEMBIC", str(ini))
+    with running_fleet(
+        pg_admin_url, template_url, tmp_path / "fleet", TENANTFLEET_TENANT_ALEMBIC=str(ini)
+    ) as stack:
+        schemas = stack.provision("ci", 100, R3)
+        with stack.engine.begin() as connection:
+            connection.execute(sa.text("ALTER TABLE ci00042.users ADD COLUMN handle text"))
+            connection.execute(sa.text("UPDATE ci00042.users SET handle = 'same'"))
+        linted = _json(stack.cli("lint", "--json"))
+        assert linted["blocking"] == 0  # a concurrent build in an autocommit block is fine
+
+        result = stack.cli("migrate", "--wait", "--json")
+        assert result.code == 1, result.err
+        report = _json(result)
+        states = {t["schema"]: t for t in report["tenants"]}
+        assert report["counts"]["succeeded"] == 99 and report["counts"]["failed"] == 1
+        broken = states["ci00042"]
+        assert broken["status"] == "failed" and broken["reached_revision"] == "c0001"
+        assert "UniqueViolation" in broken["error"] or "duplicate" in broken["error"]
+        found = stack.revisions(schemas)
+        assert found["ci00042"] == "c0001"
+        assert {v for s, v in found.items() if s != "ci00042"} == {"c0002"}
+        with stack.engine.connect() as connection:
+            assert connection.execute(INVALID_INDEXES).scalar() == 0
+            valid = connection.execute(
+                sa.text("SELECT count(*) FROM pg_indexes WHERE indexname = 'ux_users_handle'")
+            ).scalar()
+            assert valid == 99
+
+        with stack.engine.begin() as connection:
+            connection.execute(sa.text("UPDATE ci00042.users SET handle = 'u' || id"))
+        retried = stack.cli("retry", str(report["run_id"]), "--wait")
+        assert retried.code == 0, retried.err
+        assert set(stack.revisions(schemas).values()) == {"c0002"}
+        with stack.engine.connect() as connection:
+            assert connection.execute(INVALID_INDEXES).scalar() == 0
+            valid = connection.execute(
+                sa.text("SELECT count(*) FROM pg_indexes WHERE indexname = 'ux_users_handle'")
+            ).scalar()
+            assert valid == 100
+
+        back = stack.cli("rollback", str(report["run_id"]), "--wait", "--json")
+        assert back.code == 0, back.err  # the 99 it upgraded; the retry's run is its own
+        assert {v for s, v in stack.revisions(schemas).items() if s != "ci00042"} == {R3}

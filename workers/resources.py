@@ -46,6 +46,12 @@ def attempt_engine(database: str | None = None) -> Engine:
     return _engine("attempt", database, {"isolation_level": "AUTOCOMMIT"})
 
 
+def steps_engine(database: str | None = None) -> Engine:
+    """This process's engine for spans that commit part way (``tenantfleet.stepwise``): plain
+    transactions, as Alembic expects them."""
+    return _engine("steps", database, {})
+
+
 def _engine(kind: str, database: str | None, options: dict[str, Any]) -> Engine:
     key = (os.getpid(), kind, database)
     if key not in _engines:

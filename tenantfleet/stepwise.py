@@ -1,0 +1,124 @@
+"""Revisions that cannot run in one transaction: ``op.get_context().autocommit_block()``.
+
+``CREATE INDEX CONCURRENTLY`` (and a few other statements) refuse to run inside a transaction,
+so a span holding such a revision cannot be the tenant's one transaction. It runs here instead,
+the way Alembic runs it: one transaction per revision, the block in autocommit between them,
+on a connection of its own that holds the schema's lock (a session lock) throughout.
+
+The guarantee is weaker, and honest about it: each revision before the block commits; the
+block commits statement by statement; what follows it commits with the version row. When the
+span fails part way, the tenant is left at the last revision that committed (``reached``),
+an ``INVALID`` index left by a failed concurrent build is dropped (a retry can build it
+again), and the worker records the tenant ``failed`` with the revision it reached. A retry
+runs the rest. A block that succeeded before a later statement of the same revision failed
+has committed: write such blocks so that they can run twice (``IF NOT EXISTS``).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.runtime.environment import EnvironmentContext
+from sqlalchemy.engine import Connection, Engine
+
+from tenantfleet import alembic_runtime, locks
+from tenantfleet.config import Settings
+
+_SESSION_CONFINE = sa.text(
+    "SELECT set_config('search_path', quote_ident(:schema), false),"
+    " set_config('lock_timeout', :lock_timeout, false),"
+    " set_config('statement_timeout', :statement_timeout, false),"
+    f" pg_advisory_lock({locks.key_sql(':schema')})"
+)
+"""Confine the session (not a transaction) to the schema and take its lock for the session."""
+_RELEASE = sa.text(f"SELECT pg_advisory_unlock({locks.key_sql(':schema')}); RESET ALL")
+_INVALID_INDEXES = sa.text(
+    "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
+    " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = :schema AND NOT i.indisvalid ORDER BY c.relname"
+)
+
+
+@dataclass
+class Outcome:
+    """How the span went: from where, to where it reached, and what was cleaned up."""
+
+    from_revision: str | None
+    reached: str | None
+    error: Exception | None = None
+    dropped: list[str] = field(default_factory=list)
+    """Invalid indexes a failed concurrent build left, dropped."""
+
+
+def run(engine: Engine, schema: str, target: str, settings: Settings) -> Outcome:
+    """Bring ``schema`` to ``target`` one revision at a time, holding its lock for the session;
+    the ``Outcome`` (its ``error`` set when a revision failed: the tenant stays at ``reached``)."""
+    params = alembic_runtime.confine_params(schema, settings)
+    with engine.connect() as connection:
+        connection.execute(_SESSION_CONFINE, params)
+        connection.commit()
+        try:
+            return _steps(connection, schema, target)
+        finally:
+            connection.rollback()
+            connection.execute(_RELEASE, params)
+            connection.commit()
+
+
+def _steps(connection: Connection, schema: str, target: str) -> Outcome:
+    invalid_before = _invalid_indexes(connection, schema)
+    from_revision = _current(connection)
+    outcome = Outcome(from_revision, from_revision)
+    try:
+        _migrate(connection, schema, target)
+    except Exception as exc:
+        connection.rollback()
+        outcome.error = exc
+        outcome.dropped = _drop_new_invalid(connection, schema, invalid_before)
+    outcome.reached = _current(connection)
+    connection.commit()
+    return outcome
+
+
+def _migrate(connection: Connection, schema: str, target: str) -> None:
+    """Alembic online, a transaction per revision: what ``autocommit_block()`` expects."""
+    script = alembic_runtime.tenant_script()
+    down = alembic_runtime.goes_down(_current(connection), target)
+    connection.commit()
+
+    def steps(rev: Any, _context: object) -> Any:
+        if down:
+            return script._downgrade_revs(target, rev)
+        return script._upgrade_revs(target, rev)
+
+    cfg = alembic_runtime.tenant_config(schema, connection)
+    options = {**alembic_runtime.tenant_context_options(), "transaction_per_migration": True}
+    with EnvironmentContext(cfg, script, fn=steps, destination_rev=target) as env:
+        env.configure(connection=connection, **options)
+        with env.begin_transaction():
+            env.run_migrations()
+    connection.commit()
+
+
+def _current(connection: Connection) -> str | None:
+    has_table, versions = alembic_runtime.version_rows(connection)
+    return alembic_runtime.current_revision(versions) if has_table else None
+
+
+def _invalid_indexes(connection: Connection, schema: str) -> set[str]:
+    found = set(connection.execute(_INVALID_INDEXES, {"schema": schema}).scalars())
+    connection.commit()
+    return found
+
+
+def _drop_new_invalid(connection: Connection, schema: str, before: set[str]) -> list[str]:
+    """Drop the invalid indexes that were not there before the attempt (a concurrent build that
+    failed leaves one behind: it costs writes and blocks the retry's build)."""
+    new = sorted(_invalid_indexes(connection, schema) - before)
+    quote = connection.dialect.identifier_preparer.quote
+    autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+    for name in new:
+        autocommit.exec_driver_sql(
+            f"DROP INDEX CONCURRENTLY IF EXISTS {quote(schema)}.{quote(name)}"
+        )
+    return new
