@@ -418,7 +418,7 @@ def migrate_online(
         raise UnsupportedRevision(
             f"tenant {schema!r}: a revision uses autocommit_block() (e.g. CREATE INDEX"
             " CONCURRENTLY), which cannot run inside the tenant's one transaction; the tenant"
-            " was rolled back"
+            f" was rolled back (the fleet runs it: tenantfleet migrate --tenant {schema})"
         ) from None
     return Step(schema, ",".join(seen.get("from", ())) or None, destination)
 

@@ -69,6 +69,8 @@ class Settings:
     tenants: str = "registry"
     tenants_query: str | None = None
     max_concurrent: int = 16
+    wave_order: str | None = None
+    """A ``tenant_registry`` column that orders the tenants into waves (then the schema name)."""
     lint_allow: tuple[str, ...] = ()
     """Lint rules whose findings never block a run (``tenantfleet lint``)."""
     lint_big_table_rows: int = 100_000
@@ -224,6 +226,7 @@ KEYS = (
     Key("tenants", _one_of(*TENANT_SOURCES)),
     Key("tenants_query", _text),
     Key("max_concurrent", _positive),
+    Key("wave_order", _text),
     Key("lint_allow", _rule_names),
     Key("lint_big_table_rows", _whole),
 )

@@ -18,7 +18,18 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from tenantfleet import alembic_runtime, databases, db, follow, guard, lint, locks, runs, tenants
+from tenantfleet import (
+    alembic_runtime,
+    databases,
+    db,
+    follow,
+    guard,
+    lint,
+    locks,
+    registry,
+    runs,
+    tenants,
+)
 from tenantfleet.databases import Placed
 from tenantfleet.errors import (
     ConnectionFailed,
@@ -163,9 +174,25 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
     below = alembic_runtime.revisions_below(script, target)
     schemas = [t.schema for t in placed]
     behind = [(s, versions[s]) for s in schemas if s not in skip and versions[s] in below]
+    if manager.settings.wave_order and behind:
+        behind = _ordered(manager, behind, manager.settings.wave_order)
     at_or_past = [s for s in schemas if s not in skip and versions[s] not in below]
     placement = {t.schema: t.database for t in placed if t.database is not None}
     return Plan(target, behind, at_or_past, not_migratable, placement)
+
+
+def _ordered(
+    manager: MigrationManager, behind: list[tuple[str, str | None]], column: str
+) -> list[tuple[str, str | None]]:
+    """``behind`` ordered by the registry column ``column`` (NULLs last), then schema name."""
+    with db.connect(manager.engine) as connection:
+        values = registry.attribute(connection, column, [s for s, _ in behind])
+
+    def key(tenant: tuple[str, str | None]) -> tuple[bool, Any, str]:
+        value = values.get(tenant[0])
+        return (value is None, "" if value is None else value, tenant[0])
+
+    return sorted(behind, key=key)
 
 
 def lint_plan(manager: MigrationManager, chosen: Plan, allow: Sequence[str] = ()) -> lint.Report:

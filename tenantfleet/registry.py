@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from tenantfleet.databases import Placed
-from tenantfleet.errors import DuplicateTenant, UnknownTenant
+from tenantfleet.errors import ConfigError, DuplicateTenant, UnknownTenant
 from tenantfleet.names import validate_schema_name
 from tenantfleet.public_tables import migration_run_tenants, tenant_registry
 
@@ -123,6 +123,20 @@ def select_for_migration(
     return [
         Placed(name, database) for name, active, database in rows if active and name not in excluded
     ]
+
+
+def attribute(connection: Connection, column: str, schemas: Sequence[str]) -> dict[str, Any]:
+    """Each registered tenant of ``schemas``'s value in the registry column ``column`` (checked
+    against the table: ``ConfigError`` if it has none)."""
+    if column not in tenant_registry.c:
+        known = ", ".join(c.name for c in tenant_registry.c)
+        raise ConfigError(f"wave_order: tenant_registry has no column {column!r} (known: {known})")
+    rows = connection.execute(
+        sa.select(tenant_registry.c.schema_name, tenant_registry.c[column]).where(
+            tenant_registry.c.schema_name.in_(list(schemas))
+        )
+    )
+    return {schema: value for schema, value in rows}
 
 
 def record_revision(connection: Connection, schema: str, revision: str | None) -> None:

@@ -151,8 +151,8 @@ def test_waits_end_at_the_timeout_canaries_and_active_runs_included(
 
         third = helpers.run_cli("migrate", "--canary", "1", "--wait", "--timeout", "3", env=env)
         assert third.code == 3, third.err
-        assert "while the canaries of run" in third.err
-        run_id = int(third.err.split("canaries of run ")[1].split()[0])
+        assert "while wave 1 of run" in third.err  # the canary is wave 1 of 2
+        run_id = int(third.err.split("wave 1 of run ")[1].split()[0])
         with idle.engine.connect() as connection:
             assert runs.counts(connection, run_id).queued == 6  # nothing touched, nothing lost
         worker = idle.start_worker(1)

@@ -143,6 +143,15 @@ def test_a_closed_pipe_is_a_normal_end(stack: Stack) -> None:
         ["runs", "--limit", "-1"],
         ["runs", "--limit", "many"],
         ["demo", "--tenants", "0"],
+        ["migrate", "--wave", "0"],
+        ["migrate", "--wave", "101%"],
+        ["migrate", "--wave", "ten"],
+        ["migrate", "--wave", "2", "--canary", "1"],
+        ["migrate", "--wave-hold"],
+        ["migrate", "--allow", "Not A Rule"],
+        ["lint", "--allow", "DROP TABLE x"],
+        ["rollback", "999999"],
+        ["continue", "999999"],
     ],
 )
 def test_bad_numbers_are_refused_before_anything_happens(stack: Stack, args: list[str]) -> None:

@@ -33,7 +33,20 @@ def test_waves_stop_at_the_wave_that_failed_and_never_start_the_next(stack: Stac
     break_tenants(stack, ["wv00004"])  # in wave 2 (2 tenants, then 25 % of 20: 5)
     untouched = helpers.snapshot(stack.engine, schemas[7:])
     plan = _json(stack.cli("migrate", "--dry-run", "--json", "--wave", "2", "--wave", "25%"))
-    assert plan["waves"] == [2, 5, 13]
+    assert plan["waves"] == [2, 5, 13] and plan["canaries"] == ["wv00001", "wv00002"]
+    with stack.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "UPDATE tenant_registry SET tenant_state = CASE schema_name"
+                " WHEN 'wv00020' THEN 'AK' WHEN 'wv00019' THEN 'AL' ELSE 'CA' END"
+            )
+        )
+    ordered = stack.cli(
+        "migrate", "--dry-run", "--json", "--wave", "2", TENANTFLEET_WAVE_ORDER="tenant_state"
+    )
+    assert _json(ordered)["canaries"] == ["wv00020", "wv00019"]
+    unknown = stack.cli("migrate", "--dry-run", "--wave", "2", TENANTFLEET_WAVE_ORDER="plan")
+    assert unknown.code == 2 and "tenant_registry has no column 'plan'" in unknown.err
     result = stack.cli(
         "migrate", "--revision", R2, "--wave", "2", "--wave", "25%", "--wait", "--json"
     )
