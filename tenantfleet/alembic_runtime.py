@@ -170,7 +170,10 @@ def goes_down(current: str | None, destination: str | None) -> bool:
         return False
     if destination in (None, BASE):
         return True
-    return destination in revisions_below(tenant_script(), current)
+    try:
+        return destination in revisions_below(tenant_script(), current)
+    except (CommandError, RevisionError):  # an unknown current: Alembic online says so
+        return False
 
 
 AUTOCOMMIT_MARKER = "autocommit_block"
