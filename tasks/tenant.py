@@ -16,10 +16,12 @@ else two or three; a few more for a tenant of another database):
 """
 
 import logging
+import os
 import random
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 from celery import Task
@@ -27,7 +29,18 @@ from celery.exceptions import Reject, Retry
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantfleet import alembic_runtime, attempt, databases, db, locks, runs, stepwise
+from tenantfleet import (
+    alembic_runtime,
+    attempt,
+    databases,
+    db,
+    locks,
+    logs,
+    metrics,
+    runs,
+    stepwise,
+    tracing,
+)
 from tenantfleet.workers import app, resources
 
 logger = logging.getLogger(__name__)
@@ -66,10 +79,12 @@ def migrate_tenant(
     target: str,
     max_failures: int | None = None,
     run_uid: str | None = None,
+    trace: tracing.Carrier | None = None,
 ) -> str:
     """Bring ``tenant`` (its label: ``schema``, or ``KEY/schema`` in another database) to
     ``target`` for run ``run_id`` (``run_uid``); returns the tenant's status. With
-    ``max_failures``, a tenant whose run already has that many failures is skipped.
+    ``max_failures``, a tenant whose run already has that many failures is skipped. ``trace``:
+    the run span's context, when tracing is on (``tenantfleet.tracing``).
 
     When every slot of the tenant's database is taken, the tenant waits (``waiting``) and the
     task returns; a worker holding a slot takes the waiting tenants of its database one after
@@ -79,27 +94,104 @@ def migrate_tenant(
     if run_uid is None:
         raise UnknownRunTenant(f"{tenant}: the message of run {run_id} carries no run uid")
     task = runs.TenantTask(run_id, run_uid, placed.schema, target, placed.database)
-    worker = self.request.hostname or socket.gethostname()
+    worker = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
     if not alembic_runtime.knows_revision(target):
         _hand_back(task, worker, f"knows revision {target}")
     if task.database is not None and task.database not in resources.settings().databases:
         _hand_back(task, worker, f"has database {task.database} in its configuration")
     started = time.monotonic()
     outcome = "raised"
-    try:
-        outcome = _with_a_slot(task, worker, max_failures)
-        logger.info("%s: %s (run %s)", tenant, outcome, run_id)
-        return outcome
-    except (Retry, UnknownRunTenant):
-        raise
-    except Exception as exc:
-        raise _fail_or_retry(self, task, exc, started) from None
-    finally:
-        if outcome != "waiting":  # whatever became of this tenant, its slot is free again
-            _take_waiting(task, worker, max_failures)
+    seen = _Seen(worker, self.request.id, trace)
+    with tracing.attempt_span(
+        trace, "tenantfleet.tenant_attempt", **_span_attributes(task)
+    ) as span:
+        seen.span = span
+        try:
+            outcome = _with_a_slot(task, worker, max_failures, seen)
+            number, from_revision = attempt.last_attempt()
+            _ended(task, seen, outcome, started, attempt=number, from_revision=from_revision)
+            return outcome
+        except (Retry, UnknownRunTenant):
+            raise
+        except Exception as exc:
+            raise _fail_or_retry(self, task, exc, started, seen) from None
+        finally:
+            if outcome != "waiting":  # whatever became of this tenant, its slot is free again
+                _take_waiting(task, seen, max_failures)
 
 
-def _with_a_slot(task: runs.TenantTask, worker: str, max_failures: int | None) -> str:
+@dataclass
+class _Seen:
+    """Who is at work (worker process, Celery task id), and where its log lines and span go."""
+
+    worker: str
+    task_id: str | None
+    trace: tracing.Carrier | None
+    span: tracing.Attempt | None = None
+
+
+def _span_attributes(task: runs.TenantTask) -> dict[str, object]:
+    return {
+        "db.system.name": "postgresql",
+        "db.namespace": f"{resources.database_name(task.database)}|{task.schema}",
+        "db.operation.name": "migrate",
+        "tenantfleet.run_id": task.run_id,
+        "tenantfleet.tenant": task.label,
+        "tenantfleet.to_revision": task.target,
+    }
+
+
+def _ended(
+    task: runs.TenantTask,
+    seen: _Seen,
+    outcome: str,
+    started: float,
+    *,
+    attempt: int | None = None,
+    from_revision: str | None = None,
+    sqlstate: str | None = None,
+    note: str = "",
+    level: int = logging.INFO,
+) -> None:
+    """An attempt at ``task`` ended as ``outcome``: its log line (every field as ``extra``),
+    its metrics, its span's attributes."""
+    duration_ms = _ms_since(started)
+    logger.log(
+        level,
+        "%s: %s (run %s%s)",
+        task.label,
+        outcome,
+        task.run_id,
+        note,
+        extra=logs.tenant_extra(
+            run_id=task.run_id,
+            schema=task.schema,
+            database=databases.shown(task.database),
+            from_revision=from_revision,
+            to_revision=task.target,
+            attempt=attempt,
+            outcome=outcome,
+            duration_ms=duration_ms,
+            sqlstate=sqlstate,
+            worker=seen.worker,
+            task_id=seen.task_id,
+        ),
+    )
+    metrics.observe(outcome, task.database, duration_ms / 1000, sqlstate)
+    if seen.span is not None:
+        seen.span.attributes.update(
+            {
+                "tenantfleet.outcome": outcome,
+                "tenantfleet.attempt": attempt,
+                "tenantfleet.from_revision": from_revision,
+                "db.response.status_code": sqlstate,
+            }
+        )
+
+
+def _with_a_slot(
+    task: runs.TenantTask, worker: str, max_failures: int | None, seen: "_Seen"
+) -> str:
     """``_migrate``, or when every slot of the database is taken: park the tenant, then try
     once more (a slot freed meanwhile was given back before its holder looked for waiting
     tenants: either it sees this one, or this try gets the slot)."""
@@ -114,7 +206,6 @@ def _with_a_slot(task: runs.TenantTask, worker: str, max_failures: int | None) -
     except DBAPIError as exc:
         if db.sqlstate(exc) != locks.NO_SLOT:
             raise
-    logger.info("%s waits for a slot of its database", task.label)
     return "waiting"
 
 
@@ -123,7 +214,7 @@ DRAIN_SHARE = 0.5
 before it hands the rest on in a new message."""
 
 
-def _take_waiting(done: runs.TenantTask, worker: str, max_failures: int | None) -> None:
+def _take_waiting(done: runs.TenantTask, seen: _Seen, max_failures: int | None) -> None:
     """Having given back a slot of ``done``'s database, migrate the tenants of its run that wait
     for one, until none waits (or another worker got the slot: it takes them on). A tenant whose
     attempt fails transiently is sent again in a message of its own; past the time share, the
@@ -140,17 +231,26 @@ def _take_waiting(done: runs.TenantTask, worker: str, max_failures: int | None) 
         if task is None:
             break
         if time.monotonic() > budget:
-            _send_again(task, max_failures, countdown=0.0, retries=0)
+            _send_again(task, max_failures, seen, countdown=0.0, retries=0)
             break
         taken += 1
         started = time.monotonic()
         try:
-            outcome = _with_a_slot(task, worker, max_failures)
+            outcome = _with_a_slot(task, seen.worker, max_failures, seen)
         except Exception as exc:
-            if _record_drained_error(task, exc, started, max_failures):
+            if _record_drained_error(task, exc, started, max_failures, seen):
                 break
             continue
-        logger.info("%s: %s (run %s, taken while waiting)", task.label, outcome, task.run_id)
+        number, from_revision = attempt.last_attempt()
+        _ended(
+            task,
+            seen,
+            outcome,
+            started,
+            attempt=number,
+            from_revision=from_revision,
+            note=", taken while waiting",
+        )
         if outcome == "waiting":
             break
     if taken:
@@ -158,31 +258,62 @@ def _take_waiting(done: runs.TenantTask, worker: str, max_failures: int | None) 
 
 
 def _record_drained_error(
-    task: runs.TenantTask, exc: Exception, started: float, max_failures: int | None
+    task: runs.TenantTask, exc: Exception, started: float, max_failures: int | None, seen: _Seen
 ) -> bool:
     """What ``_fail_or_retry`` does for a task, for a tenant taken while waiting: a transient
     error sends it again in a message of its own, any other fails it. True when its database
     cannot be reached: stop taking its tenants (the message sent takes them later)."""
     error = db.interruption(exc)
     if not db.is_transient(error):
-        _record(lambda c: runs.mark_failed(c, task, error, _ms_since(started)))
-        logger.warning("%s failed: %s", task.label, db.first_line(error))
+        marked = _record(lambda c: runs.mark_failed(c, task, error, _ms_since(started)))
+        _ended_in_error(task, seen, "failed", started, error, marked, ", taken while waiting")
         return False
-    _record(lambda c: runs.mark_retrying(c, task, error))
+    marked = _record(lambda c: runs.mark_retrying(c, task, error))
+    _ended_in_error(task, seen, "retrying", started, error, marked, ", taken while waiting")
     if db.is_unreachable(error):
         _record(lambda c: runs.note_unreachable(c, task, error))
-    _send_again(task, max_failures, countdown=backoff_seconds(0), retries=1)
+    _send_again(task, max_failures, seen, countdown=backoff_seconds(0), retries=1)
     return db.is_unreachable(error)
 
 
+def _ended_in_error(
+    task: runs.TenantTask,
+    seen: _Seen,
+    outcome: str,
+    started: float,
+    error: BaseException,
+    marked: runs.Marked,
+    note: str = "",
+) -> None:
+    """``_ended`` for an error: the attempt and from revision the mark returned, the SQLSTATE,
+    the error's first line in the message."""
+    attempt_number, from_revision = marked or (None, None)
+    error_class, _ = db.describe_error(error)
+    _ended(
+        task,
+        seen,
+        outcome,
+        started,
+        attempt=attempt_number,
+        from_revision=from_revision,
+        sqlstate=db.sqlstate(error),
+        note=f"{note}: {error_class}: {db.first_line(error)}",
+        level=logging.WARNING,
+    )
+    if seen.span is not None:
+        seen.span.error = error
+
+
 def _send_again(
-    task: runs.TenantTask, max_failures: int | None, *, countdown: float, retries: int
+    task: runs.TenantTask, max_failures: int | None, seen: _Seen, *, countdown: float, retries: int
 ) -> None:
     """A message of its own for a waiting tenant (outside the run's chord: the run closes from
     its rows, whoever looks last)."""
     extra: dict[str, object] = {"run_uid": task.run_uid}
     if max_failures:
         extra["max_failures"] = max_failures
+    if seen.trace:
+        extra["trace"] = seen.trace
     migrate_tenant.apply_async(
         (task.run_id, task.label, task.target),
         extra,
@@ -337,7 +468,7 @@ def _hand_back(task: runs.TenantTask, worker: str, needs: str) -> NoReturn:
 
 
 def _fail_or_retry(
-    celery_task: Task, task: runs.TenantTask, error: Exception, started: float
+    celery_task: Task, task: runs.TenantTask, error: Exception, started: float, seen: _Seen
 ) -> BaseException:
     """Record the error and return what the task should raise: a retry or the final failure.
 
@@ -350,9 +481,11 @@ def _fail_or_retry(
     if db.is_unreachable(exc) or (
         db.is_transient(exc) and retries < resources.settings().max_retries
     ):
-        _record(lambda c: runs.mark_retrying(c, task, exc))
+        marked = _record(lambda c: runs.mark_retrying(c, task, exc))
+        _ended_in_error(task, seen, "retrying", started, exc, marked)
         return celery_task.retry(exc=exc, countdown=backoff_seconds(retries), throw=False)
-    _record(lambda c: runs.mark_failed(c, task, exc, _ms_since(started)))
+    marked = _record(lambda c: runs.mark_failed(c, task, exc, _ms_since(started)))
+    _ended_in_error(task, seen, "failed", started, exc, marked)
     error_class, _ = db.describe_error(exc)
     return TenantMigrationFailed(f"{task.label}: {error_class}: {db.first_line(exc)}")
 
@@ -361,14 +494,15 @@ def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def _record(write: Callable[[Connection], object]) -> None:
+def _record(write: Callable[[Connection], T]) -> T | None:
     """Best effort: while the control database is down, the row keeps its last state for
-    ``resume``."""
+    ``resume`` (and None is returned)."""
     try:
-        _engine_call(write)
+        return _engine_call(write)
     except Exception as exc:
         if not db.is_transient(exc):
             raise
+        return None
 
 
 def _engine_call(write: Callable[[Connection], T]) -> T:

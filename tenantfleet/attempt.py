@@ -89,9 +89,29 @@ def someone_waits() -> bool:
     return _waiting_after_last
 
 
-def _note_waiting(seen: object) -> None:
-    global _waiting_after_last
-    _waiting_after_last = seen is not False
+_attempt_of_last: int | None = None
+_from_of_last: str | None = None
+
+
+def last_attempt() -> tuple[int | None, str | None]:
+    """(number, from revision) of the last attempt that ended through a success mark (None,
+    None otherwise): for its log line."""
+    return _attempt_of_last, _from_of_last
+
+
+def _note_from(revision: str | None) -> None:
+    global _from_of_last
+    _from_of_last = revision
+
+
+def _note_waiting(seen: Any) -> None:
+    """What the attempt's last statement read (``runs.ANY_WAITING_SQL``), or None at the start
+    of an attempt."""
+    global _waiting_after_last, _attempt_of_last, _from_of_last
+    _waiting_after_last = seen is None or seen[0] is not False
+    _attempt_of_last = None if seen is None else seen[1]
+    if seen is None:
+        _from_of_last = None
 
 
 _last_from_revision: dict[str, str] = {}
@@ -173,6 +193,7 @@ def at_once(
     if guessed is None:
         return Quick.NOT_TRIED
     guess, sql = guessed
+    _note_from(guess)
     params = {
         **_begin_params(task, worker, settings),
         "revision": guess,
@@ -187,7 +208,7 @@ def at_once(
         if db.sqlstate(exc) not in (runs.NOT_PENDING, UNDEFINED_TABLE):
             raise
         return Quick.MISSED
-    _note_waiting(result.scalar())
+    _note_waiting(result.first())
     return Quick.DONE
 
 
@@ -219,6 +240,7 @@ def begin(
 def apply(connection: Connection, started: Started, task: runs.TenantTask, elapsed_ms: int) -> bool:
     """Upgrade, mark succeeded, COMMIT. False (all rolled back) when the row was no longer
     pending: another delivery finished this tenant meanwhile."""
+    _note_from(started.from_revision)
     params: dict[str, Any] = {
         **task.binds(),
         "from_revision": started.from_revision,
@@ -239,7 +261,7 @@ def _then_mark(connection: Connection, sql: str, params: dict[str, Any]) -> bool
     the mark found the row no longer pending."""
     try:
         result = connection.exec_driver_sql(sql, params)
-        _note_waiting(result.scalar())
+        _note_waiting(result.first())
     except DBAPIError as exc:
         if db.sqlstate(exc) != runs.NOT_PENDING:
             raise
@@ -253,6 +275,7 @@ def mark_done(
 ) -> bool:
     """After a span ran outside ``begin``'s transaction (``tenantfleet.stepwise``): the success
     mark, COMMIT, the slot given back. False when the row was no longer pending."""
+    _note_from(from_revision)
     params = {**task.binds(), "from_revision": from_revision, "elapsed_ms": elapsed_ms}
     return _then_mark(connection, f"BEGIN;\n{_MARK_AND_COMMIT}", params)
 
@@ -356,6 +379,7 @@ def remote_at_once(
     if guessed is None:
         return Quick.NOT_TRIED
     guess, sql = guessed
+    _note_from(guess)
     params = {
         **_remote_params(task, worker, settings),
         "from_revision": guess,
@@ -391,7 +415,7 @@ def _finish_remote(pair: Pair, task: runs.TenantTask, elapsed_ms: int) -> None:
     result = pair.control.exec_driver_sql(
         _REMOTE_DONE, {**task.binds(), "elapsed_ms": elapsed_ms, "label": task.label}
     )
-    _note_waiting(result.scalar())
+    _note_waiting(result.first())
 
 
 def remote_begin(
@@ -430,6 +454,7 @@ def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms
     """Upgrade in the tenant database; mark succeeded in the control database (its transaction
     open); COMMIT the tenant's, then the control's, and give back slot and mark lock. False
     (both rolled back) when the row was no longer pending."""
+    _note_from(started.from_revision)
     sql = alembic_runtime.upgrade_sql(started.versions, task.target)
     if sql is None:
         alembic_runtime.migrate_online(pair.tenant, task.schema, task.target)
@@ -448,6 +473,7 @@ def remote_mark_done(
 ) -> bool:
     """``mark_done`` for a tenant of another database: the mark, COMMIT, slot and mark lock
     given back."""
+    _note_from(from_revision)
     if not _remote_mark(pair, task, from_revision, elapsed_ms):
         return False
     _finish_remote(pair, task, elapsed_ms)

@@ -27,9 +27,12 @@ from tenantfleet import (
     fleet,
     follow,
     guard,
+    logs,
+    metrics,
     output,
     processes,
     producer,
+    report,
     runs,
     scaffold,
 )
@@ -182,8 +185,16 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
 # -- the fleet ---------------------------------------------------------------------------
 
 
+_json_logs = False
+"""``log_format = "json"``: what the CLI says goes out as JSON log lines on stderr."""
+_logger = logging.getLogger("tenantfleet.cli")
+
+
 def _say(message: str) -> None:
-    print(message, file=sys.stderr)
+    if _json_logs:
+        _logger.info(message.strip())
+    else:
+        print(message, file=sys.stderr)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -283,7 +294,7 @@ def _follow(
         else:
             print(f"run {run_id} enqueued; follow it with `tenantfleet status {run_id}`")
         return _run_exit_code(report["status"]) if closed else EXIT_OK
-    progress = Progress()
+    progress = Progress(say=_say if _json_logs else None)
     watch.on_progress = progress
     run = follow.until_closed(manager.engine, run_id, watch)
     progress.close()
@@ -426,6 +437,50 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    with db.connect(manager.engine) as connection:
+        manager.require_public(connection)
+        run_id = args.run_id if args.run_id is not None else runs.latest_run_id(connection)
+        attempts = runs.attempts_of_run(connection, run_id)
+    data = report.RunData(producer.report(manager.engine, run_id), attempts)
+    target = Path(args.html or f"tenantfleet-run-{run_id}.html")
+    try:
+        target.write_text(report.page(data, datetime.now().astimezone()))
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+    if args.json:
+        _print_json(
+            {"run_id": run_id, "html": str(target.absolute()), "bytes": target.stat().st_size}
+        )
+    else:
+        print(f"run {run_id}: report written to {target}")
+    return EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    manager = MigrationManager()
+    with db.connect(manager.engine) as connection:
+        manager.require_public(connection)
+
+    def read() -> list[metrics.Sample]:
+        def blocked(run_id: int) -> list[str]:
+            return [b["database"] for b in producer.blocked(manager, run_id)]
+
+        with db.connect(manager.engine) as connection:
+            return metrics.run_samples(connection, blocked)
+
+    if not args.serve:
+        sys.stdout.write(metrics.exposition(read))
+        return EXIT_OK
+    _say(f"serving the run tables' metrics on http://{args.address}:{args.port}/metrics")
+    try:
+        metrics.serve(read, args.address, args.port)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.address}:{args.port}: {exc.strerror}") from None
+    return EXIT_OK
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     manager = MigrationManager()
     with db.connect(manager.engine) as connection:
@@ -440,7 +495,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> NoReturn:
     settings = config.load_settings()
-    argv = processes.worker_argv(args.concurrency, loglevel=args.loglevel)
+    argv = processes.worker_argv(
+        args.concurrency, loglevel=args.loglevel, quiet=settings.log_format == "json"
+    )
     os.execve(sys.executable, argv, processes.child_env(settings))
 
 
@@ -730,6 +787,26 @@ def build_parser() -> argparse.ArgumentParser:
     runs_cmd = _command(commands, "runs", cmd_runs, "recent runs")
     runs_cmd.add_argument("--limit", type=COUNT, default=20)
     _command(commands, "fleet", cmd_fleet, "tenants per revision, behind head, drift")
+    report_cmd = _command(
+        commands,
+        "report",
+        cmd_report,
+        "one self-contained HTML page about a run: counts, timeline, durations, failures",
+    )
+    report_cmd.add_argument("run_id", type=int, nargs="?", help="default: the latest run")
+    report_cmd.add_argument(
+        "--html", metavar="FILE", help="where to write it (default: tenantfleet-run-N.html)"
+    )
+    metrics_cmd = _command(
+        commands,
+        "metrics",
+        cmd_metrics,
+        "the run tables' Prometheus metrics: printed once, or --serve'd",
+        json_flag=False,
+    )
+    metrics_cmd.add_argument("--serve", action="store_true", help="serve them until Ctrl-C")
+    metrics_cmd.add_argument("--address", default="127.0.0.1")
+    metrics_cmd.add_argument("--port", type=PORT, default=9810)
 
     worker = _command(
         commands,
@@ -777,7 +854,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     """One line on stderr; with ``--json``, the same as a JSON object on stdout."""
-    print(f"error: {message}", file=sys.stderr)
+    if _json_logs:
+        _logger.error(message, extra={"exit_code": code})
+    else:
+        print(f"error: {message}", file=sys.stderr)
     if getattr(args, "json", False):
         _print_json({"error": message, "exit_code": code})
     return code
@@ -785,9 +865,9 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="tenantfleet: %(message)s")
     if args.config:  # every process this command starts reads the same file
         os.environ[config.CONFIG_VARIABLE] = str(Path(args.config).absolute())
+    _setup_logging()
     try:
         return int(args.func(args))
     except TenantfleetError as exc:
@@ -800,6 +880,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, f"database: {db.first_line(exc)}", EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", EXIT_INTERRUPTED)
+
+
+def _setup_logging() -> None:
+    """Text (``tenantfleet: ...`` warnings) or, with ``log_format = "json"``, every line the
+    CLI says as a JSON object. A configuration that does not load is reported by the command."""
+    global _json_logs
+    try:
+        log_format = config.load_settings().log_format
+    except TenantfleetError:
+        log_format = "text"
+    _json_logs = log_format == "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logs.formatter(log_format, "tenantfleet: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    _logger.setLevel(logging.INFO)
 
 
 class _PipeSafe:

@@ -27,6 +27,7 @@ CONFIG_VARIABLE = "TENANTFLEET_CONFIG"
 STATE_DIR_NAME = ".tenantfleet"
 FILE_NAMES = ("tenantfleet.toml", "pyproject.toml")
 TENANT_SOURCES = ("registry", "query", "discover")
+LOG_FORMATS = ("text", "json")
 DATABASES_TABLE = "databases"
 CONTROL_DATABASE = "default"
 """The key of the control database (the one ``database_url`` names): tenants with no key."""
@@ -69,6 +70,13 @@ class Settings:
     tenants: str = "registry"
     tenants_query: str | None = None
     max_concurrent: int = 16
+    metrics_port: int | None = None
+    """Where a worker serves its Prometheus metrics (off when unset)."""
+    metrics_address: str = "127.0.0.1"
+    log_format: str = "text"
+    """``text`` or ``json`` (one object per line), for the workers and the CLI."""
+    tracing: bool = False
+    """OpenTelemetry spans for runs and tenant attempts (``tenantfleet[otel]``)."""
     wave_order: str | None = None
     """A ``tenant_registry`` column that orders the tenants into waves (then the schema name)."""
     lint_allow: tuple[str, ...] = ()
@@ -226,6 +234,10 @@ KEYS = (
     Key("tenants", _one_of(*TENANT_SOURCES)),
     Key("tenants_query", _text),
     Key("max_concurrent", _positive),
+    Key("metrics_port", _positive),
+    Key("metrics_address", _text),
+    Key("log_format", _one_of(*LOG_FORMATS)),
+    Key("tracing", _flag),
     Key("wave_order", _text),
     Key("lint_allow", _rule_names),
     Key("lint_big_table_rows", _whole),

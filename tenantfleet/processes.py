@@ -31,10 +31,11 @@ CELERY = [sys.executable, "-m", "celery", "-A", "tenantfleet.workers"]
 
 
 def worker_argv(
-    concurrency: int, hostname: str = "tenantfleet@%h", loglevel: str = "INFO"
+    concurrency: int, hostname: str = "tenantfleet@%h", loglevel: str = "INFO", quiet: bool = False
 ) -> list[str]:
+    """``quiet``: no start-up banner (with JSON logs, every line is an object)."""
     return [
-        *CELERY, "worker",
+        *CELERY, *(["--quiet"] if quiet else []), "worker",
         "--concurrency", str(concurrency),
         "--hostname", hostname,
         "--loglevel", loglevel,

@@ -29,6 +29,7 @@ from tenantfleet import (
     registry,
     runs,
     tenants,
+    tracing,
 )
 from tenantfleet.databases import Placed
 from tenantfleet.errors import (
@@ -310,7 +311,18 @@ def _launch(
     if chosen.behind:
         check_broker(app())
     uid = str(uuid.uuid4())
-    with db.connect(manager.engine) as holder:
+    with (
+        tracing.run_span(
+            manager.settings.tracing,
+            "tenantfleet.run",
+            **{
+                "tenantfleet.run_uid": uid,
+                "tenantfleet.to_revision": chosen.target,
+                "tenantfleet.tenants": len(chosen.behind),
+            },
+        ),
+        db.connect(manager.engine) as holder,
+    ):
         locks.hold(holder, locks.dispatching(uid))  # a new uid: always free
         run_id = _record(manager, chosen, options, canaries, waves, uid, rollback)
         _dispatch(manager, run_id, [s for s, _ in chosen.behind], say, watch)
@@ -723,7 +735,11 @@ def blocked(manager: MigrationManager, run_id: int) -> list[dict[str, Any]]:
                 raise
             continue
         found += [
-            {"tenant": databases.label(database, b.schema), **dataclasses.asdict(b)}
+            {
+                "tenant": databases.label(database, b.schema),
+                "database": databases.shown(database),
+                **dataclasses.asdict(b),
+            }
             for b in waiting
         ]
     return found
@@ -811,6 +827,9 @@ def enqueue(
     extra: dict[str, Any] = {"run_uid": run.uid}
     if max_failures:
         extra["max_failures"] = max_failures
+    trace = tracing.carrier()
+    if trace:
+        extra["trace"] = trace
     body = finalize_run.s(run_id=run.id).set(queue=queues.control)
     body.link_error(finalize_run_on_error.s(run_id=run.id).set(queue=queues.control))
     # No time limits in the message: the worker's TENANTFLEET_TASK_TIME_LIMIT decides (Celery

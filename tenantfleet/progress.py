@@ -1,6 +1,7 @@
 """Live progress of a run on a terminal, or plain periodic lines when output is not a TTY."""
 
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from tenantfleet.runs import Counts
@@ -22,9 +23,16 @@ def progress_line(tally: Counts, elapsed: float) -> str:
 class Progress:
     """Callable given to ``producer.wait``: redraws a bar, or prints a line every few seconds."""
 
-    def __init__(self, stream: TextIO = sys.stderr, every: float = 5.0) -> None:
+    def __init__(
+        self,
+        stream: TextIO = sys.stderr,
+        every: float = 5.0,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        """``say``: where the periodic lines go instead of ``stream`` (no bar then)."""
         self.stream = stream
-        self.tty = stream.isatty()
+        self.say = say
+        self.tty = stream.isatty() and say is None
         self.every = every
         self._next_line = 0.0
         self._last: tuple[int, int] | None = None
@@ -39,8 +47,12 @@ class Progress:
             self.stream.write(f"\r[{bar}] {progress_line(tally, elapsed)}\033[K")
             self.stream.flush()
         elif elapsed >= self._next_line or (tally.pending == 0 and self._last != (tally.done, 0)):
-            self.stream.write(f"progress: {progress_line(tally, elapsed)}\n")
-            self.stream.flush()
+            line = f"progress: {progress_line(tally, elapsed)}"
+            if self.say is not None:
+                self.say(line)
+            else:
+                self.stream.write(line + "\n")
+                self.stream.flush()
             self._next_line = elapsed + self.every
         self._last = (tally.done, tally.pending)
 

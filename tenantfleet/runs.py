@@ -263,7 +263,8 @@ MARK_SUCCEEDED_SQL = (
     " + (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::integer "
     + _THIS_PENDING_ROW
     + " RETURNING run_id, schema_name, attempts), ended AS (UPDATE public.migration_attempts a"
-    " SET finished_at = now(), outcome = 'succeeded' FROM marked m WHERE a.run_id = m.run_id"
+    " SET finished_at = clock_timestamp(), outcome = 'succeeded' FROM marked m"
+    " WHERE a.run_id = m.run_id"
     " AND a.schema_name = m.schema_name AND a.attempt = m.attempts),"
     " registered AS (UPDATE public.tenant_registry"
     " SET current_revision = :target, updated_at = now()"
@@ -291,7 +292,7 @@ _MARK_ERROR = _PENDING_ROW.values(
     duration_ms=sa.bindparam("b_duration"),
     error_class=sa.bindparam("b_error_class"),
     error_message=sa.bindparam("b_error_message"),
-)
+).returning(run_tenants.c.attempts, run_tenants.c.from_revision)
 
 
 WAITING_FOR_A_WORKER = "RevisionNotOnWorker"
@@ -323,11 +324,13 @@ def note_reached(connection: Connection, task: TenantTask, reached: str | None) 
 
 ANY_WAITING_SQL = (
     "SELECT EXISTS (SELECT FROM public.migration_run_tenants WHERE run_id = :run_id"
-    " AND status = 'waiting' AND database IS NOT DISTINCT FROM :database)"
+    " AND status = 'waiting' AND database IS NOT DISTINCT FROM :database),"
+    f" (SELECT attempts FROM public.migration_run_tenants WHERE {THIS_RUN_SQL})"
 )
 """Whether some tenant of the run and database waits for a slot (the partial index
 ``ix_migration_run_tenants_waiting``): read by an attempt's last statement, after it gave its
-slot back, so a worker looks for waiting tenants only when there are some."""
+slot back, so a worker looks for waiting tenants only when there are some; and the attempt's
+number (for its log line)."""
 WAITING_FOR_A_SLOT = "WaitingForSlot"
 """``error_class`` of a ``waiting`` tenant: every slot of its database was taken."""
 
@@ -392,14 +395,18 @@ def note_unreachable(connection: Connection, task: TenantTask, error: BaseExcept
     return result.rowcount
 
 
+Marked = tuple[int, str | None] | None
+"""(the attempt's number, the tenant's from revision) of a row an error mark matched."""
+
+
 def mark_failed(
     connection: Connection, task: TenantTask, error: BaseException, duration_ms: int
-) -> None:
-    _mark_error(connection, task, "failed", error, duration_ms)
+) -> Marked:
+    return _mark_error(connection, task, "failed", error, duration_ms)
 
 
-def mark_retrying(connection: Connection, task: TenantTask, error: BaseException) -> None:
-    _mark_error(connection, task, "retrying", error, None)
+def mark_retrying(connection: Connection, task: TenantTask, error: BaseException) -> Marked:
+    return _mark_error(connection, task, "retrying", error, None)
 
 
 def _mark_error(
@@ -408,9 +415,9 @@ def _mark_error(
     status: str,
     error: BaseException,
     duration_ms: int | None,
-) -> None:
+) -> Marked:
     error_class, message = db.describe_error(error)
-    connection.execute(
+    row = connection.execute(
         _MARK_ERROR,
         {
             **task.core_binds(),
@@ -420,8 +427,9 @@ def _mark_error(
             "b_error_class": error_class,
             "b_error_message": message[:ERROR_MESSAGE_MAX],
         },
-    )
+    ).first()
     _end_attempt(connection, task, status, f"{error_class}: {message}", db.sqlstate(error))
+    return None if row is None else (int(row.attempts), row.from_revision)
 
 
 _END_ATTEMPT = sa.text(
@@ -786,6 +794,30 @@ def attempts_of(connection: Connection, run_id: int, schema: str) -> list[Attemp
         .order_by(attempts_table.c.attempt)
     )
     return [Attempt(*row) for row in connection.execute(query)]
+
+
+def attempts_of_run(connection: Connection, run_id: int) -> list[tuple[str, Attempt]]:
+    """Every attempt of the run: (tenant label, attempt), in the order they began."""
+    query = (
+        sa.select(
+            run_tenants.c.database,
+            attempts_table.c.schema_name,
+            *[attempts_table.c[f.name] for f in fields(Attempt)],
+        )
+        .join(
+            run_tenants,
+            sa.and_(
+                run_tenants.c.run_id == attempts_table.c.run_id,
+                run_tenants.c.schema_name == attempts_table.c.schema_name,
+            ),
+        )
+        .where(attempts_table.c.run_id == run_id)
+        .order_by(attempts_table.c.started_at)
+    )
+    return [
+        (databases.label(database, schema), Attempt(*rest))
+        for database, schema, *rest in connection.execute(query)
+    ]
 
 
 def slowest(connection: Connection, run_id: int, limit: int = 5) -> list[RunTenant]:

@@ -10,13 +10,21 @@ import time
 from functools import cache
 from typing import Any
 
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_after_setup,
+    celeryd_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 from celery.worker.control import inspect_command
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from tenantfleet import alembic_runtime, config, databases, db
+from tenantfleet import alembic_runtime, config, databases, db, logs, metrics
 from tenantfleet import queues as fleet_queues
 from tenantfleet.errors import ConnectionFailed
 
@@ -67,6 +75,13 @@ def _engine(kind: str, database: str | None, options: dict[str, Any]) -> Engine:
 
 
 @cache
+def database_name(database: str | None) -> str:
+    """The PostgreSQL database name behind a key (None: the control database), for spans."""
+    url = databases.url(settings(), database)
+    return make_url(url).database or ""
+
+
+@cache
 def queues() -> fleet_queues.Queues:
     """This worker's database's queues; waits (logging why) until the database answers."""
     probe = db.make_engine(config.database_url(settings()), poolclass=NullPool)
@@ -104,6 +119,30 @@ def tenantfleet_knows(_state: Any, revision: str) -> dict[str, bool]:
 def _prepare_process(**_: object) -> None:
     alembic_runtime.tenant_script()
     db.install_cancelling_waits()
+
+
+@celeryd_init.connect
+def _prepare_worker(**_: object) -> None:
+    """The main process, before its pool starts: where the pool's metrics go, how it logs."""
+    metrics.prepare_worker(settings())
+    logs.prepare_worker(settings().log_format)
+
+
+@worker_ready.connect
+def _serve_metrics(**_: object) -> None:
+    metrics.serve_worker(settings())
+
+
+@worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: object) -> None:
+    metrics.process_exited(pid or os.getpid())
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: object) -> None:
+    """``log_format = "json"``: every handler Celery set up writes one JSON object per line."""
+    logs.use(logger.handlers, settings().log_format)
 
 
 alembic_runtime.tenant_script()
