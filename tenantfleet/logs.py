@@ -7,6 +7,7 @@ shows the message, the JSON format every field, so a log pipeline can filter on 
 """
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,6 +55,17 @@ def prepare_worker(log_format: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(formatter(log_format, ""))
     logging.getLogger().addHandler(handler)
+    # Celery prints a few lines itself, from signal handlers ("worker: Warm shutdown
+    # (MainProcess)"): the same, as JSON, written as Celery writes them (no logging lock)
+    from celery.apps import worker
+
+    def say(message: str, *_: object) -> None:
+        record = logging.LogRecord(
+            "celery.apps.worker", logging.WARNING, __file__, 0, message.strip(), None, None
+        )
+        os.write(2, (handler.format(record) + "\n").encode())
+
+    worker.safe_say = say
 
 
 def tenant_extra(**fields: Any) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def timeline(data: RunData) -> str:
     handles = [
         _patch(COLOURS.get(o, COLOURS[None]), o or "no end (worker died?)") for o in by_outcome
     ]
-    axes.legend(handles=handles, loc="upper right", fontsize=7)
+    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     axes.set_title(f"Timeline: {len(spans)} attempts on {len(lanes)} worker processes")
     return _svg(figure)
 

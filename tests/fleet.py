@@ -36,7 +36,11 @@ class Stack:
 
         name = f"fleet-{uuid.uuid4().hex[:6]}@%h"
         worker = processes.spawn(
-            processes.worker_argv(concurrency, hostname=name), self.env, self.logs / "worker.log"
+            processes.worker_argv(
+                concurrency, hostname=name, quiet=self.env.get("TENANTFLEET_LOG_FORMAT") == "json"
+            ),
+            self.env,
+            self.logs / "worker.log",
         )
         processes.wait_for_workers(app)
         return worker
