@@ -374,3 +374,20 @@ def test_the_report_renders_in_chromium(
         check=True,
     )
     assert shot.stat().st_size > 20_000  # a picture, not a blank page
+
+
+def test_the_grafana_dashboard_uses_only_our_metric_names_and_flowers(repo_root: Path) -> None:
+    dashboard = json.loads((repo_root / "docs" / "grafana-dashboard.json").read_text())
+    ours = set(
+        re.findall(
+            r'"(tenantfleet_[a-z_]+)"', (repo_root / "tenantfleet" / "metrics.py").read_text()
+        )
+    )
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\b((?:tenantfleet|flower)_[a-z_]+)", target["expr"]))
+    assert used
+    for name in used:
+        base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+        assert name.startswith("flower_") or base in ours, name
