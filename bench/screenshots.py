@@ -102,9 +102,12 @@ def main() -> int:
             env=env,
         )  # fmt: skip
         with engine.connect() as watcher:
-            while watcher.execute(
-                sa.text("SELECT count(*) FROM migration_run_tenants WHERE status = 'succeeded'")
-            ).scalar_one() < args.tenants // 3:
+            while (
+                watcher.execute(
+                    sa.text("SELECT count(*) FROM migration_run_tenants WHERE status = 'succeeded'")
+                ).scalar_one()
+                < args.tenants // 3
+            ):
                 time.sleep(0.05)
         shoot(chromium, f"http://127.0.0.1:{port}/tasks", images / "flower-tasks.png", "1400,900")
         time.sleep(2.5)
