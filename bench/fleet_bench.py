@@ -31,6 +31,9 @@ import sqlalchemy as sa
 
 from tenantfleet import config, db, fleet_setup, processes, runs
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import w2  # noqa: E402
+
 BENCH_DB = "tenantfleet_bench"
 R1, R2 = fleet_setup.R1, fleet_setup.R2
 R2_SQL = """
@@ -196,11 +199,13 @@ def sequential(url: str, schemas: Sequence[str]) -> float:
     return time.perf_counter() - started
 
 
-def fleet(url: str, env: dict[str, str], extra: Sequence[str] = ()) -> tuple[float, int]:
+def fleet(
+    url: str, env: dict[str, str], extra: Sequence[str] = (), revision: str = R2
+) -> tuple[float, int]:
     """``tenantfleet migrate --wait`` as a deploy hook runs it; (seconds, peak RSS in KiB)."""
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "tenantfleet", "migrate", "--revision", R2, *extra],
+        [sys.executable, "-m", "tenantfleet", "migrate", "--revision", revision, *extra],
         env={**env, "TENANTFLEET_DATABASE_URL": url},
         capture_output=True,
         text=True,
@@ -548,6 +553,66 @@ class Bench:
             )
         return result
 
+    def measure_w2(self, tenants: int, repeat: int, reuse: bool) -> dict[str, Any]:
+        """W2: the fleet largest first, the same fleet in plan order, the floor; interleaved,
+        each on a fresh copy of the W2 template."""
+        template = f"{self.database}_w2"
+        template_url = bench_url(self.settings, template)
+        if reuse and registered(template_url) == tenants:
+            self.say(f"reusing W2: {tenants} tenants in {template}")
+        else:
+            self.say(f"building W2: {tenants} tenants at {R2} in {template}")
+            recreate_database(self.settings, template)
+            w2.build(template_url, tenants, max(2, self.workers))
+        ini = w2.tenant_env(self.settings.state_dir)
+        env = {**self.env, "TENANTFLEET_TENANT_ALEMBIC": str(ini)}
+        unordered_env = {**env, "TENANTFLEET_SCHEDULE_BY_SIZE": "false"}
+        schemas = w2.names(tenants)
+        samples: dict[str, list[float]] = {"fleet": [], "unordered": [], "floor": []}
+        ratios: dict[str, list[float]] = {"fleet": [], "unordered": []}
+        details: list[dict[str, Any]] = []
+        for attempt in range(repeat):
+            for name in ("fleet", "unordered", "floor"):
+                self.stop_workers()
+                recreate_database(self.settings, self.database, template=template)
+                admin = db.make_engine(
+                    config.database_url(self.settings), isolation_level="AUTOCOMMIT"
+                )
+                with admin.connect() as connection:
+                    connection.exec_driver_sql("CHECKPOINT")
+                admin.dispose()
+                os.sync()
+                if name == "floor":
+                    seconds = w2.floor(self.url, schemas, self.workers)
+                    cpu: dict[str, float] = {}
+                else:
+                    self.start_workers(env)
+                    with self.cpu() as cpu:
+                        seconds = fleet(
+                            self.url,
+                            env if name == "fleet" else unordered_env,
+                            ["--wait", *w2.GATE],
+                            revision=w2.R3,
+                        )[0]
+                    span = w2.makespan(self.url, self.workers)
+                    ratios[name].append(span["makespan_over_lb"])
+                    details.append({"contender": name, **span, "cpu_seconds": cpu})
+                assert versions(self.url, schemas) == {w2.R3}, f"{name} left tenants behind"
+                samples[name].append(seconds)
+                self.say(f"  W2 run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s {cpu}")
+        self.stop_workers()
+        result: dict[str, Any] = {name: summary(s, tenants) for name, s in samples.items()}
+        result["makespan_over_lb"] = round(statistics.median(ratios["fleet"]), 3)
+        result["unordered_makespan_over_lb"] = round(statistics.median(ratios["unordered"]), 3)
+        result["fleet_over_floor"] = round(
+            result["fleet"]["seconds"] / result["floor"]["seconds"], 3
+        )
+        result["unordered_over_floor"] = round(
+            result["unordered"]["seconds"] / result["floor"]["seconds"], 3
+        )
+        result["runs"] = details
+        return result
+
     def measure_noop(self, schemas: list[str], repeat: int) -> dict[str, Any]:
         """B: every tenant already at r2 (one upgrade first, not timed)."""
         self.fresh_copy()
@@ -591,6 +656,7 @@ class Bench:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--workload", choices=["W1", "W2"], default="W1")
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
@@ -618,6 +684,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     caps = {key: int(n) for key, _, n in (c.partition("=") for c in args.cap)}
     split = [int(share) for share in args.split.split(",")]
     bench = Bench(config.load_settings(), args.database, args.workers, say, split, caps)
+    if args.workload == "W2":
+        try:
+            found = {"workload": "W2", "tenants": args.tenants, "workers": args.workers}
+            found["w2"] = bench.measure_w2(args.tenants, args.repeat, args.reuse)
+        finally:
+            bench.stop_workers()
+        print(json.dumps(found, indent=2) if args.json else render_w2(found))
+        return 0
     schemas = bench.build(args.tenants, args.reuse, contenders)
     result: dict[str, Any] = {"tenants": args.tenants, "workers": args.workers}
     if "split" in contenders:
@@ -657,6 +731,17 @@ def render(result: dict[str, Any]) -> str:
             f"  enqueue {e['enqueue_seconds']} s, producer peak RSS {e['producer_peak_rss_mb']} MB,"
             f" callback {e['callback_seconds']} s"
         )
+    return "\n".join(lines)
+
+
+def render_w2(result: dict[str, Any]) -> str:
+    found = result["w2"]
+    lines = [f"W2, N = {result['tenants']}, W = {result['workers']} (median, min-max)"]
+    for name in ("fleet", "unordered", "floor"):
+        r = found[name]
+        lines.append(f"  {name:<11}{r['seconds']:9.3f} s   ({r['min']:.3f}-{r['max']:.3f})")
+    for key in ("makespan_over_lb", "unordered_makespan_over_lb", "fleet_over_floor"):
+        lines.append(f"  {key:<28}{found[key]:6.3f}")
     return "\n".join(lines)
 
 

@@ -75,6 +75,8 @@ class Settings:
     metrics_address: str = "127.0.0.1"
     log_format: str = "text"
     """``text`` or ``json`` (one object per line), for the workers and the CLI."""
+    schedule_by_size: bool = True
+    """Send the largest tenants first (their table bytes, read while planning)."""
     tracing: bool = False
     """OpenTelemetry spans for runs and tenant attempts (``tenantfleet[otel]``)."""
     wave_order: str | None = None
@@ -237,6 +239,7 @@ KEYS = (
     Key("metrics_port", _positive),
     Key("metrics_address", _text),
     Key("log_format", _one_of(*LOG_FORMATS)),
+    Key("schedule_by_size", _flag),
     Key("tracing", _flag),
     Key("wave_order", _text),
     Key("lint_allow", _rule_names),

@@ -14,9 +14,10 @@ are being migrated right now, wherever they live (``locks.held`` of the labels).
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
 from tenantfleet import alembic_runtime, config, db
 from tenantfleet.config import CONTROL_DATABASE, DATABASE_KEY, Settings
@@ -111,23 +112,30 @@ class Versions:
     """The databases that could not be reached, and why (one line): their tenants are unknown."""
 
 
-def read_versions(engine_for: EngineFor, placed: Sequence[Placed]) -> Versions:
-    """``alembic_runtime.read_versions`` in every database that holds some of ``placed``, all at
-    once (one catalog pass each). A database that cannot be reached is noted, not raised."""
+T = TypeVar("T")
+
+
+def in_each(
+    engine_for: EngineFor,
+    placed: Sequence[Placed],
+    read: Callable[[Connection, list[str]], dict[str, T]],
+) -> tuple[dict[str, T], dict[str | None, str]]:
+    """``read(connection, schemas)`` in every database that holds some of ``placed``, all at
+    once; (the results merged, the databases that could not be reached and why)."""
     by_database: dict[str | None, list[str]] = {}
     for tenant in placed:
         by_database.setdefault(tenant.database, []).append(tenant.schema)
 
-    def read(database: str | None) -> dict[str, str | None]:
+    def one(database: str | None) -> dict[str, T]:
         with db.connect(engine_for(database)) as connection:
-            return alembic_runtime.read_versions(connection, by_database[database])
+            return read(connection, by_database[database])
 
-    found: dict[str, str | None] = {}
+    found: dict[str, T] = {}
     unreachable: dict[str | None, str] = {}
     if not by_database:
-        return Versions(found, unreachable)
+        return found, unreachable
     with ThreadPoolExecutor(max_workers=min(PLAN_THREADS, len(by_database))) as pool:
-        futures = {database: pool.submit(read, database) for database in by_database}
+        futures = {database: pool.submit(one, database) for database in by_database}
     for database, future in futures.items():
         try:
             found.update(future.result())
@@ -135,7 +143,33 @@ def read_versions(engine_for: EngineFor, placed: Sequence[Placed]) -> Versions:
             if not db.is_unreachable(exc):
                 raise
             unreachable[database] = db.first_line(exc)
-    return Versions(found, unreachable)
+    return found, unreachable
+
+
+def read_versions(engine_for: EngineFor, placed: Sequence[Placed]) -> Versions:
+    """``alembic_runtime.read_versions`` in every database that holds some of ``placed``, all at
+    once (one catalog pass each). A database that cannot be reached is noted, not raised."""
+    return Versions(*in_each(engine_for, placed, alembic_runtime.read_versions))
+
+
+SIZES_SQL = sa.text(
+    "SELECT n.nspname, sum(pg_relation_size(c.oid))::bigint"
+    " FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = ANY(CAST(:schemas AS text[])) AND c.relkind IN ('r', 'm', 't')"
+    " GROUP BY n.nspname"
+)
+"""Each schema's table bytes (heap and TOAST, no indexes): a tenant's cost, in one pass."""
+
+
+def _sizes(connection: Connection, schemas: list[str]) -> dict[str, int]:
+    rows = connection.execute(SIZES_SQL, {"schemas": schemas})
+    return {schema: int(size) for schema, size in rows}
+
+
+def sizes(engine_for: EngineFor, placed: Sequence[Placed]) -> dict[str, int]:
+    """Every placed tenant's table bytes, read in each database at once (one catalog pass
+    each); the tenants of a database that cannot be reached are left out."""
+    return in_each(engine_for, placed, _sizes)[0]
 
 
 PLAN_THREADS = 16

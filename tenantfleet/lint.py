@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from tenantfleet import alembic_runtime, db
+from tenantfleet import alembic_runtime, databases
 from tenantfleet.databases import Placed
 from tenantfleet.errors import ConfigError
 
@@ -320,22 +320,19 @@ def _squawk(revision: str, statements: Sequence[_Statement]) -> list[Finding]:
 
 
 def fleet_sizes(engine_for: Callable[[str | None], Any], placed: Sequence[Placed]) -> Sizes:
-    """``Sizes`` read from the fleet: one catalog pass per database holding ``placed``; a
-    database that cannot be reached adds nothing."""
+    """``Sizes`` read from the fleet: one catalog pass per database holding ``placed``, all at
+    once; a database that cannot be reached adds nothing."""
 
     def sizes(tables: Sequence[str]) -> dict[str, tuple[int, str]]:
-        by_database: dict[str | None, list[str]] = {}
-        for tenant in placed:
-            by_database.setdefault(tenant.database, []).append(tenant.schema)
+        per_database: list[dict[str, tuple[int, str]]] = []  # the same table in each
+
+        def collect(connection: Connection, schemas: list[str]) -> dict[str, None]:
+            per_database.append(_read_sizes(connection, schemas, tables))
+            return {}
+
+        databases.in_each(engine_for, placed, collect)
         largest: dict[str, tuple[int, str]] = {}
-        for database, schemas in by_database.items():
-            try:
-                with db.connect(engine_for(database)) as connection:
-                    found = _read_sizes(connection, schemas, tables)
-            except Exception as exc:
-                if not db.is_unreachable(exc):
-                    raise
-                continue
+        for found in per_database:
             for table, (rows, schema) in found.items():
                 if rows > largest.get(table, (-1, ""))[0]:
                     largest[table] = (rows, schema)

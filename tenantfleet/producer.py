@@ -88,6 +88,15 @@ class Plan:
     run; the others go on."""
     placement: dict[str, str] = field(default_factory=dict)
     """The schemas that live in another database than the control one, and its key."""
+    sizes: dict[str, int] = field(default_factory=dict)
+    """The behind tenants' table bytes (``schedule_by_size``): the largest are sent first."""
+
+    def sending_order(self) -> list[str]:
+        """The behind schemas, largest first (then in plan order) when sizes are known."""
+        schemas = [schema for schema, _ in self.behind]
+        if not self.sizes:
+            return schemas
+        return sorted(schemas, key=lambda s: -self.sizes.get(s, 0))
 
     def label(self, schema: str) -> str:
         return databases.label(self.placement.get(schema), schema)
@@ -179,7 +188,12 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
         behind = _ordered(manager, behind, manager.settings.wave_order)
     at_or_past = [s for s in schemas if s not in skip and versions[s] not in below]
     placement = {t.schema: t.database for t in placed if t.database is not None}
-    return Plan(target, behind, at_or_past, not_migratable, placement)
+    sizes = (
+        databases.sizes(manager.engine_for, [Placed(s, placement.get(s)) for s, _ in behind])
+        if manager.settings.schedule_by_size and len(behind) > 1 and not dry_run
+        else {}
+    )
+    return Plan(target, behind, at_or_past, not_migratable, placement, sizes)
 
 
 def _ordered(
@@ -325,7 +339,7 @@ def _launch(
     ):
         locks.hold(holder, locks.dispatching(uid))  # a new uid: always free
         run_id = _record(manager, chosen, options, canaries, waves, uid, rollback)
-        _dispatch(manager, run_id, [s for s, _ in chosen.behind], say, watch)
+        _dispatch(manager, run_id, chosen.sending_order(), say, watch)
     return run_id
 
 
