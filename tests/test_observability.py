@@ -69,6 +69,14 @@ def wait_until(condition: Any, what: str, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
+RETRIED = sa.text("SELECT count(*) FROM migration_attempts WHERE outcome = 'retrying'")
+
+
+def until_retried(stack: Stack, at_least: int, what: str) -> None:
+    with stack.engine.connect() as watcher:
+        wait_until(lambda: watcher.execute(RETRIED).scalar_one() >= at_least, what)
+
+
 def test_metrics_during_and_after_a_run_match_the_run_tables(
     pg_admin_url: str, template_url: str, tmp_path: Path
 ) -> None:
@@ -103,18 +111,7 @@ def test_metrics_during_and_after_a_run_match_the_run_tables(
             assert total(during, "tenantfleet_run_tenants_waiting_for_lock") == 2
             assert during["tenantfleet_run_failure_budget_remaining"] == 10
             # the lock outlasts lock_timeout: both tenants retry until it goes
-            with stack.engine.connect() as watcher:
-                wait_until(
-                    lambda: (
-                        watcher.execute(
-                            sa.text(
-                                "SELECT count(*) FROM migration_attempts WHERE outcome = 'retrying'"
-                            )
-                        ).scalar_one()
-                        >= 2
-                    ),
-                    "no tenant retried",
-                )
+            until_retried(stack, 2, "no tenant retried")
         finally:
             blocker.rollback()
             blocker.close()
@@ -177,18 +174,7 @@ def test_every_log_line_of_a_run_with_failures_and_retries_is_json(
         blocker.execute(sa.text("LOCK TABLE j00001.users IN ACCESS EXCLUSIVE MODE"))
         migrate = stack.cli_background("migrate", "--revision", R2, "--wait")
         try:
-            with stack.engine.connect() as watcher:
-                wait_until(
-                    lambda: (
-                        watcher.execute(
-                            sa.text(
-                                "SELECT count(*) FROM migration_attempts WHERE outcome = 'retrying'"
-                            )
-                        ).scalar_one()
-                        >= 1
-                    ),
-                    "j00001 never retried",
-                )
+            until_retried(stack, 1, "j00001 never retried")
         finally:
             blocker.rollback()
             blocker.close()
@@ -305,18 +291,7 @@ def _report_run(stack: Stack) -> int:
         "migrate", "--revision", R2, "--wave", "5", "--max-failures", "5", "--wait"
     )
     try:
-        with stack.engine.connect() as watcher:
-            wait_until(
-                lambda: (
-                    watcher.execute(
-                        sa.text(
-                            "SELECT count(*) FROM migration_attempts WHERE outcome = 'retrying'"
-                        )
-                    ).scalar_one()
-                    >= 1
-                ),
-                "rp00002 never retried",
-            )
+        until_retried(stack, 1, "rp00002 never retried")
     finally:
         blocker.rollback()
         blocker.close()
