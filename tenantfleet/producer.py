@@ -89,7 +89,8 @@ class Plan:
     placement: dict[str, str] = field(default_factory=dict)
     """The schemas that live in another database than the control one, and its key."""
     sizes: dict[str, int] = field(default_factory=dict)
-    """The behind tenants' table bytes (``schedule_by_size``): the largest are sent first."""
+    """The behind tenants' size estimates in bytes (``schedule_by_size``, ``databases.sizes``):
+    the largest are sent first."""
 
     def sending_order(self) -> list[str]:
         """The behind schemas, largest first (then in plan order) when sizes are known."""
@@ -474,7 +475,8 @@ def _dispatch(
             skipped = follow.patiently(watch, functools.partial(close, reason))
             say(f"run {run_id}: {reason.removeprefix('skipped: ')}; {skipped} tenants skipped")
             return sent
-        _between_waves(engine, run, number, say, watch)
+        if _between_waves(engine, run, number, say, watch):
+            break  # cancelled meanwhile: the later waves' tenants are cancelled, send nothing
     follow.patiently(watch, lambda: close(None))
     return sent
 
@@ -511,9 +513,9 @@ def _wave_verdict(
 
 def _between_waves(
     engine: Engine, run: runs.Run, number: int, say: Say, watch: follow.Watch
-) -> None:
-    """Wait ``wave_pause`` seconds, then (``wave_hold``) until ``tenantfleet continue``; a
-    cancelled run goes on at once (its next waves were cancelled)."""
+) -> bool:
+    """Wait ``wave_pause`` seconds, then (``wave_hold``) until ``tenantfleet continue``; True
+    at once when the run was cancelled (its next waves were cancelled with it)."""
     pause_until = time.monotonic() + float(run.options.get("wave_pause") or 0)
     hold = bool(run.options.get("wave_hold"))
     if hold:
@@ -529,10 +531,10 @@ def _between_waves(
     while True:
         now = follow.patiently(watch, look)
         if now.cancelled_at is not None:
-            return
+            return True
         held = hold and (now.continued_wave or 0) < number
         if time.monotonic() >= pause_until and not held:
-            return
+            return False
         if watch.expired():
             raise follow.StoppedFollowing(
                 f"--timeout reached between waves {number} and {number + 1} of run {run.id}:"

@@ -95,6 +95,31 @@ def test_a_held_run_waits_for_continue_between_waves(stack: Stack) -> None:
     assert closed.code == 2 and "is closed" in closed.err
 
 
+def test_a_run_cancelled_while_held_between_waves_sends_nothing_more(stack: Stack) -> None:
+    schemas = stack.provision("wc", 6)
+    producer = stack.cli_background(
+        "migrate", "--revision", R2, "--wave", "2", "--wave-hold", "--wait", "--json"
+    )
+    try:
+        assert producer.stderr is not None
+        for line in producer.stderr:  # the condition meant: the producer holds
+            if "`tenantfleet continue" in line:
+                break
+        with stack.engine.connect() as connection:
+            run_id = runs.latest_run_id(connection)
+        cancelled = stack.cli("cancel", str(run_id))
+        assert cancelled.code == 0, cancelled.err
+        out, err = producer.communicate(timeout=300)
+    finally:
+        producer.kill()
+    assert producer.returncode == 1, err
+    report = json.loads(out)
+    assert report["status"] == "cancelled"
+    assert {w["wave"]: w["cancelled"] for w in report["waves"]} == {1: 0, 2: 4}
+    found = stack.revisions(schemas)
+    assert {found[s] for s in schemas[:2]} == {R2} and {found[s] for s in schemas[2:]} == {R1}
+
+
 def test_rollback_brings_every_tenant_back_to_its_own_revision(stack: Stack) -> None:
     at_r1 = stack.provision("rb", 6)
     at_r2 = stack.provision("rc", 4, R2)
