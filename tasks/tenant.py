@@ -15,6 +15,7 @@ else two or three; a few more for a tenant of another database):
    retries run out, marks it ``failed`` and raises, so Flower shows the task as FAILURE.
 """
 
+import dataclasses
 import logging
 import os
 import random
@@ -218,7 +219,9 @@ def _take_waiting(done: runs.TenantTask, seen: _Seen, max_failures: int | None) 
     """Having given back a slot of ``done``'s database, migrate the tenants of its run that wait
     for one, until none waits (or another worker got the slot: it takes them on). A tenant whose
     attempt fails transiently is sent again in a message of its own; past the time share, the
-    next waiting tenant is, and it takes the rest."""
+    next waiting tenant is, and it takes the rest. Their outcomes are logged and counted, not
+    put on the span of ``done``'s attempt."""
+    seen = dataclasses.replace(seen, span=None)
     budget = time.monotonic() + resources.settings().task_time_limit * DRAIN_SHARE
     taken = 0
     while attempt.someone_waits():
