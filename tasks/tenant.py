@@ -103,12 +103,11 @@ def migrate_tenant(
     started = time.monotonic()
     outcome = "raised"
     seen = _Seen(worker, self.request.id, trace)
-    with tracing.attempt_span(
-        trace, "tenantfleet.tenant_attempt", **_span_attributes(task)
-    ) as span:
+    attributes = _span_attributes(task) if trace else {}  # no work when not tracing
+    with tracing.attempt_span(trace, "tenantfleet.tenant_attempt", **attributes) as span:
         seen.span = span
         try:
-            outcome = _with_a_slot(task, worker, max_failures, seen)
+            outcome = _with_a_slot(task, worker, max_failures)
             number, from_revision = attempt.last_attempt()
             _ended(task, seen, outcome, started, attempt=number, from_revision=from_revision)
             return outcome
@@ -190,9 +189,7 @@ def _ended(
         )
 
 
-def _with_a_slot(
-    task: runs.TenantTask, worker: str, max_failures: int | None, seen: "_Seen"
-) -> str:
+def _with_a_slot(task: runs.TenantTask, worker: str, max_failures: int | None) -> str:
     """``_migrate``, or when every slot of the database is taken: park the tenant, then try
     once more (a slot freed meanwhile was given back before its holder looked for waiting
     tenants: either it sees this one, or this try gets the slot)."""
@@ -239,7 +236,7 @@ def _take_waiting(done: runs.TenantTask, seen: _Seen, max_failures: int | None) 
         taken += 1
         started = time.monotonic()
         try:
-            outcome = _with_a_slot(task, seen.worker, max_failures, seen)
+            outcome = _with_a_slot(task, seen.worker, max_failures)
         except Exception as exc:
             if _record_drained_error(task, exc, started, max_failures, seen):
                 break
@@ -361,7 +358,7 @@ def _migrate(task: runs.TenantTask, worker: str, max_failures: int | None) -> st
             return _in_steps(
                 task, started, lambda frm, ms: attempt.mark_done(connection, task, frm, ms)
             )
-        elapsed_ms = int((time.monotonic() - started) * 1000)
+        elapsed_ms = _ms_since(started)
         if not attempt.apply(connection, found, task, elapsed_ms):
             return "duplicate"  # another delivery finished this tenant meanwhile
     return "succeeded"
@@ -408,7 +405,7 @@ def _migrate_elsewhere(
                 return _in_steps(
                     task, started, lambda frm, ms: attempt.remote_mark_done(pair, task, frm, ms)
                 )
-            elapsed_ms = int((time.monotonic() - started) * 1000)
+            elapsed_ms = _ms_since(started)
             if not attempt.remote_apply(pair, found, task, elapsed_ms):
                 return "duplicate"
     return "succeeded"

@@ -210,13 +210,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         upgrade_public=not args.no_public,
         canary=args.canary,
         canary_tenants=tuple(args.canary_tenant or ()),
-        max_failures=args.max_failures,
         wait_for_active=args.wait_for_active,
         strict=args.strict,
         allow=tuple(args.allow or ()),
-        waves=tuple(args.wave or ()),
-        wave_pause=args.wave_pause or 0.0,
-        wave_hold=args.wave_hold,
+        **_rollout_options(args),
     )
     if args.dry_run:
         return _dry_run(manager, options, sql=args.sql, as_json=args.json)
@@ -373,12 +370,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout goes with --wait")
     manager = MigrationManager()
-    options = producer.MigrateOptions(
-        max_failures=args.max_failures,
-        waves=tuple(args.wave or ()),
-        wave_pause=args.wave_pause or 0.0,
-        wave_hold=args.wave_hold,
-    )
+    options = producer.MigrateOptions(**_rollout_options(args))
     watch = _watch(manager, args.timeout)
     run_id = producer.rollback(manager, args.run_id, options, _say, watch)
     _say(f"run {run_id} rolls back run {args.run_id}")
@@ -601,6 +593,16 @@ def _command(
     if json_flag:
         _add_json(parser)
     return parser
+
+
+def _rollout_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``MigrateOptions`` of ``_rollout_arguments``."""
+    return {
+        "max_failures": args.max_failures,
+        "waves": tuple(args.wave or ()),
+        "wave_pause": args.wave_pause or 0.0,
+        "wave_hold": args.wave_hold,
+    }
 
 
 def _rollout_arguments(command: argparse.ArgumentParser) -> None:

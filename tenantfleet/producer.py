@@ -492,14 +492,11 @@ def _wave_verdict(
     """None when the run may go on past wave ``number`` (whose tenants ended as ``outcome``);
     else why the rest is skipped."""
     budget = run.options.get("max_failures")
+    failed = [s for s, state in outcome.items() if state != "succeeded"]
     if run.options.get("waves") == ["canaries"]:
-        failed = [s for s, state in outcome.items() if state != "succeeded"]
         return f"skipped: canary {shorten(failed)} did not succeed" if failed else None
     if budget is None:
-        failed = [s for s, state in outcome.items() if state != "succeeded"]
-        if failed:
-            return f"skipped: wave {number} did not succeed ({shorten(failed)})"
-        return None
+        return f"skipped: wave {number} did not succeed ({shorten(failed)})" if failed else None
 
     def failures() -> int:
         with db.connect(engine) as connection:
