@@ -127,18 +127,10 @@ def build_fleet(
     return schemas
 
 
-def _dsn(url: str) -> str:
-    return (
-        sa.engine.make_url(url)
-        .render_as_string(hide_password=False)
-        .replace("postgresql+psycopg2://", "postgresql://")
-    )
-
-
 def _run_sql_per_schema(args: tuple[str, list[str], str, dict[str, str]]) -> None:
     """One persistent connection; per schema one transaction: search_path + ``sql``."""
     url, schemas, sql, params = args
-    connection = psycopg2.connect(_dsn(url))
+    connection = psycopg2.connect(w2.dsn(url))
     cursor = connection.cursor()
     for schema in schemas:
         cursor.execute("SELECT set_config('search_path', quote_ident(%s), true)", (schema,))

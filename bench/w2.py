@@ -107,6 +107,7 @@ def _fill(args: tuple[str, list[tuple[str, int]]]) -> None:
 
 
 def dsn(url: str) -> str:
+    """A SQLAlchemy URL as libpq takes it (for psycopg2 directly, as the floors connect)."""
     return (
         sa.engine.make_url(url)
         .render_as_string(hide_password=False)

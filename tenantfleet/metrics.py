@@ -137,12 +137,13 @@ _ATTEMPTS = sa.text(
     f" count(*) FILTER (WHERE sqlstate = '{LOCK_TIMEOUT}') FROM public.migration_attempts"
 )
 _DURATIONS = sa.text(
-    "SELECT count(*), coalesce(sum(duration_ms), 0) / 1000.0,"
-    " array_agg(bound ORDER BY bound) FROM (SELECT duration_ms FROM public.migration_run_tenants"
-    " WHERE run_id = :run_id AND duration_ms IS NOT NULL) AS d,"
-    " LATERAL (SELECT min(b) AS bound FROM unnest(CAST(:bounds AS float8[])) AS b"
-    " WHERE d.duration_ms <= b * 1000) AS m"
+    "WITH d AS MATERIALIZED (SELECT duration_ms FROM public.migration_run_tenants"
+    " WHERE run_id = :run_id AND duration_ms IS NOT NULL)"
+    " SELECT (SELECT count(*) FROM d), (SELECT coalesce(sum(duration_ms), 0) / 1000.0 FROM d),"
+    " ARRAY(SELECT (SELECT count(*) FROM d WHERE duration_ms <= b * 1000)"
+    " FROM unnest(CAST(:bounds AS float8[])) WITH ORDINALITY AS u(b, i) ORDER BY i)"
 )
+"""The latest run's durations: how many, their sum, and the cumulative count at each bound."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def _latest_run(connection: Connection, run_id: int, blocked: Blocked) -> list[S
     states = [
         ({"state": state, "database": databases.shown(database)}, float(getattr(found, state)))
         for database, found in by_database.items()
-        for state in ("queued", "running", "retrying", "waiting", *runs.FINAL)
+        for state in runs.STATES
     ]
     open_ = run.finished_at is None
     samples = [
@@ -246,24 +247,16 @@ def _latest_run(connection: Connection, run_id: int, blocked: Blocked) -> list[S
 
 
 def _durations(connection: Connection, run_id: int) -> Sample:
-    count, total, bounds = connection.execute(
+    count, total, cumulative = connection.execute(
         _DURATIONS, {"run_id": run_id, "bounds": list(DURATION_BUCKETS)}
     ).one()
-    per_bound: dict[float, int] = {}
-    for bound in bounds or []:
-        if bound is not None:
-            per_bound[bound] = per_bound.get(bound, 0) + 1
-    cumulative, running = [], 0
-    for bound in DURATION_BUCKETS:
-        running += per_bound.get(float(bound), 0)
-        cumulative.append((f"{bound:g}", float(running)))
-    cumulative.append(("+Inf", float(count)))
+    buckets = [(f"{b:g}", float(n)) for b, n in zip(DURATION_BUCKETS, cumulative, strict=True)]
     return Sample(
         "tenantfleet_run_tenant_duration_seconds",
         "histogram",
         "The latest run's finished tenants by how long their last attempt took (the run tables)",
         [({}, float(total))],
-        cumulative,
+        [*buckets, ("+Inf", float(count))],
     )
 
 

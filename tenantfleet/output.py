@@ -12,7 +12,7 @@ from tenantfleet.manager import Status
 from tenantfleet.names import shorten
 from tenantfleet.producer import Plan
 from tenantfleet.registry import Tenant
-from tenantfleet.runs import Counts, Run
+from tenantfleet.runs import STATES, Counts, Run
 
 
 def status_dict(status: Status) -> dict[str, Any]:
@@ -201,18 +201,6 @@ def status_report(report: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines)
-
-
-STATES = (
-    "succeeded",
-    "failed",
-    "skipped",
-    "cancelled",
-    "queued",
-    "running",
-    "retrying",
-    "waiting",
-)
 
 
 def _states(counts: dict[str, int]) -> str:

@@ -141,9 +141,6 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-STATES = ("succeeded", "failed", "skipped", "cancelled", "queued", "running", "retrying", "waiting")
-
-
 def failures(data: RunData) -> str:
     """Failed (and skipped) tenants grouped by error class: a message and the tenants."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -181,8 +178,8 @@ def page(data: RunData, generated: datetime) -> str:
         + (f"; rollback of run {report['rollback_of']}" if report.get("rollback_of") else "")
         + "</p>",
         _table(
-            ["total", *STATES, "up to date"],
-            [[counts["total"], *(counts[s] for s in STATES), counts["up_to_date"]]],
+            ["total", *runs.STATES, "up to date"],
+            [[counts["total"], *(counts[s] for s in runs.STATES), counts["up_to_date"]]],
         ),
         "<h2>Timeline</h2>",
         f"<div class=chart id=timeline>{timeline(data)}</div>",
@@ -203,16 +200,19 @@ def page(data: RunData, generated: datetime) -> str:
         sections += [
             "<h2>Waves</h2>",
             _table(
-                ["wave", "total", *STATES],
-                [[w["wave"], w["total"], *(w[s] for s in STATES)] for w in report["waves"]],
+                ["wave", "total", *runs.STATES],
+                [[w["wave"], w["total"], *(w[s] for s in runs.STATES)] for w in report["waves"]],
             ),
         ]
     if len(report["databases"]) > 1:
         sections += [
             "<h2>Databases</h2>",
             _table(
-                ["database", "total", *STATES],
-                [[k, d["total"], *(d[s] for s in STATES)] for k, d in report["databases"].items()],
+                ["database", "total", *runs.STATES],
+                [
+                    [k, d["total"], *(d[s] for s in runs.STATES)]
+                    for k, d in report["databases"].items()
+                ],
             ),
         ]
     sections.append(

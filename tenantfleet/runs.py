@@ -21,6 +21,8 @@ from tenantfleet.public_tables import migration_runs as runs
 
 FINAL = ("succeeded", "failed", "skipped", "cancelled")
 PENDING = ("queued", "running", "retrying", "waiting")
+STATES = (*FINAL, *PENDING)
+"""Every state of a run's tenant, in the order tables and reports show them."""
 ERROR_MESSAGE_MAX = 2000
 
 
