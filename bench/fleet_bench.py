@@ -5,10 +5,13 @@
     python bench/fleet_bench.py --tenants 10000 --workers 2 --noop --enqueue
     python bench/fleet_bench.py --tenants 10000 --contenders fleet,split --split 25,25,25,25
     python bench/fleet_bench.py --tenants 10000 --contenders split --split 30,30,30,10 --cap s3=1
+    python bench/fleet_bench.py --fresh-cluster --contenders fleet,floor --repeat 3
 
 Uses the PostgreSQL and Redis named by TENANTFLEET_DATABASE_URL / TENANTFLEET_BROKER_URL, else
-the embedded stack (state in .tenantfleet-bench/). W1 is built once in a template database,
-``tenantfleet_bench_w1``; every contender run gets a fresh copy of it, ``tenantfleet_bench``.
+the embedded stack (state in .tenantfleet-bench/); with --fresh-cluster, a new PostgreSQL cluster
+of the machine's (initdb defaults), as a deploy hook meets a server rather than a warm one. W1 is
+built once in a template database, ``tenantfleet_bench_w1``; every contender run gets a fresh
+copy of it, ``tenantfleet_bench``.
 """
 
 import argparse
@@ -32,6 +35,8 @@ import sqlalchemy as sa
 from tenantfleet import config, db, fleet_setup, processes, runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fresh_cluster  # noqa: E402
+import groups  # noqa: E402
 import w2  # noqa: E402
 
 BENCH_DB = "tenantfleet_bench"
@@ -270,6 +275,21 @@ def summary(samples: list[float], tenants: int) -> dict[str, Any]:
     }
 
 
+def per_run_medians(found: list[dict[str, Any]], tenants: int) -> dict[str, Any]:
+    """Over the fleet's runs: the median time to the first tenant, and the median CPU-seconds
+    of each process group per 1,000 tenants."""
+    keys = found[0]["cpu_seconds"].keys() if found else []
+    return {
+        "first_tenant_s": statistics.median(run["first_tenant_s"] for run in found),
+        "cpu_seconds_per_1k": {
+            key: round(
+                statistics.median(run["cpu_seconds"][key] for run in found) * 1000 / tenants, 2
+            )
+            for key in keys
+        },
+    }
+
+
 SPAN_SQL = sa.text(
     "SELECT coalesce(database, 'default'), count(*),"
     " extract(epoch FROM max(finished_at) - min(started_at))"
@@ -287,6 +307,21 @@ def spans(url: str) -> dict[str, dict[str, float]]:
     return {key: {"tenants": int(n), "span_s": round(float(span), 3)} for key, n, span in rows}
 
 
+FIRST_START_SQL = sa.text(
+    "SELECT extract(epoch FROM min(started_at)) FROM public.migration_run_tenants"
+    " WHERE run_id = (SELECT max(id) FROM public.migration_runs)"
+)
+
+
+def first_tenant_s(url: str, began: float) -> float:
+    """From ``began`` (the command's start, epoch seconds) to the latest run's first attempt."""
+    engine = db.make_engine(url)
+    with engine.connect() as connection:
+        first = float(connection.execute(FIRST_START_SQL).scalar_one())
+    engine.dispose()
+    return round(first - began, 3)
+
+
 def redis_client(url: str) -> Any:
     import redis
 
@@ -301,33 +336,6 @@ def command_counts(client: Any) -> dict[str, int]:
         name.removeprefix("cmdstat_"): int(stats["calls"])
         for name, stats in client.info("commandstats").items()
     }
-
-
-def busy_cpu_seconds() -> float:
-    """CPU-seconds the whole machine has spent busy since boot (``/proc/stat``)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU-seconds of a process and its live children (the worker and its pool)."""
-    import psutil
-
-    root = psutil.Process(pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 ROW_BYTES_SQL = sa.text(
@@ -383,6 +391,8 @@ class Bench:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.write_text("")
         self._worker: subprocess.Popen[bytes] | None = None
+        self.postgres_pid = groups.postmaster_pid(config.database_url(settings))
+        self.redis_pid = groups.redis_pid(redis_client(config.broker_url(settings)))
         self.split = list(split)
         self.split_names = [f"{database}_split"] + [
             f"{database}_split_s{i}" for i in range(1, len(self.split))
@@ -462,19 +472,13 @@ class Bench:
 
     @contextmanager
     def cpu(self) -> Iterator[dict[str, float]]:
-        """CPU-seconds spent while the block runs: the machine, the producer (this process's
-        children), the workers (their process tree), and the rest (PostgreSQL, Redis, noise)."""
+        """CPU-seconds spent while the block runs, per process group (``groups.Groups``)."""
         assert self._worker is not None
-        pid = self._worker.pid
-        busy, producer, workers = busy_cpu_seconds(), children_cpu_seconds(), tree_cpu_seconds(pid)
         found: dict[str, float] = {}
+        watched = groups.Groups(self._worker.pid, self.postgres_pid, self.redis_pid)
+        before = watched.snapshot()
         yield found
-        found["machine"] = round(busy_cpu_seconds() - busy, 2)
-        found["producer"] = round(children_cpu_seconds() - producer, 2)
-        found["workers"] = round(tree_cpu_seconds(pid) - workers, 2)
-        found["postgres_redis_rest"] = round(
-            found["machine"] - found["producer"] - found["workers"], 2
-        )
+        found.update(watched.since(before, watched.snapshot()))
 
     def stop_workers(self) -> None:
         if self._worker is not None:
@@ -500,10 +504,12 @@ class Bench:
             self.start_workers()
             client = redis_client(config.broker_url(self.settings))
             before = command_counts(client)
+            began = time.time()
             with self.cpu() as cpu:
                 seconds = fleet(self.url, self.env, ["--wait"])[0]
             self.last_footprint = footprint(self.url, client, before, len(schemas))
             self.last_footprint["cpu_seconds"] = cpu
+            self.last_footprint["first_tenant_s"] = first_tenant_s(self.url, began)
         elif name == "sequential":
             seconds = sequential(self.url, schemas)
         else:
@@ -516,6 +522,7 @@ class Bench:
     ) -> dict[str, Any]:
         samples: dict[str, list[float]] = {name: [] for name in contenders}
         split_spans: list[dict[str, dict[str, float]]] = []
+        fleet_runs: list[dict[str, Any]] = []
         for attempt in range(repeat):
             for name in contenders:
                 seconds = self.run_contender(name, schemas)
@@ -525,12 +532,17 @@ class Bench:
                     split_spans.append({**self.last_spans, "cpu_seconds": self.last_split_cpu})
                     self.say(f"    per database: {self.last_spans}, cpu {self.last_split_cpu}")
                 if name == "fleet":
-                    self.say(f"    cpu {self.last_footprint['cpu_seconds']}")
+                    fleet_runs.append(dict(self.last_footprint))
+                    self.say(
+                        f"    cpu {self.last_footprint['cpu_seconds']},"
+                        f" first tenant {self.last_footprint['first_tenant_s']} s"
+                    )
         result: dict[str, Any] = {name: summary(s, len(schemas)) for name, s in samples.items()}
         if split_spans:
             result["split"]["databases"] = split_spans
         if "fleet" in result:
             result["fleet"]["footprint"] = self.last_footprint
+            result["fleet"].update(per_run_medians(fleet_runs, len(schemas)))
         if "fleet" in result and "split" in result:
             result.setdefault("ratios", {})["split_over_fleet"] = round(
                 result["split"]["seconds"] / result["fleet"]["seconds"], 2
@@ -661,6 +673,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--reuse", action="store_true", help="keep a W1 template of this size")
     parser.add_argument(
+        "--fresh-cluster",
+        action="store_true",
+        help="run on a new PostgreSQL cluster (initdb defaults), removed afterwards",
+    )
+    parser.add_argument(
         "--split",
         default="25,25,25,25",
         help="the split contender's share of tenants per database, the control one's first",
@@ -669,6 +686,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cap", action="append", default=[], metavar="KEY=N", help="max_concurrent (split)"
     )
     args = parser.parse_args(argv)
+    if args.fresh_cluster:
+        with fresh_cluster.fresh_cluster() as url:
+            os.environ["TENANTFLEET_DATABASE_URL"] = url
+            return measure(args)
+    return measure(args)
+
+
+def measure(args: argparse.Namespace) -> int:
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.json else print
 
     os.environ.setdefault("TENANTFLEET_STATE_DIR", str(Path(".tenantfleet-bench").absolute()))

@@ -1,0 +1,115 @@
+"""CPU-seconds and memory per process group while a contender runs: the producer (the bench's
+children), the worker's main process, its pool processes, PostgreSQL, Redis, and the rest.
+
+PostgreSQL is found from a backend's parent (the postmaster): its own time, its reaped children's
+(backends that ended during the run) and its live children's. Redis is found by the pid it gives
+in ``INFO server``. A server on another machine counts as "rest".
+"""
+
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+import psutil
+import sqlalchemy as sa
+
+from tenantfleet import db
+
+
+def machine_busy() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return times.user + times.system
+
+
+def _with_reaped(process: psutil.Process) -> float:
+    """A process's time and its ended children's."""
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def _tree(process: psutil.Process) -> float:
+    """The live children's time, and what they reaped."""
+    try:
+        children = process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    return sum(_with_reaped(child) for child in children) + (_with_reaped(process) - _own(process))
+
+
+def postmaster_pid(url: str) -> int | None:
+    """The PostgreSQL server's pid, when it runs on this machine."""
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as connection:
+            backend = int(connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+        return psutil.Process(backend).ppid()
+    except (psutil.Error, sa.exc.SQLAlchemyError):
+        return None
+    finally:
+        engine.dispose()
+
+
+def redis_pid(client: Any) -> int | None:
+    try:
+        pid = int(client.info("server")["process_id"])
+        psutil.Process(pid)
+    except (psutil.Error, KeyError, ValueError):
+        return None
+    return pid
+
+
+class Groups:
+    """Snapshots of each group's CPU-seconds; ``since(before)`` is what a block cost."""
+
+    def __init__(self, worker: int, postgres: int | None, redis: int | None) -> None:
+        self.worker = worker
+        self.postgres = postgres
+        self.redis = redis
+
+    def snapshot(self) -> dict[str, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        found = {
+            "machine": machine_busy(),
+            "producer": children.ru_utime + children.ru_stime,
+            "worker_main": _own(psutil.Process(self.worker)),
+            "pool": _tree(psutil.Process(self.worker)),
+        }
+        if self.postgres is not None:
+            server = psutil.Process(self.postgres)
+            found["postgres"] = _with_reaped(server) + sum(_own(c) for c in server.children())
+        if self.redis is not None:
+            found["redis"] = _own(psutil.Process(self.redis))
+        return found
+
+    @staticmethod
+    def since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        spent = {key: round(after[key] - before[key], 2) for key in before}
+        known = sum(value for key, value in spent.items() if key != "machine")
+        spent["rest"] = round(spent["machine"] - known, 2)
+        return spent
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident set size of a worker's main process and of each pool process (MB)."""
+    root = psutil.Process(pid)
+    found = {"main": round(root.memory_info().rss / 2**20, 1)}
+    for child in root.children():
+        try:
+            found[f"pool-{child.pid}"] = round(child.memory_info().rss / 2**20, 1)
+        except psutil.NoSuchProcess:
+            continue
+    return found
