@@ -234,45 +234,23 @@ THIS_RUN_SQL = (
 )
 """The task's own row: its run id *and* uid (ids repeat across databases that share a broker)
 and its target (a message for another target never marks this row)."""
-_THIS_PENDING_ROW = (
-    f"WHERE {THIS_RUN_SQL} AND status IN ({', '.join(repr(status) for status in PENDING)})"
-)
-MARK_RUNNING_SQL = (
-    "WITH started AS (UPDATE public.migration_run_tenants SET status = 'running',"
-    " attempts = attempts + 1, worker = :worker, started_at = coalesce(started_at, now()),"
-    " updated_at = now() " + _THIS_PENDING_ROW + " RETURNING run_id, schema_name, attempts, worker)"
-    " INSERT INTO public.migration_attempts (run_id, schema_name, attempt, worker)"
-    " SELECT run_id, schema_name, attempts, worker FROM started ON CONFLICT DO NOTHING"
-)
+_KEY_ARGUMENTS = ":run_id, CAST(:run_uid AS uuid), :schema, :target"
+MARK_RUNNING_SQL = f"SELECT public.tenantfleet_mark_running({_KEY_ARGUMENTS}, :worker)"
 """Progress: the attempt begins, and is kept (``migration_attempts``); the attempt count
-survives a crash, for the poison cap."""
-STILL_PENDING_SQL = (
-    "EXISTS (SELECT FROM public.migration_run_tenants "
-    + _THIS_PENDING_ROW
-    + " AND attempts <= :max_attempts)"
-)
+survives a crash, for the poison cap.
+
+This and the other statements an attempt sends for its own row are functions (public migration
+20251205_000000, where their SQL is): PostgreSQL keeps their plans for the session instead of
+planning them for every tenant."""
+STILL_PENDING_SQL = f"public.tenantfleet_still_pending({_KEY_ARGUMENTS}, :max_attempts)"
 """True while the tenant is pending in its run and has begun at most ``:max_attempts`` attempts."""
 TENANT_ROW_SQL = f"SELECT attempts, status FROM public.migration_run_tenants WHERE {THIS_RUN_SQL}"
 """The row as the attempt sees it, read under the schema's lock."""
 NOT_PENDING = "TF409"
-"""SQLSTATE of ``MARK_SUCCEEDED_SQL`` when the row is no longer pending (public migration
-20251126_000000 defines ``public.tenantfleet_expect``)."""
+"""SQLSTATE of ``MARK_SUCCEEDED_SQL`` when the row is no longer pending, and of
+``public.tenantfleet_expect`` (public migration 20251126_000000) when its check fails."""
 MARK_SUCCEEDED_SQL = (
-    "WITH marked AS (UPDATE public.migration_run_tenants SET status = 'succeeded',"
-    " from_revision = coalesce(nullif(:from_revision, :target), from_revision),"
-    " finished_at = now(), updated_at = now(),"
-    " error_class = NULL, error_message = NULL, duration_ms = :elapsed_ms"
-    " + (1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::integer "
-    + _THIS_PENDING_ROW
-    + " RETURNING run_id, schema_name, attempts), ended AS (UPDATE public.migration_attempts a"
-    " SET finished_at = clock_timestamp(), outcome = 'succeeded' FROM marked m"
-    " WHERE a.run_id = m.run_id"
-    " AND a.schema_name = m.schema_name AND a.attempt = m.attempts),"
-    " registered AS (UPDATE public.tenant_registry"
-    " SET current_revision = :target, updated_at = now()"
-    " WHERE schema_name = :schema AND EXISTS (SELECT FROM marked))"
-    " SELECT public.tenantfleet_expect(EXISTS (SELECT FROM marked),"
-    " 'the tenant is no longer pending in its run')"
+    f"SELECT public.tenantfleet_mark_succeeded({_KEY_ARGUMENTS}, :from_revision, :elapsed_ms)"
 )
 """The outcome, sent after the upgrade's SQL in the same round trip and transaction, with the
 COMMIT after it (a schema found at the target already keeps the planned ``from_revision``); the
@@ -324,11 +302,7 @@ def note_reached(connection: Connection, task: TenantTask, reached: str | None) 
     )
 
 
-ANY_WAITING_SQL = (
-    "SELECT EXISTS (SELECT FROM public.migration_run_tenants WHERE run_id = :run_id"
-    " AND status = 'waiting' AND database IS NOT DISTINCT FROM :database),"
-    f" (SELECT attempts FROM public.migration_run_tenants WHERE {THIS_RUN_SQL})"
-)
+ANY_WAITING_SQL = f"SELECT * FROM public.tenantfleet_any_waiting({_KEY_ARGUMENTS}, :database)"
 """Whether some tenant of the run and database waits for a slot (the partial index
 ``ix_migration_run_tenants_waiting``): read by an attempt's last statement, after it gave its
 slot back, so a worker looks for waiting tenants only when there are some; and the attempt's

@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, db
+from tenantfleet import alembic_runtime, db, runs
 from tenantfleet.manager import MigrationManager
 from tenantfleet.migrations.tenant.models import TenantBase
 from tenantfleet.models import PublicBase
@@ -258,3 +259,29 @@ def test_a_database_of_an_older_tenantfleet_moves_its_revision_to_its_own_table(
         legacy = connection.execute(sa.text("SELECT to_regclass('public.alembic_version')"))
         assert legacy.scalar() is None
     engine.dispose()
+
+
+def test_the_public_history_goes_down_to_base_and_up_again(empty_database_url: str) -> None:
+    engine = db.make_engine(empty_database_url)
+    MigrationManager(engine=engine).upgrade_public()
+    with db.begin(engine) as connection:
+        command.downgrade(alembic_runtime.public_config(connection), "base")
+    with engine.connect() as connection:
+        left = connection.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_proc WHERE proname LIKE 'tenantfleet%'"
+                " UNION ALL SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'tenantfleet_version'"
+            )
+        )
+        assert left.scalars().all() == [0, 0]
+    assert MigrationManager(engine=engine).upgrade_public().up_to_date
+    engine.dispose()
+
+
+def test_the_bookkeeping_functions_know_the_pending_states_runs_knows() -> None:
+    """The functions freeze ``runs.PENDING`` in SQL: a state added later needs a migration."""
+    script = alembic_runtime.public_script().get_revision("20251205_000000")
+    assert script is not None and script.module is not None
+    frozen = re.findall(r"'(\w+)'", script.module.PENDING_ROW.split("status IN")[1])
+    assert tuple(frozen) == runs.PENDING
