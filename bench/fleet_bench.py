@@ -505,11 +505,13 @@ class Bench:
             client = redis_client(config.broker_url(self.settings))
             before = command_counts(client)
             began = time.time()
-            with self.cpu() as cpu:
+            assert self._worker is not None
+            with self.cpu() as cpu, groups.Growth(self.url, self._worker.pid) as growth:
                 seconds = fleet(self.url, self.env, ["--wait"])[0]
             self.last_footprint = footprint(self.url, client, before, len(schemas))
             self.last_footprint["cpu_seconds"] = cpu
             self.last_footprint["first_tenant_s"] = first_tenant_s(self.url, began)
+            self.last_footprint["worker_rss"] = growth.report()
         elif name == "sequential":
             seconds = sequential(self.url, schemas)
         else:

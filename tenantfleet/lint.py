@@ -92,8 +92,7 @@ _INDEX = re.compile(
 _SIZES_SQL = sa.text(
     "SELECT c.relname, max(c.reltuples)::bigint,"
     " (array_agg(n.nspname ORDER BY c.reltuples DESC))[1]"
-    " FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
-    " WHERE n.nspname = ANY(CAST(:schemas AS text[])) AND c.relname = ANY(CAST(:tables AS text[]))"
+    f" FROM {databases.SCHEMAS_JOINED} WHERE c.relname = ANY(CAST(:tables AS text[]))"
     " AND c.relkind IN ('r', 'p') GROUP BY c.relname"
 )
 """Per table name, its largest copy among the given schemas (rows, the planner's estimate) and

@@ -269,7 +269,8 @@ def choose_waves(chosen: Plan, options: MigrateOptions) -> list[list[str]]:
     behind = [schema for schema, _ in chosen.behind]
     canaries = choose_canaries(chosen, options)
     if canaries:
-        rest = [s for s in behind if s not in set(canaries)]
+        first = set(canaries)
+        rest = [s for s in behind if s not in first]
         return [canaries, rest] if rest else [canaries]
     waves: list[list[str]] = []
     left = behind
@@ -846,12 +847,17 @@ def enqueue(
     body = finalize_run.s(run_id=run.id).set(queue=queues.control)
     body.link_error(finalize_run_on_error.s(run_id=run.id).set(queue=queues.control))
     # No time limits in the message: the worker's TENANTFLEET_TASK_TIME_LIMIT decides (Celery
-    # would otherwise send the producer's setting with every task, and it would win).
+    # would otherwise send the producer's setting with every task, and it would win). The first
+    # message declares the queue; the others skip Kombu's per-message declare (cached, but it
+    # binds a copy of the queue each time: 7 % of the producer's time).
     header = group(
         migrate_tenant.si(run.id, label, target, **extra).set(
-            queue=queues.tenants, time_limit=None, soft_time_limit=None
+            queue=queues.tenants,
+            time_limit=None,
+            soft_time_limit=None,
+            **({} if index == 0 else {"declare": []}),
         )
-        for label, target in tenants
+        for index, (label, target) in enumerate(tenants)
     )
     with app.batched_publishing(PUBLISH_BATCH):
         chord(header, body).apply_async()
