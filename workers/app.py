@@ -6,7 +6,6 @@ from contextvars import ContextVar
 from typing import Any
 
 from celery import Celery
-from celery.app import backends
 
 from tenantfleet import config
 
@@ -16,18 +15,23 @@ TASK_MODULES = ["tenantfleet.tasks.tenant", "tenantfleet.tasks.finalize"]
 _batching_producer: ContextVar[Any] = ContextVar("batching_producer", default=None)
 
 
-class _NoWaitersWhileBatching:
-    """A result backend that, while a fleet is being sent, waits for no task's result.
+def _no_waiters_while_batching(backend: Any) -> Any:
+    """``backend``, waiting for no task's result while a fleet is being sent.
 
     A group subscribes the sender to every task's result channel as it sends it (``res.then``
     in Celery's ``group._apply_tasks``): 10,000 ``SUBSCRIBE`` commands for a fleet, 13 % of the
     producer's time, for results nobody reads (tenant tasks store none; outcomes are in
-    PostgreSQL and the producer follows those)."""
+    PostgreSQL and the producer follows those). Set on the instance, so the backend still
+    pickles as its own class."""
+    waiting = backend.add_pending_result
 
-    def add_pending_result(self, result: Any, *args: Any, **kwargs: Any) -> Any:
+    def add_pending_result(result: Any, *args: Any, **kwargs: Any) -> Any:
         if _batching_producer.get() is not None:
             return result
-        return super().add_pending_result(result, *args, **kwargs)  # type: ignore[misc]
+        return waiting(result, *args, **kwargs)
+
+    backend.add_pending_result = add_pending_result
+    return backend
 
 
 class FleetCelery(Celery):
@@ -37,8 +41,7 @@ class FleetCelery(Celery):
         return super().producer_or_acquire(producer or _batching_producer.get())
 
     def _get_backend(self) -> Any:
-        found, url = backends.by_url(self.backend_cls or self.conf.result_backend, self.loader)
-        return type(found.__name__, (_NoWaitersWhileBatching, found), {})(app=self, url=url)
+        return _no_waiters_while_batching(super()._get_backend())
 
     @contextmanager
     def batched_publishing(self, max_size: int) -> Iterator[None]:
