@@ -443,14 +443,14 @@ class Bench:
         recreate_database(self.settings, template)
         build_fleet(template_url, tenants, max(2, self.workers), shards)
 
-    def fresh_copy(self, split: bool = False) -> None:
-        """A new copy of the template(s) (the workers stopped: the copy drops their database),
-        checkpointed and flushed to disk before the clock starts: the copy's writes would
-        otherwise still be flushing during the run (that made runs of one contender differ by
-        up to 40 %)."""
+    def fresh_copy(self, split: bool = False, workload: str = "w1") -> None:
+        """A new copy of the workload's template(s) (the workers stopped: the copy drops their
+        database), checkpointed and flushed to disk before the clock starts: the copy's writes
+        would otherwise still be flushing during the run (that made runs of one contender
+        differ by up to 40 %)."""
         self.stop_workers()
         for name in self.split_names if split else [self.database]:
-            recreate_database(self.settings, name, template=f"{name}_w1")
+            recreate_database(self.settings, name, template=f"{name}_{workload}")
         admin = db.make_engine(config.database_url(self.settings), isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.exec_driver_sql("CHECKPOINT")
@@ -579,15 +579,7 @@ class Bench:
         details: list[dict[str, Any]] = []
         for attempt in range(repeat):
             for name in ("fleet", "unordered", "floor"):
-                self.stop_workers()
-                recreate_database(self.settings, self.database, template=template)
-                admin = db.make_engine(
-                    config.database_url(self.settings), isolation_level="AUTOCOMMIT"
-                )
-                with admin.connect() as connection:
-                    connection.exec_driver_sql("CHECKPOINT")
-                admin.dispose()
-                os.sync()
+                self.fresh_copy(workload="w2")
                 if name == "floor":
                     seconds = w2.floor(self.url, schemas, self.workers)
                     cpu: dict[str, float] = {}
