@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import sqlalchemy as sa
 
-from tenantfleet import db
+from tenantfleet import db, runs
 
 
 def machine_busy() -> float:
@@ -118,17 +118,18 @@ def rss_mb(pid: int) -> dict[str, float]:
 
 FINISHED_SQL = sa.text(
     "SELECT count(*) FROM public.migration_run_tenants WHERE run_id = (SELECT max(id) FROM"
-    " public.migration_runs) AND status NOT IN ('queued', 'running', 'retrying', 'waiting')"
-)
+    " public.migration_runs) AND NOT status = ANY(CAST(:pending AS text[]))"
+).bindparams(pending=list(runs.PENDING))
 
 
 class Growth:
     """Samples the worker's RSS while a run goes: after its first ``mark`` tenants finished,
-    and at its end (``stop``). Growth per tenant shows as a difference between the two."""
+    and when the block ends. Growth per tenant shows as a difference between the two."""
 
     def __init__(self, url: str, worker: int, mark: int = 1000, every: float = 0.25) -> None:
         self.url, self.worker, self.mark, self.every = url, worker, mark, every
         self.at_mark: dict[str, float] | None = None
+        self.at_end: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
