@@ -833,10 +833,9 @@ def enqueue(
     worker log show."""
     if not tenants:
         return
-    from celery import chord, group
-
     from tenantfleet.tasks.finalize import finalize_run, finalize_run_on_error
     from tenantfleet.tasks.tenant import migrate_tenant
+    from tenantfleet.workers.sending import send_chord
 
     extra: dict[str, Any] = {"run_uid": run.uid}
     if max_failures:
@@ -844,23 +843,19 @@ def enqueue(
     trace = tracing.carrier()
     if trace:
         extra["trace"] = trace
-    body = finalize_run.s(run_id=run.id).set(queue=queues.control)
-    body.link_error(finalize_run_on_error.s(run_id=run.id).set(queue=queues.control))
+    callback = finalize_run.s(run_id=run.id).set(queue=queues.control)
+    callback.link_error(finalize_run_on_error.s(run_id=run.id).set(queue=queues.control))
     # No time limits in the message: the worker's TENANTFLEET_TASK_TIME_LIMIT decides (Celery
-    # would otherwise send the producer's setting with every task, and it would win). The first
-    # message declares the queue; the others skip Kombu's per-message declare (cached, but it
-    # binds a copy of the queue each time: 7 % of the producer's time).
-    header = group(
-        migrate_tenant.si(run.id, label, target, **extra).set(
-            queue=queues.tenants,
-            time_limit=None,
-            soft_time_limit=None,
-            **({} if index == 0 else {"declare": []}),
-        )
-        for index, (label, target) in enumerate(tenants)
+    # would otherwise send the producer's setting with every task, and it would win).
+    send_chord(
+        app,
+        migrate_tenant,
+        [(run.id, label, target) for label, target in tenants],
+        extra,
+        {"queue": queues.tenants, "time_limit": None, "soft_time_limit": None},
+        callback,
+        PUBLISH_BATCH,
     )
-    with app.batched_publishing(PUBLISH_BATCH):
-        chord(header, body).apply_async()
 
 
 def report(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:

@@ -2,58 +2,25 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any
 
 from celery import Celery
+from kombu import Producer
 
 from tenantfleet import config
 
 TASK_MODULES = ["tenantfleet.tasks.tenant", "tenantfleet.tasks.finalize"]
 
 
-_batching_producer: ContextVar[Any] = ContextVar("batching_producer", default=None)
-
-
-def _no_waiters_while_batching(backend: Any) -> Any:
-    """``backend``, waiting for no task's result while a fleet is being sent.
-
-    A group subscribes the sender to every task's result channel as it sends it (``res.then``
-    in Celery's ``group._apply_tasks``): 10,000 ``SUBSCRIBE`` commands for a fleet, 13 % of the
-    producer's time, for results nobody reads (tenant tasks store none; outcomes are in
-    PostgreSQL and the producer follows those). Set on the instance, so the backend still
-    pickles as its own class."""
-    waiting = backend.add_pending_result
-
-    def add_pending_result(result: Any, *args: Any, **kwargs: Any) -> Any:
-        if _batching_producer.get() is not None:
-            return result
-        return waiting(result, *args, **kwargs)
-
-    backend.add_pending_result = add_pending_result
-    return backend
-
-
 class FleetCelery(Celery):
     """Celery, plus publishing in batches: one Redis pipeline for many messages."""
 
-    def producer_or_acquire(self, producer: Any = None) -> Any:
-        return super().producer_or_acquire(producer or _batching_producer.get())
-
-    def _get_backend(self) -> Any:
-        return _no_waiters_while_batching(super()._get_backend())
-
     @contextmanager
-    def batched_publishing(self, max_size: int) -> Iterator[None]:
-        """Everything published in the block (tasks, and their task-sent events) goes out in
-        pipelines of ``max_size`` Redis commands, the rest when the block ends. Needed because a
-        chord acquires its own producer for the header and cannot be handed one."""
+    def batched_publishing(self, max_size: int) -> Iterator[Producer]:
+        """A producer whose publications (tasks, and their task-sent events) go out in
+        pipelines of ``max_size`` Redis commands, the rest when the block ends (other brokers:
+        at once)."""
         with self.producer_or_acquire() as producer, producer.batch(max_size):
-            token = _batching_producer.set(producer)
-            try:
-                yield
-            finally:
-                _batching_producer.reset(token)
+            yield producer
 
 
 def create_app(settings: config.Settings | None = None) -> FleetCelery:
