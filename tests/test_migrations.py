@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -285,3 +286,29 @@ def test_the_bookkeeping_functions_know_the_pending_states_runs_knows() -> None:
     assert script is not None and script.module is not None
     frozen = re.findall(r"'(\w+)'", script.module.PENDING_ROW.split("status IN")[1])
     assert tuple(frozen) == runs.PENDING
+
+
+def test_the_versions_function_reads_what_the_union_reads(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Public revision 20251206_000000's ``tenantfleet_versions`` and the UNION ALL sent to
+    databases without it give the same answer: several rows joined, an empty or missing
+    version table None, a schema that does not exist left out."""
+    with db.begin(engine) as connection:
+        connection.execute(
+            sa.text(
+                "CREATE SCHEMA two_rows; CREATE TABLE two_rows.alembic_version"
+                " (version_num varchar(32)); INSERT INTO two_rows.alembic_version"
+                " VALUES ('a1'), ('b''2');"
+                " CREATE SCHEMA empty_table; CREATE TABLE empty_table.alembic_version"
+                " (version_num varchar(32)); CREATE SCHEMA no_table;"
+            )
+        )
+    names = ["two_rows", "empty_table", "no_table", "missing", *(f"n{i}" for i in range(300))]
+    with db.connect(engine) as connection:
+        assert connection.execute(alembic_runtime.HAS_VERSIONS_FUNCTION_SQL).scalar_one()
+        by_function = alembic_runtime.read_versions(connection, names)
+    monkeypatch.setattr(alembic_runtime, "HAS_VERSIONS_FUNCTION_SQL", sa.text("SELECT false"))
+    with db.connect(engine) as connection:
+        by_union = alembic_runtime.read_versions(connection, names)
+    assert by_function == by_union == {"two_rows": "a1,b'2", "empty_table": None, "no_table": None}
