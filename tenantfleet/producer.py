@@ -436,7 +436,9 @@ def _dispatch(
     known = follow.patiently(watch, read)
     run = known.run
     max_failures = run.options.get("max_failures")
-    celery_app = app()
+    numbers = sorted(set(known.waves.values()))
+    # Celery only when there is something to send or to wait for (a no-op deploy skips it)
+    celery_app = app() if to_send or numbers else None
 
     def send(schemas: Sequence[str]) -> None:
         tenants = [
@@ -450,7 +452,6 @@ def _dispatch(
 
     # what the watch needs to tell why tenants wait, for the waves and for --wait after
     watch.app, watch.queues, watch.target = celery_app, known.queues, run.target_revision
-    numbers = sorted(set(known.waves.values()))
     if not numbers:
         send(to_send)
         follow.patiently(watch, lambda: close(None))  # also closes a run with nothing to send
