@@ -10,7 +10,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Stack:
     flower_url: str
     logs: Path
     env: dict[str, str]
+    background: list["subprocess.Popen[str]"] = field(default_factory=list)
 
     def start_worker(self, concurrency: int = 2) -> "subprocess.Popen[bytes]":
         from tenantfleet.workers import app
@@ -95,14 +96,23 @@ class Stack:
         )
 
     def cli_background(self, *args: str) -> "subprocess.Popen[str]":
-        """``tenantfleet ARGS`` on this fleet's database, started and left running."""
-        return subprocess.Popen(
+        """``tenantfleet ARGS`` on this fleet's database, started and left running (killed and
+        reaped when the fleet stops, should the test not have waited for it)."""
+        started = subprocess.Popen(
             [sys.executable, "-m", "tenantfleet", *args],
             env={**os.environ, "TENANTFLEET_DATABASE_URL": self.database_url},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.background.append(started)
+        return started
+
+    def reap(self) -> None:
+        for started in self.background:
+            if started.poll() is None:
+                started.kill()
+            started.communicate()
 
     def provision(self, prefix: str, count: int, revision: str = fleet_setup.R1) -> list[str]:
         """``count`` W1 tenants named ``prefix00001``... at ``revision``."""
@@ -136,6 +146,29 @@ def wait_for_http(url: str, timeout: float = 60) -> None:
     raise TimeoutError(url)
 
 
+def until_flower_listens(flower_url: str, env: dict[str, str]) -> None:
+    """Flower's event consumer subscribes (binds its queue, on RabbitMQ) after its HTTP server
+    answers, and events sent before are lost to it: send a probe worker's heartbeat until Flower
+    lists that worker, then take the probe offline."""
+    from workers.app import create_app
+
+    wait_for_http(f"{flower_url}/api/tasks")
+    probe = create_app(config.load_settings(env))
+    hostname = f"flower-probe-{uuid.uuid4().hex[:6]}@tests"
+    with probe.connection_for_write() as connection:
+        dispatcher = probe.events.Dispatcher(connection, hostname=hostname)
+
+        def listed() -> bool:
+            dispatcher.send("worker-heartbeat")
+            with urllib.request.urlopen(f"{flower_url}/workers?json=1", timeout=10) as response:
+                return any(w.get("hostname") == hostname for w in json.load(response)["data"])
+
+        helpers.wait_for(listed, "Flower to receive events", timeout=60, every=0.2)
+        dispatcher.send("worker-offline")
+        dispatcher.close()
+    probe.close()
+
+
 @contextmanager
 def running_fleet(
     admin_url: str, template_url: str, logs: Path, concurrency: int = 2, **worker_env: str
@@ -156,10 +189,10 @@ def running_fleet(
         stack = Stack(url, engine, f"http://127.0.0.1:{port}", logs, env)
         worker = stack.start_worker(concurrency) if concurrency else None
         try:
-            wait_for_http(f"http://127.0.0.1:{port}/api/tasks")
-            time.sleep(1.0)  # Flower's event consumer connects just after its HTTP server
+            until_flower_listens(stack.flower_url, env)
             yield stack
         finally:
+            stack.reap()
             processes.stop(flower)
             if worker is not None:
                 processes.stop(worker)

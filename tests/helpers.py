@@ -5,16 +5,20 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from tenantfleet import alembic_runtime, db
+
+T = TypeVar("T")
 
 
 def admin_engine(url: str) -> Engine:
@@ -134,3 +138,20 @@ def tenant_env(directory: Path, revisions: Sequence[tuple[str, str]]) -> Path:
         )
         down = revision
     return target / "alembic.ini"
+
+
+def wait_for(
+    condition: Callable[[], T | None],
+    what: str = "the condition",
+    timeout: float = 120,
+    every: float = 0.1,
+) -> T:
+    """Polls ``condition`` until it returns something true and returns that; fails the test
+    after ``timeout`` seconds (a bound for a stuck test, never a measure of speed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)

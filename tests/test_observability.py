@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import sqlalchemy as sa
 from tenantfleet import logs, runs
 from tests import helpers
 from tests.fleet import Stack, free_port, running_fleet, wait_for_http
+from tests.helpers import wait_for
 from tests.test_cancel import WAITING_FOR_LOCKS
 from tests.test_fleet import break_tenants
 
@@ -62,19 +62,12 @@ def run_table_metrics(stack: Stack) -> dict[str, float]:
     return parse(result.out)
 
 
-def wait_until(condition: Any, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 RETRIED = sa.text("SELECT count(*) FROM migration_attempts WHERE outcome = 'retrying'")
 
 
 def until_retried(stack: Stack, at_least: int, what: str) -> None:
     with stack.engine.connect() as watcher:
-        wait_until(lambda: watcher.execute(RETRIED).scalar_one() >= at_least, what)
+        wait_for(lambda: watcher.execute(RETRIED).scalar_one() >= at_least, what)
 
 
 def test_metrics_during_and_after_a_run_match_the_run_tables(
@@ -86,9 +79,9 @@ def test_metrics_during_and_after_a_run_match_the_run_tables(
         template_url,
         tmp_path / "fleet",
         TENANTFLEET_METRICS_PORT=str(port),
-        TENANTFLEET_LOCK_TIMEOUT="1",
+        TENANTFLEET_LOCK_TIMEOUT="2",
         TENANTFLEET_RETRY_BACKOFF="0.2",
-        TENANTFLEET_MAX_RETRIES="50",
+        TENANTFLEET_MAX_RETRIES="100",
     ) as stack:
         wait_for_http(f"http://127.0.0.1:{port}/metrics")
         schemas = stack.provision("m", 40)
@@ -101,15 +94,26 @@ def test_metrics_during_and_after_a_run_match_the_run_tables(
         )
         try:
             with stack.engine.connect() as watcher:
-                wait_until(
+                wait_for(
                     lambda: watcher.execute(WAITING_FOR_LOCKS).scalar_one() >= 2,
                     "the two workers never blocked",
                 )
-            during = run_table_metrics(stack)
+            # Between two attempts (lock_timeout, then the backoff) a held tenant is retrying
+            # and its worker runs other tenants: wait for a scrape taken while both are held.
+            scrapes: list[dict[str, float]] = []
+
+            def both_held() -> bool:
+                scrapes.append(run_table_metrics(stack))
+                return (
+                    total(scrapes[-1], "tenantfleet_run_tenants", state="running") == 2
+                    and total(scrapes[-1], "tenantfleet_run_tenants_waiting_for_lock") == 2
+                )
+
+            wait_for(both_held, "no scrape showed the two held tenants running and waiting")
+            during = scrapes[-1]
             assert during["tenantfleet_run_open"] == 1
-            assert total(during, "tenantfleet_run_tenants", state="running") == 2
-            assert total(during, "tenantfleet_run_tenants_waiting_for_lock") == 2
-            assert during["tenantfleet_run_failure_budget_remaining"] == 10
+            failed = total(during, "tenantfleet_run_tenants", state="failed")
+            assert during["tenantfleet_run_failure_budget_remaining"] == 10 - failed
             # the lock outlasts lock_timeout: both tenants retry until it goes
             until_retried(stack, 2, "no tenant retried")
         finally:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from tenantfleet import db, fleet_setup, runs
 from tests import helpers
+from tests.helpers import wait_for
 from tests.private import (
     R1,
     R2,
@@ -112,13 +113,6 @@ def migrate_with_a_locked_tenant(
     assert result.code == 1, result.err
     report: dict[str, Any] = json.loads(result.out)
     return report
-
-
-def wait_for(predicate: object, timeout: float = 60, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(every)
 
 
 def waiting_on_advisory_locks(engine: Engine) -> int:

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from sqlalchemy.engine import Engine
 from tenantfleet import alembic_runtime, databases, db, embedded, fleet_setup, processes, runs
 from tenantfleet.errors import InvalidSchemaName
 from tests import helpers
+from tests.helpers import wait_for
 
 R1, R2 = fleet_setup.R1, fleet_setup.R2
 HEAD = helpers.SEED_HEAD
@@ -186,16 +186,6 @@ def run_rows(shards: Shards, run_id: int) -> list[runs.RunTenant]:
         rows = runs.tenants_of(connection, run_id)
     engine.dispose()
     return rows
-
-
-def wait_for(condition: Any, what: str, timeout: float = 300) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_one_run_over_three_databases_rides_out_a_server_stopped_mid_run(
