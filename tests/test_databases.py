@@ -131,14 +131,16 @@ def test_waits_end_at_the_timeout_canaries_and_active_runs_included(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            # a shell without job control starts `pytest &` with SIGINT ignored, and Python
+            # keeps an ignored SIGINT: give the child the default, as a terminal would
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         ) as first:
-            deadline = time.monotonic() + 60
-            while True:  # the condition meant: the first run is recorded, its canary sent
+
+            def recorded() -> bool:  # the first run is recorded, its canary sent
                 with idle.engine.connect() as connection:
-                    if runs.list_runs(connection, 1):
-                        break
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+                    return bool(runs.list_runs(connection, 1))
+
+            helpers.wait_for(recorded, "the first run to be recorded", timeout=60)
             second = helpers.run_cli(
                 "migrate", "--wait", "--wait-for-active", "--timeout", "2", env=env
             )
