@@ -120,10 +120,12 @@ def in_each(
     placed: Sequence[Placed],
     read: Callable[[Connection, list[str]], dict[str, T]],
     per_connection: int | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> tuple[dict[str, T], dict[str | None, str]]:
     """``read(connection, schemas)`` in every database that holds some of ``placed``, all at
     once, with at most ``per_connection`` schemas on one connection (None: one connection a
-    database); (the results merged, the databases that could not be reached and why)."""
+    database); (the results merged, the databases that could not be reached and why).
+    ``meanwhile`` runs in the calling thread while the reads wait on their servers."""
     by_database: dict[str | None, list[str]] = {}
     for tenant in placed:
         by_database.setdefault(tenant.database, []).append(tenant.schema)
@@ -143,6 +145,8 @@ def in_each(
         return found, unreachable
     with ThreadPoolExecutor(max_workers=min(PLAN_THREADS, len(parts))) as pool:
         futures = [(database, pool.submit(one, database, schemas)) for database, schemas in parts]
+        if meanwhile is not None:
+            meanwhile()
     for database, future in futures:
         try:
             found.update(future.result())
@@ -159,12 +163,16 @@ version tables takes 2.2-2.8 s, most of it loading each table's catalog entries 
 four backends share that out over the server's cores."""
 
 
-def read_versions(engine_for: EngineFor, placed: Sequence[Placed]) -> Versions:
+def read_versions(
+    engine_for: EngineFor, placed: Sequence[Placed], meanwhile: Callable[[], None] | None = None
+) -> Versions:
     """``alembic_runtime.read_versions`` in every database that holds some of ``placed``, all at
-    once, ``VERSIONS_PER_CONNECTION`` schemas a connection. A database that cannot be reached
-    is noted, not raised."""
+    once, ``VERSIONS_PER_CONNECTION`` schemas a connection (``meanwhile`` as in ``in_each``). A
+    database that cannot be reached is noted, not raised."""
     return Versions(
-        *in_each(engine_for, placed, alembic_runtime.read_versions, VERSIONS_PER_CONNECTION)
+        *in_each(
+            engine_for, placed, alembic_runtime.read_versions, VERSIONS_PER_CONNECTION, meanwhile
+        )
     )
 
 

@@ -7,6 +7,7 @@ task is sent, so whatever happens to the broker afterwards, the run tables know 
 import contextlib
 import dataclasses
 import functools
+import importlib
 import os
 import re
 import socket
@@ -31,6 +32,7 @@ from tenantfleet import (
     tenants,
     tracing,
 )
+from tenantfleet.config import Settings
 from tenantfleet.databases import Placed
 from tenantfleet.errors import (
     ConnectionFailed,
@@ -145,7 +147,12 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
         else:
             manager.require_public(connection)
         placed = select(manager, connection, options)
-    read = databases.read_versions(manager.engine_for, placed)
+        # sending is likely unless the registry says every tenant is at the target already
+        likely = not dry_run and (
+            manager.settings.tenants != "registry" or registry.any_active_not_at(connection, target)
+        )
+    meanwhile = functools.partial(prepare_sending, manager.settings) if likely else None
+    read = databases.read_versions(manager.engine_for, placed, meanwhile)
     versions = read.found
     known = {r.revision for r in script.walk_revisions()} | {None}
     not_migratable: list[tuple[str, str | None, str, str]] = []
@@ -794,6 +801,23 @@ def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
             f"{exc.partial}\n-- stopped: {exc}\n-- (a revision that reads the database"
             " cannot be rendered offline; the workers run it online)\n"
         )
+
+
+def prepare_sending(settings: Settings) -> None:
+    """Import what sending a run needs (Celery's app and canvas, the result backend's module,
+    the broker's Kombu transport, 0.2-0.3 s) while the plan waits on PostgreSQL for the
+    tenants' revisions, instead of between the plan and the first task. Modules only: the app,
+    which may start the embedded Redis, is made later by ``app`` in the calling thread."""
+    from celery.app.backends import by_url
+    from kombu import Connection
+
+    # a warm-up only: a bad URL or a missing transport is reported where the app is made
+    with contextlib.suppress(Exception):
+        for module in ("celery.app.base", "celery.canvas"):
+            importlib.import_module(module)
+        broker = settings.broker_url or "redis://"  # the embedded stack's broker is a Redis
+        Connection(broker).get_transport_cls()
+        by_url(settings.result_backend or broker)
 
 
 def app() -> Any:

@@ -125,6 +125,21 @@ def select_for_migration(
     ]
 
 
+def any_active_not_at(connection: Connection, revision: str) -> bool:
+    """Whether the registry records some active tenant at another revision than ``revision``
+    (a hint for planning: the schemas' own version tables are the truth)."""
+    return bool(
+        connection.execute(
+            sa.select(
+                sa.exists().where(
+                    tenant_registry.c.is_active,
+                    tenant_registry.c.current_revision.is_distinct_from(revision),
+                )
+            )
+        ).scalar_one()
+    )
+
+
 def attribute(connection: Connection, column: str, schemas: Sequence[str]) -> dict[str, Any]:
     """Each registered tenant of ``schemas``'s value in the registry column ``column`` (checked
     against the table: ``ConfigError`` if it has none)."""

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, registry
+from tenantfleet import alembic_runtime, producer, registry
 from tenantfleet.errors import (
     ConfigError,
     DuplicateTenant,
@@ -252,3 +252,47 @@ def test_malformed_settings_are_one_line_errors() -> None:
         env={"TENANTFLEET_TASK_TIME_LIMIT": "100", "TENANTFLEET_VISIBILITY_TIMEOUT": "50"},
     )
     assert result.code == 2 and "visibility_timeout must exceed task_time_limit" in result.err
+
+
+def test_the_plan_prepares_sending_while_it_reads_unless_the_registry_says_nothing_is_behind(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the tenants' revisions are read, the producer imports what sending needs; not when
+    the registry records every active tenant at the target (a no-op deploy), nor for a dry run.
+    The plan reads the schemas either way: the registry is only a hint."""
+    manager = MigrationManager()
+    manager.init_tenant("acme", revision=R1)
+    manager.init_tenant("bolt", revision=R3)
+    prepared: list[object] = []
+    monkeypatch.setattr(producer, "prepare_sending", prepared.append)
+    chosen = producer.plan(manager, producer.MigrateOptions(revision=R3))
+    assert [s for s, _ in chosen.behind] == ["acme"] and prepared == [manager.settings]
+    producer.plan(manager, producer.MigrateOptions(revision=R3), dry_run=True)
+    assert len(prepared) == 1
+    with engine.begin() as connection:
+        assert registry.any_active_not_at(connection, R3)
+        # the registry says acme is at R3 (it is not): no preparing, the schema still decides
+        registry.record_revision(connection, "acme", R3)
+        assert not registry.any_active_not_at(connection, R3)
+    chosen = producer.plan(manager, producer.MigrateOptions(revision=R3))
+    assert [s for s, _ in chosen.behind] == ["acme"] and len(prepared) == 1
+    with engine.begin() as connection:  # an inactive tenant's record does not count
+        registry.record_revision(connection, "acme", R1)
+        registry.set_active(connection, "acme", False, "left")
+        assert not registry.any_active_not_at(connection, R3)
+
+
+def test_preparing_to_send_imports_modules_only() -> None:
+    """The warm-up imports the transport and Celery's sending modules, never the app (which may
+    start the embedded Redis)."""
+    script = (
+        "import sys; from tenantfleet import config, producer;"
+        " producer.prepare_sending(config.load_settings({}));"
+        " print(sorted(m for m in ('kombu.transport.redis', 'celery.canvas',"
+        " 'celery.backends.redis', 'tenantfleet.workers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == str(
+        ["celery.backends.redis", "celery.canvas", "kombu.transport.redis"]
+    )
