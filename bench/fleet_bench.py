@@ -6,10 +6,13 @@
     python bench/fleet_bench.py --tenants 10000 --contenders fleet,split --split 25,25,25,25
     python bench/fleet_bench.py --tenants 10000 --contenders split --split 30,30,30,10 --cap s3=1
     python bench/fleet_bench.py --fresh-cluster --contenders fleet,floor --repeat 3
+    python bench/fleet_bench.py --statements --contenders fleet,floor --repeat 3
 
 Uses the PostgreSQL and Redis named by TENANTFLEET_DATABASE_URL / TENANTFLEET_BROKER_URL, else
 the embedded stack (state in .tenantfleet-bench/); with --fresh-cluster, a new PostgreSQL cluster
-of the machine's (initdb defaults), as a deploy hook meets a server rather than a warm one. W1 is
+of the machine's (initdb defaults), as a deploy hook meets a server rather than a warm one;
+--statements is that cluster with pg_stat_statements, and reports the server's time per tenant
+by statement for the fleet and the floor (bench/statements.py). W1 is
 built once in a template database, ``tenantfleet_bench_w1``; every contender run gets a fresh
 copy of it, ``tenantfleet_bench``.
 """
@@ -37,6 +40,7 @@ from tenantfleet import config, db, fleet_setup, processes, runs
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fresh_cluster  # noqa: E402
 import groups  # noqa: E402
+import statements  # noqa: E402
 import w2  # noqa: E402
 
 BENCH_DB = "tenantfleet_bench"
@@ -379,8 +383,11 @@ class Bench:
         say: Callable[[str], None],
         split: Sequence[int] = (),
         caps: dict[str, int] | None = None,
+        server_statements: bool = False,
     ) -> None:
         self.settings = settings
+        self.server_statements = server_statements
+        self.last_statements: dict[str, Any] = {}
         self.database = database
         self.template = f"{database}_w1"
         self.workers = workers
@@ -500,10 +507,13 @@ class Bench:
             return seconds
         if name == "control":
             return control_ceiling(self.url, schemas, self.workers)
+        admin = config.database_url(self.settings)
         if name == "fleet":
             self.start_workers()
             client = redis_client(config.broker_url(self.settings))
             before = command_counts(client)
+            if self.server_statements:
+                statements.reset(admin)
             began = time.time()
             assert self._worker is not None
             with self.cpu() as cpu, groups.Growth(self.url, self._worker.pid) as growth:
@@ -515,7 +525,11 @@ class Bench:
         elif name == "sequential":
             seconds = sequential(self.url, schemas)
         else:
+            if self.server_statements:
+                statements.reset(admin)
             seconds = floor(self.url, schemas, self.workers)
+        if self.server_statements and name in ("fleet", "floor"):
+            self.last_statements = statements.read(admin, self.database, len(schemas))
         assert versions(self.url, schemas) == {R2}, f"{name} left tenants behind"
         return seconds
 
@@ -525,11 +539,17 @@ class Bench:
         samples: dict[str, list[float]] = {name: [] for name in contenders}
         split_spans: list[dict[str, dict[str, float]]] = []
         fleet_runs: list[dict[str, Any]] = []
+        seen: dict[str, list[dict[str, Any]]] = {}
         for attempt in range(repeat):
             for name in contenders:
                 seconds = self.run_contender(name, schemas)
                 samples[name].append(seconds)
                 self.say(f"  run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s")
+                if self.server_statements and name in ("fleet", "floor"):
+                    seen.setdefault(name, []).append(self.last_statements)
+                    self.say(
+                        f"    server {self.last_statements['server_ms_per_tenant']} ms a tenant"
+                    )
                 if name == "split":
                     split_spans.append({**self.last_spans, "cpu_seconds": self.last_split_cpu})
                     self.say(f"    per database: {self.last_spans}, cpu {self.last_split_cpu}")
@@ -545,6 +565,13 @@ class Bench:
         if "fleet" in result:
             result["fleet"]["footprint"] = self.last_footprint
             result["fleet"].update(per_run_medians(fleet_runs, len(schemas)))
+        for name, runs_seen in seen.items():
+            result[name]["statements"] = {
+                "server_ms_per_tenant": statistics.median(
+                    r["server_ms_per_tenant"] for r in runs_seen
+                ),
+                "runs": runs_seen,
+            }
         if "fleet" in result and "split" in result:
             result.setdefault("ratios", {})["split_over_fleet"] = round(
                 result["split"]["seconds"] / result["fleet"]["seconds"], 2
@@ -672,6 +699,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run on a new PostgreSQL cluster (initdb defaults), removed afterwards",
     )
     parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="--fresh-cluster with pg_stat_statements: the server's time per tenant by statement",
+    )
+    parser.add_argument(
         "--split",
         default="25,25,25,25",
         help="the split contender's share of tenants per database, the control one's first",
@@ -680,9 +712,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cap", action="append", default=[], metavar="KEY=N", help="max_concurrent (split)"
     )
     args = parser.parse_args(argv)
-    if args.fresh_cluster:
-        with fresh_cluster.fresh_cluster() as url:
+    if args.statements and args.workload != "W1":
+        parser.error("--statements measures W1's contenders")
+    if args.fresh_cluster or args.statements:
+        settings = statements.SETTINGS if args.statements else []
+        with fresh_cluster.fresh_cluster(settings) as url:
             os.environ["TENANTFLEET_DATABASE_URL"] = url
+            if args.statements:
+                statements.install(url)
             return measure(args)
     return measure(args)
 
@@ -694,7 +731,9 @@ def measure(args: argparse.Namespace) -> int:
     contenders = [c for c in args.contenders.split(",") if c]
     caps = {key: int(n) for key, _, n in (c.partition("=") for c in args.cap)}
     split = [int(share) for share in args.split.split(",")]
-    bench = Bench(config.load_settings(), args.database, args.workers, say, split, caps)
+    bench = Bench(
+        config.load_settings(), args.database, args.workers, say, split, caps, args.statements
+    )
     if args.workload == "W2":
         try:
             found = {"workload": "W2", "tenants": args.tenants, "workers": args.workers}
@@ -734,6 +773,17 @@ def render(result: dict[str, Any]) -> str:
             )
     for key, value in result.get("ratios", {}).items():
         lines.append(f"  {key:<22}{value:6.2f}")
+    for name in ("fleet", "floor"):
+        if "statements" in result.get(name, {}):
+            found = result[name]["statements"]
+            lines.append(
+                f"  {name}: server {found['server_ms_per_tenant']} ms a tenant"
+                " (pg_stat_statements, median); the last run's top statements:"
+            )
+            lines.extend(
+                f"    {t['ms_per_tenant']:7.3f} ms  {t['calls_per_tenant']:5.2f}x  {t['statement']}"
+                for t in found["runs"][-1]["top"]
+            )
     if "noop" in result:
         lines.append(f"  no-op migrate       {result['noop']['seconds']:9.3f} s")
     if "enqueue" in result:

@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,8 +45,9 @@ def _run(binaries: Path, program: str, *args: str) -> None:
 
 
 @contextmanager
-def fresh_cluster() -> Iterator[str]:
-    """Start a new cluster; yield its admin URL; stop and remove it."""
+def fresh_cluster(settings: Sequence[str] = ()) -> Iterator[str]:
+    """Start a new cluster (``settings``: ``name=value`` server settings beyond initdb's);
+    yield its admin URL; stop and remove it."""
     binaries = bin_dir()
     home = Path(tempfile.mkdtemp(prefix="tenantfleet-bench-pg-"))
     home.chmod(0o755)
@@ -54,7 +55,9 @@ def fresh_cluster() -> Iterator[str]:
         shutil.chown(home, "postgres")
     data, port = home / "data", free_port()
     _run(binaries, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres")
-    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+    options = " ".join(
+        [f"-p {port} -k {home} -c listen_addresses=127.0.0.1", *(f"-c {s}" for s in settings)]
+    )
     _run(binaries, "pg_ctl", "-D", str(data), "-o", options, "-l", str(home / "log"), "-w", "start")
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"

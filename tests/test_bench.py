@@ -7,6 +7,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from tests import helpers
@@ -53,3 +54,49 @@ def test_the_benchmark_runs_and_reports_every_contender(
         assert report[name]["seconds"] > 0 and report[name]["tenants_per_s"] > 0
     assert set(report["ratios"]) == {"fleet_over_floor", "sequential_over_fleet"}
     assert report["noop"]["seconds"] > 0
+
+
+def test_the_benchmark_shows_the_servers_time_per_tenant_by_statement(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """``--statements``: a fresh cluster of the machine's PostgreSQL with pg_stat_statements;
+    the fleet's and the floor's server time per tenant, the migration's DDL among the fleet's
+    top statements beside its own bookkeeping."""
+    sys.path.insert(0, str(repo_root / "bench"))
+    import fresh_cluster
+
+    try:
+        fresh_cluster.bin_dir()
+    except SystemExit:
+        pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
+    env = {key: value for key, value in os.environ.items() if key != "TENANTFLEET_DATABASE_URL"}
+    env["TENANTFLEET_STATE_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/fleet_bench.py",
+            "--statements",
+            "--tenants",
+            "20",
+            "--repeat",
+            "1",
+            "--contenders",
+            "fleet,floor",
+            "--json",
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    for name in ("fleet", "floor"):
+        found = report[name]["statements"]
+        assert found["server_ms_per_tenant"] > 0
+        (run,) = found["runs"]
+        assert run["evicted"] == 0 and run["top"]
+    fleet_top = [t["statement"] for t in report["fleet"]["statements"]["runs"][0]["top"]]
+    assert any("CREATE TABLE audit_log" in s for s in fleet_top)
+    assert any("tenantfleet_mark_running" in s for s in fleet_top)
