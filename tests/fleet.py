@@ -150,7 +150,7 @@ def until_flower_listens(flower_url: str, env: dict[str, str]) -> None:
     """Flower's event consumer subscribes (binds its queue, on RabbitMQ) after its HTTP server
     answers, and events sent before are lost to it: send a probe worker's heartbeat until Flower
     lists that worker, then take the probe offline."""
-    from workers.app import create_app
+    from tenantfleet.workers.app import create_app
 
     wait_for_http(f"{flower_url}/api/tasks")
     probe = create_app(config.load_settings(env))
