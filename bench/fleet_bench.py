@@ -493,6 +493,7 @@ class Bench:
             self._worker = None
 
     def run_contender(self, name: str, schemas: list[str]) -> float:
+        self.last_statements = {}
         self.fresh_copy(split=name == "split")
         if name == "split":
             self.start_workers(self.split_env)
@@ -545,7 +546,7 @@ class Bench:
                 seconds = self.run_contender(name, schemas)
                 samples[name].append(seconds)
                 self.say(f"  run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s")
-                if self.server_statements and name in ("fleet", "floor"):
+                if self.last_statements:  # --statements, for the fleet and the floor
                     seen.setdefault(name, []).append(self.last_statements)
                     self.say(
                         f"    server {self.last_statements['server_ms_per_tenant']} ms a tenant"

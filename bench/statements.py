@@ -7,9 +7,12 @@ Execution time is what the server's backends spend on a statement (CPU, and any 
 locks or the disk); parsing and the protocol around it are not in it.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from tenantfleet import db
 
@@ -37,34 +40,35 @@ TOP = 8
 """Statements listed per run."""
 
 
-def _admin(admin_url: str) -> Any:
-    return db.make_engine(admin_url, isolation_level="AUTOCOMMIT")
+@contextmanager
+def _admin(admin_url: str) -> Iterator[Connection]:
+    """An autocommit connection to the cluster's admin database, its engine gone afterwards."""
+    engine = db.make_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
 
 
 def install(admin_url: str) -> None:
-    engine = _admin(admin_url)
-    with engine.connect() as connection:
+    with _admin(admin_url) as connection:
         connection.exec_driver_sql(CREATE_SQL)
-    engine.dispose()
 
 
 def reset(admin_url: str) -> None:
     """Forget every statement seen so far: the next ``read`` covers what runs after this."""
-    engine = _admin(admin_url)
-    with engine.connect() as connection:
+    with _admin(admin_url) as connection:
         connection.exec_driver_sql(RESET_SQL)
-    engine.dispose()
 
 
 def read(admin_url: str, database: str, tenants: int) -> dict[str, Any]:
     """The server's execution time in ``database`` since ``reset``, per tenant, and its
     ``TOP`` statements (normalized text, shortened; calls and milliseconds per tenant); with
     ``evicted`` > 0 the sums miss some statements."""
-    engine = _admin(admin_url)
-    with engine.connect() as connection:
+    with _admin(admin_url) as connection:
         rows = connection.execute(READ_SQL, {"database": database}).all()
         evicted = connection.execute(EVICTED_SQL).scalar_one()
-    engine.dispose()
     total = sum(float(ms) for _, _, ms in rows)
     return {
         "server_ms_per_tenant": round(total / tenants, 3),
