@@ -27,14 +27,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from tenantfleet import config as tf_config
-from tenantfleet import db, locks, replay
+from tenantfleet import db, locks, models, replay
 from tenantfleet.errors import (
     InvalidSchemaName,
     TenantStateError,
     UnknownRevision,
     UnsupportedRevision,
 )
-from tenantfleet.models import PublicBase
 from tenantfleet.names import validate_schema_name
 
 
@@ -230,7 +229,7 @@ def public_context_options() -> dict[str, Any]:
     """``context.configure`` options of tenantfleet's own tables: its own version table, and
     autogenerate compares only its own tables (an app's public tables are not its business)."""
     return {
-        "target_metadata": PublicBase.metadata,
+        "target_metadata": models.metadata,
         "version_table": PUBLIC_VERSION_TABLE,
         "transaction_per_migration": False,
         "compare_type": True,
@@ -239,7 +238,7 @@ def public_context_options() -> dict[str, Any]:
 
 
 def _only_tenantfleet_tables(name: str | None, type_: str, _parents: Any) -> bool:
-    return type_ != "table" or name in PublicBase.metadata.tables
+    return type_ != "table" or name in models.metadata.tables
 
 
 def adopt_legacy_public_version(connection: Connection) -> None:

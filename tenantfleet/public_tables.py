@@ -1,22 +1,18 @@
-"""The public models' tables pinned to the ``public`` schema, for the modules that query them.
+"""The public tables pinned to the ``public`` schema, for the modules that query them.
 
 Queries must not depend on search_path: a tenant transaction has only its own schema on it.
 """
 
 import sqlalchemy as sa
 
-from tenantfleet.models import PublicBase
+from tenantfleet import models
 
 _metadata = sa.MetaData()
-tenant_registry = PublicBase.metadata.tables["tenant_registry"].to_metadata(
+tenant_registry = models.metadata.tables["tenant_registry"].to_metadata(_metadata, schema="public")
+migration_runs = models.metadata.tables["migration_runs"].to_metadata(_metadata, schema="public")
+migration_run_tenants = models.metadata.tables["migration_run_tenants"].to_metadata(
     _metadata, schema="public"
 )
-migration_runs = PublicBase.metadata.tables["migration_runs"].to_metadata(
-    _metadata, schema="public"
-)
-migration_run_tenants = PublicBase.metadata.tables["migration_run_tenants"].to_metadata(
-    _metadata, schema="public"
-)
-migration_attempts = PublicBase.metadata.tables["migration_attempts"].to_metadata(
+migration_attempts = models.metadata.tables["migration_attempts"].to_metadata(
     _metadata, schema="public"
 )

@@ -12,10 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, db, runs
+from tenantfleet import alembic_runtime, db, models, runs
 from tenantfleet.manager import MigrationManager
 from tenantfleet.migrations.tenant.models import TenantBase
-from tenantfleet.models import PublicBase
 
 REGISTRY_COLUMNS = [
     "id",
@@ -105,9 +104,7 @@ def test_the_old_column_names_appear_nowhere(engine: Engine, repo_root: Path) ->
             ).scalars()
         )
     assert names.isdisjoint(OLD_NAMES)
-    assert all(
-        not set(t.columns.keys()) & set(OLD_NAMES) for t in PublicBase.metadata.sorted_tables
-    )
+    assert all(not set(t.columns.keys()) & set(OLD_NAMES) for t in models.metadata.sorted_tables)
     flags = subprocess.run(
         [sys.executable, "-m", "tenantfleet", "tenant", "create", "--help"],
         capture_output=True,
@@ -123,7 +120,7 @@ def test_public_models_match_the_migrations(engine: Engine) -> None:
         context = MigrationContext.configure(
             connection, opts=alembic_runtime.public_context_options()
         )
-        assert compare_metadata(context, PublicBase.metadata) == []
+        assert compare_metadata(context, models.metadata) == []
 
 
 def test_tenant_models_match_the_migrations(database_url: str) -> None:
