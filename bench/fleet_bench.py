@@ -7,12 +7,13 @@
     python bench/fleet_bench.py --tenants 10000 --contenders split --split 30,30,30,10 --cap s3=1
     python bench/fleet_bench.py --fresh-cluster --contenders fleet,floor --repeat 3
     python bench/fleet_bench.py --statements --contenders fleet,floor --repeat 3
+    python bench/fleet_bench.py --workload W2 --statements --repeat 2 --json
 
 Uses the PostgreSQL and Redis named by TENANTFLEET_DATABASE_URL / TENANTFLEET_BROKER_URL, else
 the embedded stack (state in .tenantfleet-bench/); with --fresh-cluster, a new PostgreSQL cluster
 of the machine's (initdb defaults), as a deploy hook meets a server rather than a warm one;
 --statements is that cluster with pg_stat_statements, and reports the server's time per tenant
-by statement for the fleet and the floor (bench/statements.py). W1 is
+by statement for the fleet and the floor, of W1 or W2 (bench/statements.py). W1 is
 built once in a template database, ``tenantfleet_bench_w1``; every contender run gets a fresh
 copy of it, ``tenantfleet_bench``.
 """
@@ -266,6 +267,14 @@ def control_ceiling(url: str, schemas: Sequence[str], workers: int) -> float:
 
 
 # -- measuring ---------------------------------------------------------------------------
+
+
+def rotated(contenders: Sequence[str], attempt: int) -> list[str]:
+    """The contenders in the order of repetition ``attempt``: each starts one repetition in
+    turn, so none always runs first on a cluster still cold (after initdb, a first W2 run's
+    backfill took a third longer)."""
+    shift = attempt % len(contenders)
+    return [*contenders[shift:], *contenders[:shift]]
 
 
 def summary(samples: list[float], tenants: int) -> dict[str, Any]:
@@ -542,7 +551,7 @@ class Bench:
         fleet_runs: list[dict[str, Any]] = []
         seen: dict[str, list[dict[str, Any]]] = {}
         for attempt in range(repeat):
-            for name in contenders:
+            for name in rotated(contenders, attempt):
                 seconds = self.run_contender(name, schemas)
                 samples[name].append(seconds)
                 self.say(f"  run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s")
@@ -605,12 +614,17 @@ class Bench:
         samples: dict[str, list[float]] = {"fleet": [], "unordered": [], "floor": []}
         ratios: dict[str, list[float]] = {"fleet": [], "unordered": []}
         details: list[dict[str, Any]] = []
+        admin = config.database_url(self.settings)
         for attempt in range(repeat):
-            for name in ("fleet", "unordered", "floor"):
+            for name in rotated(("fleet", "unordered", "floor"), attempt):
                 self.fresh_copy(workload="w2")
+                if self.server_statements:
+                    statements.reset(admin)
                 if name == "floor":
                     seconds = w2.floor(self.url, schemas, self.workers)
                     cpu: dict[str, float] = {}
+                    if self.server_statements:
+                        details.append({"contender": name})
                 else:
                     self.start_workers(env)
                     with self.cpu() as cpu:
@@ -623,6 +637,10 @@ class Bench:
                     span = w2.makespan(self.url, self.workers)
                     ratios[name].append(span["makespan_over_lb"])
                     details.append({"contender": name, **span, "cpu_seconds": cpu})
+                if self.server_statements:
+                    details[-1]["statements"] = statements.read(admin, self.database, tenants)
+                    server = details[-1]["statements"]["server_ms_per_tenant"]
+                    self.say(f"    server {server} ms a tenant")
                 assert versions(self.url, schemas) == {w2.R3}, f"{name} left tenants behind"
                 samples[name].append(seconds)
                 self.say(f"  W2 run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s {cpu}")
@@ -713,8 +731,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cap", action="append", default=[], metavar="KEY=N", help="max_concurrent (split)"
     )
     args = parser.parse_args(argv)
-    if args.statements and args.workload != "W1":
-        parser.error("--statements measures W1's contenders")
     if args.fresh_cluster or args.statements:
         settings = statements.SETTINGS if args.statements else []
         with fresh_cluster.fresh_cluster(settings) as url:
