@@ -496,6 +496,18 @@ class Bench:
         yield found
         found.update(watched.since(before, watched.snapshot()))
 
+    @contextmanager
+    def server_time(self, tenants: int) -> Iterator[dict[str, Any]]:
+        """With ``--statements``, the server's time per tenant of what runs in the block
+        (``statements.read``), filled when it ends; else nothing."""
+        found: dict[str, Any] = {}
+        admin = config.database_url(self.settings)
+        if self.server_statements:
+            statements.reset(admin)
+        yield found
+        if self.server_statements:
+            found.update(statements.read(admin, self.database, tenants))
+
     def stop_workers(self) -> None:
         if self._worker is not None:
             processes.stop(self._worker)
@@ -517,16 +529,17 @@ class Bench:
             return seconds
         if name == "control":
             return control_ceiling(self.url, schemas, self.workers)
-        admin = config.database_url(self.settings)
         if name == "fleet":
             self.start_workers()
             client = redis_client(config.broker_url(self.settings))
             before = command_counts(client)
-            if self.server_statements:
-                statements.reset(admin)
             began = time.time()
             assert self._worker is not None
-            with self.cpu() as cpu, groups.Growth(self.url, self._worker.pid) as growth:
+            with (
+                self.server_time(len(schemas)) as self.last_statements,
+                self.cpu() as cpu,
+                groups.Growth(self.url, self._worker.pid) as growth,
+            ):
                 seconds = fleet(self.url, self.env, ["--wait"])[0]
             self.last_footprint = footprint(self.url, client, before, len(schemas))
             self.last_footprint["cpu_seconds"] = cpu
@@ -535,11 +548,8 @@ class Bench:
         elif name == "sequential":
             seconds = sequential(self.url, schemas)
         else:
-            if self.server_statements:
-                statements.reset(admin)
-            seconds = floor(self.url, schemas, self.workers)
-        if self.server_statements and name in ("fleet", "floor"):
-            self.last_statements = statements.read(admin, self.database, len(schemas))
+            with self.server_time(len(schemas)) as self.last_statements:
+                seconds = floor(self.url, schemas, self.workers)
         assert versions(self.url, schemas) == {R2}, f"{name} left tenants behind"
         return seconds
 
@@ -614,20 +624,16 @@ class Bench:
         samples: dict[str, list[float]] = {"fleet": [], "unordered": [], "floor": []}
         ratios: dict[str, list[float]] = {"fleet": [], "unordered": []}
         details: list[dict[str, Any]] = []
-        admin = config.database_url(self.settings)
         for attempt in range(repeat):
             for name in rotated(("fleet", "unordered", "floor"), attempt):
                 self.fresh_copy(workload="w2")
-                if self.server_statements:
-                    statements.reset(admin)
                 if name == "floor":
-                    seconds = w2.floor(self.url, schemas, self.workers)
+                    with self.server_time(tenants) as server:
+                        seconds = w2.floor(self.url, schemas, self.workers)
                     cpu: dict[str, float] = {}
-                    if self.server_statements:
-                        details.append({"contender": name})
                 else:
                     self.start_workers(env)
-                    with self.cpu() as cpu:
+                    with self.server_time(tenants) as server, self.cpu() as cpu:
                         seconds = fleet(
                             self.url,
                             env if name == "fleet" else unordered_env,
@@ -637,10 +643,11 @@ class Bench:
                     span = w2.makespan(self.url, self.workers)
                     ratios[name].append(span["makespan_over_lb"])
                     details.append({"contender": name, **span, "cpu_seconds": cpu})
-                if self.server_statements:
-                    details[-1]["statements"] = statements.read(admin, self.database, tenants)
-                    server = details[-1]["statements"]["server_ms_per_tenant"]
-                    self.say(f"    server {server} ms a tenant")
+                if server:  # --statements
+                    if name == "floor":
+                        details.append({"contender": name})
+                    details[-1]["statements"] = server
+                    self.say(f"    server {server['server_ms_per_tenant']} ms a tenant")
                 assert versions(self.url, schemas) == {w2.R3}, f"{name} left tenants behind"
                 samples[name].append(seconds)
                 self.say(f"  W2 run {attempt + 1}/{repeat} {name:<10} {seconds:8.3f} s {cpu}")
