@@ -67,6 +67,19 @@ def test_an_attempt_upgrades_records_and_leaves_no_transaction_open(
     assert (recorded.status, recorded.from_revision, recorded.worker) == ("succeeded", R1, "w1")
 
 
+def test_a_tenant_is_recorded_as_finished_when_its_migration_ends(
+    engine: Engine, autocommit: Connection
+) -> None:
+    """Not when its transaction began (``now()``): the row's interval covers the migration."""
+    run_id, found = provisioned_and_begun(engine, autocommit, "slow")
+    began = autocommit.exec_driver_sql("SELECT now()").scalar_one()
+    autocommit.exec_driver_sql("SELECT pg_sleep(0.05)")  # the migration's work, in its transaction
+    assert attempt.apply(autocommit, found, task(engine, run_id, "slow", R2), elapsed_ms=50)
+    recorded = row(engine, run_id, "slow")
+    assert recorded.finished_at is not None
+    assert (recorded.finished_at - began).total_seconds() >= 0.05
+
+
 def test_replayed_sql_and_alembic_online_build_the_same_schema(
     engine: Engine, autocommit: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
