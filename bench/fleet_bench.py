@@ -642,6 +642,10 @@ class Bench:
                         )[0]
                     span = w2.makespan(self.url, self.workers)
                     ratios[name].append(span["makespan_over_lb"])
+                    self.say(
+                        f"    makespan/LB {span['makespan_over_lb']}, gaps between tenants"
+                        f" {span['gaps_s']} s (median {span['gap_ms_median']} ms)"
+                    )
                     details.append({"contender": name, **span, "cpu_seconds": cpu})
                 if server:  # --statements
                     if name == "floor":

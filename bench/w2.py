@@ -183,11 +183,27 @@ MAKESPAN_SQL = sa.text(
 )
 
 
+GAPS_SQL = sa.text(
+    "WITH a AS (SELECT started_at, lag(finished_at) OVER (PARTITION BY worker"
+    " ORDER BY started_at) AS previous_end FROM public.migration_attempts"
+    " WHERE run_id = (SELECT max(id) FROM public.migration_runs)),"
+    " g AS (SELECT extract(epoch FROM started_at - previous_end) AS gap FROM a"
+    " WHERE previous_end IS NOT NULL)"
+    " SELECT coalesce(sum(gap), 0), coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY gap), 0)"
+    " FROM g"
+)
+"""Between one attempt's end and the next one's start on the same pool process (``worker`` is
+host:pid): Celery's hand-off between two tasks, the task's own code around its attempt and the
+attempt's round trip; what the makespan holds beyond the durations."""
+
+
 def makespan(url: str, workers: int) -> dict[str, float]:
-    """From the latest run's rows: LB = max(sum d / W, max d), the makespan, their ratio."""
+    """From the latest run's rows: LB = max(sum d / W, max d), the makespan, their ratio; the
+    gaps between tenants on each process (``GAPS_SQL``), summed over the processes."""
     engine = db.make_engine(url)
     with engine.connect() as connection:
         total, longest, span, count = connection.execute(MAKESPAN_SQL).one()
+        gaps, median_gap = connection.execute(GAPS_SQL).one()
     engine.dispose()
     lower_bound = max(float(total) / workers, float(longest))
     return {
@@ -197,4 +213,6 @@ def makespan(url: str, workers: int) -> dict[str, float]:
         "lb_s": round(lower_bound, 3),
         "makespan_s": round(float(span), 3),
         "makespan_over_lb": round(float(span) / lower_bound, 3),
+        "gaps_s": round(float(gaps), 3),
+        "gap_ms_median": round(float(median_gap) * 1000, 2),
     }

@@ -56,6 +56,42 @@ def test_the_benchmark_runs_and_reports_every_contender(
     assert report["noop"]["seconds"] > 0
 
 
+def test_the_w2_benchmark_reports_the_schedules_ratios(
+    pg_admin_url: str, repo_root: Path, tmp_path: Path
+) -> None:
+    """``--workload W2 --json``: the ratios the issue names, and per fleet run its makespan,
+    lower bound and the gaps between tenants, with every tenant of the run counted."""
+    database = f"tf_bench_{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "TENANTFLEET_DATABASE_URL": pg_admin_url,
+        "TENANTFLEET_STATE_DIR": str(tmp_path),
+    }
+    argv = ["--workload", "W2", "--tenants", "20", "--repeat", "1", "--json"]
+    try:
+        result = subprocess.run(
+            [sys.executable, "bench/fleet_bench.py", *argv, "--database", database],
+            cwd=repo_root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        for name in (database, f"{database}_w2"):  # the copy and the W2 template
+            url = sa.engine.make_url(pg_admin_url).set(database=name)
+            helpers.drop_database(pg_admin_url, url.render_as_string(hide_password=False))
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout)["w2"]
+    for key in ("makespan_over_lb", "unordered_makespan_over_lb", "fleet_over_floor"):
+        assert found[key] > 0, key
+    assert {run["contender"] for run in found["runs"]} == {"fleet", "unordered"}
+    for run in found["runs"]:
+        assert run["tenants"] == 20
+        assert run["makespan_s"] > 0 and run["max_d_s"] > 0 and run["lb_s"] > 0
+        assert run["gaps_s"] >= 0 and run["gap_ms_median"] >= 0
+
+
 def test_the_benchmark_shows_the_servers_time_per_tenant_by_statement(
     repo_root: Path, tmp_path: Path
 ) -> None:
