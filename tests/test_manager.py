@@ -296,3 +296,32 @@ def test_preparing_to_send_imports_modules_only() -> None:
     assert done.stdout.split("\n")[0] == str(
         ["celery.backends.redis", "celery.canvas", "kombu.transport.redis"]
     )
+
+
+def test_the_plan_sends_the_largest_tenants_first_unless_told_not_to(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sizes come from the catalog (pages where ANALYZE set them); without them, plan order."""
+    manager = MigrationManager()
+    for name in ("alpha", "beta", "gamma"):
+        manager.init_tenant(name, revision=R1)
+    with engine.begin() as connection:
+        for name, rows in (("gamma", 20000), ("beta", 2000)):
+            connection.execute(
+                sa.text(
+                    f'INSERT INTO "{name}".users (email, full_name) SELECT'
+                    " 'u' || g || '@example.com', 'user ' || g FROM generate_series(1, :rows) AS g"
+                ),
+                {"rows": rows},
+            )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        for name in ("alpha", "beta", "gamma"):
+            connection.execute(sa.text(f'ANALYZE "{name}".users'))
+    chosen = producer.plan(manager, producer.MigrateOptions(revision=R3))
+    assert [s for s, _ in chosen.behind] == ["alpha", "beta", "gamma"]  # plan order: by name
+    assert chosen.sizes["gamma"] > chosen.sizes["beta"] > chosen.sizes["alpha"]
+    assert chosen.sending_order() == ["gamma", "beta", "alpha"]
+    monkeypatch.setenv("TENANTFLEET_SCHEDULE_BY_SIZE", "false")
+    unordered = producer.plan(MigrationManager(), producer.MigrateOptions(revision=R3))
+    assert unordered.sizes == {}
+    assert unordered.sending_order() == ["alpha", "beta", "gamma"]
