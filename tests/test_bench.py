@@ -13,9 +13,11 @@ import sqlalchemy as sa
 from tests import helpers
 
 
-def test_the_benchmark_runs_and_reports_every_contender(
-    pg_admin_url: str, repo_root: Path, tmp_path: Path
-) -> None:
+def run_bench(
+    pg_admin_url: str, repo_root: Path, tmp_path: Path, template: str, *argv: str
+) -> subprocess.CompletedProcess[str]:
+    """``bench/fleet_bench.py ARGV`` in a database of its own, dropped afterwards with its
+    ``template`` (``w1`` or ``w2``)."""
     database = f"tf_bench_{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
@@ -23,21 +25,8 @@ def test_the_benchmark_runs_and_reports_every_contender(
         "TENANTFLEET_STATE_DIR": str(tmp_path),
     }
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "bench/fleet_bench.py",
-                "--tenants",
-                "20",
-                "--workers",
-                "2",
-                "--repeat",
-                "1",
-                "--json",
-                "--noop",
-                "--database",
-                database,
-            ],
+        return subprocess.run(
+            [sys.executable, "bench/fleet_bench.py", *argv, "--database", database],
             cwd=repo_root,
             env=env,
             capture_output=True,
@@ -45,9 +34,16 @@ def test_the_benchmark_runs_and_reports_every_contender(
             timeout=600,
         )
     finally:
-        for name in (database, f"{database}_w1"):  # the copy and the W1 template
+        for name in (database, f"{database}_{template}"):  # the copy and the template
             url = sa.engine.make_url(pg_admin_url).set(database=name)
             helpers.drop_database(pg_admin_url, url.render_as_string(hide_password=False))
+
+
+def test_the_benchmark_runs_and_reports_every_contender(
+    pg_admin_url: str, repo_root: Path, tmp_path: Path
+) -> None:
+    argv = ["--tenants", "20", "--workers", "2", "--repeat", "1", "--json", "--noop"]
+    result = run_bench(pg_admin_url, repo_root, tmp_path, "w1", *argv)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     for name in ("sequential", "fleet", "floor"):
@@ -61,26 +57,8 @@ def test_the_w2_benchmark_reports_the_schedules_ratios(
 ) -> None:
     """``--workload W2 --json``: the ratios the issue names, and per fleet run its makespan,
     lower bound and the gaps between tenants, with every tenant of the run counted."""
-    database = f"tf_bench_{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "TENANTFLEET_DATABASE_URL": pg_admin_url,
-        "TENANTFLEET_STATE_DIR": str(tmp_path),
-    }
     argv = ["--workload", "W2", "--tenants", "20", "--repeat", "1", "--json"]
-    try:
-        result = subprocess.run(
-            [sys.executable, "bench/fleet_bench.py", *argv, "--database", database],
-            cwd=repo_root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    finally:
-        for name in (database, f"{database}_w2"):  # the copy and the W2 template
-            url = sa.engine.make_url(pg_admin_url).set(database=name)
-            helpers.drop_database(pg_admin_url, url.render_as_string(hide_password=False))
+    result = run_bench(pg_admin_url, repo_root, tmp_path, "w2", *argv)
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout)["w2"]
     for key in ("makespan_over_lb", "unordered_makespan_over_lb", "fleet_over_floor"):
