@@ -715,7 +715,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--contenders", default="sequential,fleet,floor")
+    parser.add_argument(
+        "--contenders",
+        help="W1's contenders (default sequential,fleet,floor); W2 always runs its three",
+    )
     parser.add_argument("--noop", action="store_true", help="also measure B (no-op migrate)")
     parser.add_argument("--enqueue", action="store_true", help="also enqueue time, RSS, callback")
     parser.add_argument("--json", action="store_true")
@@ -742,6 +745,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cap", action="append", default=[], metavar="KEY=N", help="max_concurrent (split)"
     )
     args = parser.parse_args(argv)
+    if args.workload == "W2":
+        for given, option in ((args.contenders, "--contenders"), (args.noop, "--noop"),
+                              (args.enqueue, "--enqueue")):  # fmt: skip
+            if given:
+                parser.error(f"{option} is for W1 (W2 runs fleet, unordered and floor)")
     if args.fresh_cluster or args.statements:
         settings = statements.SETTINGS if args.statements else []
         with fresh_cluster.fresh_cluster(settings) as url:
@@ -756,7 +764,7 @@ def measure(args: argparse.Namespace) -> int:
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.json else print
 
     os.environ.setdefault("TENANTFLEET_STATE_DIR", str(Path(".tenantfleet-bench").absolute()))
-    contenders = [c for c in args.contenders.split(",") if c]
+    contenders = [c for c in (args.contenders or "sequential,fleet,floor").split(",") if c]
     caps = {key: int(n) for key, _, n in (c.partition("=") for c in args.cap)}
     split = [int(share) for share in args.split.split(",")]
     bench = Bench(
