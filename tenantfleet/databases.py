@@ -13,7 +13,7 @@ are being migrated right now, wherever they live (``locks.held`` of the labels).
 
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -29,10 +29,12 @@ SEPARATOR = "/"
 
 @dataclass(frozen=True, order=True)
 class Placed:
-    """A tenant and the database that holds its schema."""
+    """A tenant and the database that holds its schema; the size hint its source gave, if any
+    (bytes its migration will touch: it wins over the catalog's estimate when planning)."""
 
     schema: str
     database: str | None = None
+    size_hint: int | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:

@@ -191,11 +191,6 @@ class MigrationManager:
             reason = db.first_line(exc)
             raise MigrationFailed(f"tenant {schema!r} rolled back: {reason}") from None
 
-    def require_registry(self, connection: Connection) -> None:
-        """Refuse when there is no registry at all (a dry run needs no more)."""
-        if runtime.public_revision(connection) is None:
-            raise ConfigError("the public schema is empty: run `tenantfleet public upgrade`")
-
     def require_public(self, connection: Connection) -> None:
         """Refuse to work on a database whose public schema is not at head."""
         current = runtime.public_revision(connection)

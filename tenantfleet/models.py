@@ -51,6 +51,9 @@ tenant_registry = sa.Table(
     _timestamp("deactivated_at"),
     # The key of the database holding the schema ([tool.tenantfleet.databases.KEY]); NULL: this one.
     sa.Column("database", sa.String(63)),
+    # What the tenant's migration will touch, in bytes; wins over the catalog's estimate.
+    sa.Column("size_hint", sa.BigInteger),
+    sa.CheckConstraint("size_hint >= 0", name="ck_tenant_registry_size_hint"),
 )
 
 migration_runs = sa.Table(

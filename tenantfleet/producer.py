@@ -91,8 +91,8 @@ class Plan:
     placement: dict[str, str] = field(default_factory=dict)
     """The schemas that live in another database than the control one, and its key."""
     sizes: dict[str, int] = field(default_factory=dict)
-    """The behind tenants' size estimates in bytes (``schedule_by_size``, ``databases.sizes``):
-    the largest are sent first."""
+    """The behind tenants' sizes in bytes (``schedule_by_size``): the tenant source's hint, else
+    the catalog's estimate (``databases.sizes``); the largest are sent first."""
 
     def sending_order(self) -> list[str]:
         """The behind schemas, largest first (then in plan order) when sizes are known."""
@@ -141,10 +141,7 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
     script = alembic_runtime.tenant_script()
     target = validate(options)
     with db.connect(manager.engine) as connection:
-        if dry_run:
-            if manager.settings.tenants == "registry":
-                manager.require_registry(connection)
-        else:
+        if not dry_run or manager.settings.tenants == "registry":  # a dry run reads no more
             manager.require_public(connection)
         placed = select(manager, connection, options)
         # sending is likely unless the registry says every tenant is at the target already
@@ -196,12 +193,21 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
         behind = _ordered(manager, behind, manager.settings.wave_order)
     at_or_past = [s for s in schemas if s not in skip and versions[s] not in below]
     placement = {t.schema: t.database for t in placed if t.database is not None}
+    behind_schemas = {s for s, _ in behind}
     sizes = (
-        databases.sizes(manager.engine_for, [Placed(s, placement.get(s)) for s, _ in behind])
+        _sizes(manager, [t for t in placed if t.schema in behind_schemas])
         if manager.settings.schedule_by_size and len(behind) > 1 and not dry_run
         else {}
     )
     return Plan(target, behind, at_or_past, not_migratable, placement, sizes)
+
+
+def _sizes(manager: MigrationManager, behind: list[Placed]) -> dict[str, int]:
+    """Each tenant's size: the hint its source gave, else the catalog's estimate (read only for
+    the tenants without a hint)."""
+    hinted = {t.schema: t.size_hint for t in behind if t.size_hint is not None}
+    unhinted = [t for t in behind if t.schema not in hinted]
+    return {**(databases.sizes(manager.engine_for, unhinted) if unhinted else {}), **hinted}
 
 
 def _ordered(

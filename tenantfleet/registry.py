@@ -100,19 +100,22 @@ def list_tenants(connection: Connection, *, active_only: bool = False) -> list[T
 def select_for_migration(
     connection: Connection, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[Placed]:
-    """Active tenants and their databases, in schema-name order, narrowed by
+    """Active tenants with their databases and size hints, in schema-name order, narrowed by
     ``include``/``exclude``.
 
     Every name in ``include`` must be a registered, active tenant.
     """
     query = sa.select(
-        tenant_registry.c.schema_name, tenant_registry.c.is_active, tenant_registry.c.database
+        tenant_registry.c.schema_name,
+        tenant_registry.c.is_active,
+        tenant_registry.c.database,
+        tenant_registry.c.size_hint,
     ).order_by(tenant_registry.c.schema_name)
     if include:
         query = query.where(tenant_registry.c.schema_name.in_(list(include)))
     rows = connection.execute(query).all()
     if include:
-        found = {name: active for name, active, _ in rows}
+        found = {name: active for name, active, _, _ in rows}
         missing = [s for s in include if s not in found]
         if missing:
             raise UnknownTenant(f"not in public.tenant_registry: {', '.join(missing)}")
@@ -121,7 +124,9 @@ def select_for_migration(
             raise UnknownTenant(f"tenant is not active: {', '.join(inactive)}")
     excluded = set(exclude)
     return [
-        Placed(name, database) for name, active, database in rows if active and name not in excluded
+        Placed(name, database, size_hint)
+        for name, active, database, size_hint in rows
+        if active and name not in excluded
     ]
 
 

@@ -3,7 +3,8 @@
 - ``registry`` (default): the active rows of ``public.tenant_registry``;
 - ``query``: the app's own SQL (``tenants_query``), run in a read-only transaction; its first
   column is the schema name, validated like any schema name; a column named ``database`` gives
-  the key of the database holding it (NULL: the control database);
+  the key of the database holding it (NULL: the control database), one named ``size_hint`` the
+  bytes its migration will touch (NULL: none; planning estimates it from the catalog);
 - ``discover``: every schema that holds the tenant version table (the seed's "apply to all
   tenant schemas"), in the control database and in every configured one.
 
@@ -13,7 +14,9 @@ schema is an error, not two tenants.
 A schema the source lists without a version table yet is at base, and is migrated from base.
 """
 
+import math
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -77,29 +80,43 @@ def listed_by_query(connection: Connection, settings: Settings) -> list[Placed]:
             result = reader.execute(sa.text(settings.tenants_query))
             columns = list(result.keys())
             placed_by = columns.index("database") if "database" in columns else None
+            sized_by = columns.index("size_hint") if "size_hint" in columns else None
             rows = result.all()
             reader.rollback()
     except DBAPIError as exc:
         if db.is_unreachable(exc):
             raise
         raise ConfigError(f"tenants_query failed: {db.first_line(exc)}") from None
-    found: dict[str, str | None] = {}
+    found: dict[str, Placed] = {}
     bad: list[str] = []
     for row in rows:
         try:
             name = validate_schema_name(row[0])
             database = databases.normalize(row[placed_by]) if placed_by is not None else None
+            size_hint = _size_hint(row[sized_by]) if sized_by is not None else None
         except (InvalidSchemaName, ConfigError):
             bad.append(repr(tuple(row)))
             continue
-        if found.get(name, database) != database:
+        if name in found and found[name].database != database:
             raise ConfigError(f"tenants_query puts schema {name} in two databases")
-        found[name] = database
+        found[name] = Placed(name, database, size_hint)
     if bad:
         raise ConfigError(
-            f"tenants_query returned invalid schema names or database keys: {shorten(bad)}"
+            "tenants_query returned invalid schema names, database keys or size hints:"
+            f" {shorten(bad)}"
         )
-    return sorted(Placed(name, database) for name, database in found.items())
+    return sorted(found.values())
+
+
+def _size_hint(value: object) -> int | None:
+    """A ``size_hint`` value: a number of bytes, at least 0 (a fraction is rounded), or NULL."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ConfigError("a size hint is a number of bytes")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError("a size hint is a finite number, at least 0")
+    return round(value)
 
 
 def discover_all(

@@ -27,7 +27,7 @@ def test_init_public_on_a_new_database_then_status(empty_database_url: str) -> N
     manager = MigrationManager()
     before = manager.status_public()
     all_revisions = list(alembic_runtime.public_script().walk_revisions())
-    assert before.current is None and len(before.pending) == len(all_revisions) == 11
+    assert before.current is None and len(before.pending) == len(all_revisions) == 13
     after = manager.init_public()
     assert after.up_to_date and after.current == after.head
     assert manager.init_public() == after  # a second init changes nothing
@@ -321,6 +321,14 @@ def test_the_plan_sends_the_largest_tenants_first_unless_told_not_to(
     assert [s for s, _ in chosen.behind] == ["alpha", "beta", "gamma"]  # plan order: by name
     assert chosen.sizes["gamma"] > chosen.sizes["beta"] > chosen.sizes["alpha"]
     assert chosen.sending_order() == ["gamma", "beta", "alpha"]
+    with engine.begin() as connection:  # the app knows better: a hint wins over the catalog
+        connection.execute(
+            sa.text("UPDATE public.tenant_registry SET size_hint = 10000000000"
+                    " WHERE schema_name = 'alpha'")
+        )  # fmt: skip
+    hinted = producer.plan(manager, producer.MigrateOptions(revision=R3))
+    assert hinted.sizes["alpha"] == 10_000_000_000
+    assert hinted.sending_order() == ["alpha", "gamma", "beta"]
     monkeypatch.setenv("TENANTFLEET_SCHEDULE_BY_SIZE", "false")
     unordered = producer.plan(MigrationManager(), producer.MigrateOptions(revision=R3))
     assert unordered.sizes == {}

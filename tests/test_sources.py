@@ -61,6 +61,28 @@ def test_the_apps_query_is_read_only_and_its_rows_are_validated(engine: Engine) 
         assert connection.execute(sa.text("SELECT count(*) FROM public.accounts")).scalar() == 3
 
 
+def test_the_apps_query_may_give_each_tenant_a_size_hint(engine: Engine) -> None:
+    """A ``size_hint`` column: bytes (NULL: none, a fraction rounded); anything else, or a
+    negative number, is refused with the rows named."""
+    query = (
+        "SELECT * FROM (VALUES ('h1', 5000::bigint), ('h2', NULL), ('h3', 12.6))"
+        " AS t (schema_name, size_hint)"
+    )
+    with engine.connect() as connection:
+        found = tenants.select(connection, settings(tenants="query", tenants_query=query))
+        assert [(p.schema, p.size_hint) for p in found] == [
+            ("h1", 5000),
+            ("h2", None),
+            ("h3", 13),
+        ]
+        for wrong in ("'big'", "-1", "'NaN'::float"):
+            bad = settings(
+                tenants="query", tenants_query=f"SELECT 'h1' AS schema_name, {wrong} AS size_hint"
+            )
+            with pytest.raises(ConfigError, match="invalid schema names, database keys or size"):
+                tenants.select(connection, bad)
+
+
 def test_plain_alembic_on_an_environment_written_by_init(
     tmp_path: Path, database_url: str, engine: Engine
 ) -> None:
