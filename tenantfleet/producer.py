@@ -141,7 +141,8 @@ def plan(manager: MigrationManager, options: MigrateOptions, *, dry_run: bool = 
     script = alembic_runtime.tenant_script()
     target = validate(options)
     with db.connect(manager.engine) as connection:
-        if not dry_run or manager.settings.tenants == "registry":  # a dry run reads no more
+        # a run writes the public tables; a dry run reads the registry's columns, if at all
+        if not dry_run or manager.settings.tenants == "registry":
             manager.require_public(connection)
         placed = select(manager, connection, options)
         # sending is likely unless the registry says every tenant is at the target already
