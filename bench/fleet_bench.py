@@ -37,6 +37,7 @@ import psycopg2
 import sqlalchemy as sa
 
 from tenantfleet import config, db, fleet_setup, processes, runs
+from tenantfleet.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fresh_cluster  # noqa: E402
@@ -408,7 +409,9 @@ class Bench:
         self.log.write_text("")
         self._worker: subprocess.Popen[bytes] | None = None
         self.postgres_pid = groups.postmaster_pid(config.database_url(settings))
-        self.redis_pid = groups.redis_pid(redis_client(config.broker_url(settings)))
+        # the chord's Redis: the broker's unless a RabbitMQ broker has a Redis result backend
+        self.backend = config.result_backend(settings)
+        self.redis_pid = groups.redis_pid(redis_client(self.backend))
         self.split = list(split)
         self.split_names = [f"{database}_split"] + [
             f"{database}_split_s{i}" for i in range(1, len(self.split))
@@ -531,7 +534,7 @@ class Bench:
             return control_ceiling(self.url, schemas, self.workers)
         if name == "fleet":
             self.start_workers()
-            client = redis_client(config.broker_url(self.settings))
+            client = redis_client(self.backend)
             before = command_counts(client)
             began = time.time()
             assert self._worker is not None
@@ -760,6 +763,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return measure(args)
 
 
+def refusal(settings: config.Settings, enqueue: bool) -> str | None:
+    """Why the bench cannot run with these brokers, if it cannot: it counts the chord's commands
+    in the result backend's Redis (a RabbitMQ broker needs one), and ``--enqueue`` weighs the
+    queue in the broker's Redis."""
+    try:
+        backend = config.result_backend(settings)
+    except ConfigError as exc:
+        return str(exc)
+    if not config.is_redis(backend):
+        return "the bench counts the chord's commands in Redis: set TENANTFLEET_RESULT_BACKEND"
+    if enqueue and not config.is_redis(config.broker_url(settings)):
+        return "--enqueue weighs the queue in Redis's memory: it needs a Redis broker"
+    return None
+
+
 def measure(args: argparse.Namespace) -> int:
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.json else print
 
@@ -767,19 +785,29 @@ def measure(args: argparse.Namespace) -> int:
     contenders = [c for c in (args.contenders or "sequential,fleet,floor").split(",") if c]
     caps = {key: int(n) for key, _, n in (c.partition("=") for c in args.cap)}
     split = [int(share) for share in args.split.split(",")]
-    bench = Bench(
-        config.load_settings(), args.database, args.workers, say, split, caps, args.statements
-    )
+    settings = config.load_settings()
+    refused = refusal(settings, args.enqueue)
+    if refused:
+        print(f"fleet_bench: {refused}", file=sys.stderr)
+        return 2
+    bench = Bench(settings, args.database, args.workers, say, split, caps, args.statements)
+    broker = config.broker_url(settings).partition("://")[0]  # redis, redis+socket, amqp
+    say(f"broker: {broker}")
     if args.workload == "W2":
         try:
-            found = {"workload": "W2", "tenants": args.tenants, "workers": args.workers}
+            found = {
+                "workload": "W2",
+                "tenants": args.tenants,
+                "workers": args.workers,
+                "broker": broker,
+            }
             found["w2"] = bench.measure_w2(args.tenants, args.repeat, args.reuse)
         finally:
             bench.stop_workers()
         print(json.dumps(found, indent=2) if args.json else render_w2(found))
         return 0
     schemas = bench.build(args.tenants, args.reuse, contenders)
-    result: dict[str, Any] = {"tenants": args.tenants, "workers": args.workers}
+    result: dict[str, Any] = {"tenants": args.tenants, "workers": args.workers, "broker": broker}
     if "split" in contenders:
         result["split_layout"] = {"shares": split, "caps": caps}
     try:

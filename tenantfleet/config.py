@@ -448,13 +448,20 @@ def broker_url(settings: Settings) -> str:
     return embedded.redis_url(settings.state_dir)
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+
+
+def is_redis(url: str) -> bool:
+    return url.startswith(REDIS_SCHEMES)
+
+
 def result_backend(settings: Settings) -> str:
     """The result backend (it holds the chord's state); the broker's Redis unless set apart.
     Another broker (RabbitMQ: ``amqp://``) needs one named: Redis or a database."""
     if settings.result_backend:
         return settings.result_backend
     broker = broker_url(settings)
-    if not broker.startswith(("redis://", "rediss://", "redis+socket://")):
+    if not is_redis(broker):
         raise ConfigError(
             "with a broker that is not Redis, set result_backend (e.g. redis://host:6379/1 or"
             " db+postgresql://...): it holds the chord's state"

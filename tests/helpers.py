@@ -69,6 +69,38 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 1
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_bench(
+    pg_admin_url: str,
+    repo_root: Path,
+    tmp_path: Path,
+    template: str,
+    *argv: str,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``bench/fleet_bench.py ARGV`` (``env`` added to the environment) in a database of its
+    own, dropped afterwards with its ``template`` (``w1`` or ``w2``)."""
+    database = f"tf_bench_{uuid.uuid4().hex[:8]}"
+    environment = {
+        **os.environ,
+        "TENANTFLEET_DATABASE_URL": pg_admin_url,
+        "TENANTFLEET_STATE_DIR": str(tmp_path),
+        **(env or {}),
+    }
+    try:
+        return subprocess.run(
+            [sys.executable, "bench/fleet_bench.py", *argv, "--database", database],
+            cwd=repo_root,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        for name in (database, f"{database}_{template}"):  # the copy and the template
+            url = sa.engine.make_url(pg_admin_url).set(database=name)
+            drop_database(pg_admin_url, url.render_as_string(hide_password=False))
+
+
 def snapshot(engine: Engine, schemas: Iterable[str]) -> set[tuple[str, ...]]:
     """Tables, columns, indexes and constraints of ``schemas``, as the catalog shows them."""
     wanted = list(schemas)

@@ -174,3 +174,30 @@ def test_a_fleet_on_rabbitmq_fails_alone_survives_a_killed_worker_and_a_lost_que
 def _has_run(amqp: Amqp, run_id: int) -> bool:
     with amqp.engine.connect() as connection:
         return any(r.id == run_id for r in runs.list_runs(connection, 5))
+
+
+def test_the_benchmark_runs_on_rabbitmq_and_counts_the_chords_redis(
+    vhost: str, pg_admin_url: str, redis_url: str, repo_root: Path, tmp_path: Path
+) -> None:
+    """``bench/fleet_bench.py`` with a RabbitMQ broker: the fleet and the floor run; the Redis it
+    counts is the result backend's (the chord's commands, no queue's); ``--enqueue``, which
+    weighs a queue in Redis, is refused in one line."""
+    env = {
+        "TENANTFLEET_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "TENANTFLEET_RESULT_BACKEND": redis_url,
+    }
+    argv = ["--tenants", "20", "--repeat", "1", "--contenders", "fleet,floor", "--json"]
+    result = helpers.run_bench(pg_admin_url, repo_root, tmp_path, "w1", *argv, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["broker"] == "amqp"
+    assert report["ratios"]["fleet_over_floor"] > 0
+    counted = report["fleet"]["footprint"]["redis_top_commands_per_tenant"]
+    assert "evalsha" in counted and "brpop" not in counted, counted
+    refused = helpers.run_bench(
+        pg_admin_url, repo_root, tmp_path, "w1", "--tenants", "20", "--enqueue", env=env
+    )
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "fleet_bench: --enqueue weighs the queue in Redis's memory: it needs a Redis broker"
+    ]

@@ -4,48 +4,21 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from tests import helpers
-
-
-def run_bench(
-    pg_admin_url: str, repo_root: Path, tmp_path: Path, template: str, *argv: str
-) -> subprocess.CompletedProcess[str]:
-    """``bench/fleet_bench.py ARGV`` in a database of its own, dropped afterwards with its
-    ``template`` (``w1`` or ``w2``)."""
-    database = f"tf_bench_{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "TENANTFLEET_DATABASE_URL": pg_admin_url,
-        "TENANTFLEET_STATE_DIR": str(tmp_path),
-    }
-    try:
-        return subprocess.run(
-            [sys.executable, "bench/fleet_bench.py", *argv, "--database", database],
-            cwd=repo_root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    finally:
-        for name in (database, f"{database}_{template}"):  # the copy and the template
-            url = sa.engine.make_url(pg_admin_url).set(database=name)
-            helpers.drop_database(pg_admin_url, url.render_as_string(hide_password=False))
 
 
 def test_the_benchmark_runs_and_reports_every_contender(
     pg_admin_url: str, repo_root: Path, tmp_path: Path
 ) -> None:
     argv = ["--tenants", "20", "--workers", "2", "--repeat", "1", "--json", "--noop"]
-    result = run_bench(pg_admin_url, repo_root, tmp_path, "w1", *argv)
+    result = helpers.run_bench(pg_admin_url, repo_root, tmp_path, "w1", *argv)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
+    assert report["broker"] in ("redis", "redis+socket")
     for name in ("sequential", "fleet", "floor"):
         assert report[name]["seconds"] > 0 and report[name]["tenants_per_s"] > 0
     assert set(report["ratios"]) == {"fleet_over_floor", "sequential_over_fleet"}
@@ -58,7 +31,7 @@ def test_the_w2_benchmark_reports_the_schedules_ratios(
     """``--workload W2 --json``: the ratios the issue names, and per fleet run its makespan,
     lower bound and the gaps between tenants, with every tenant of the run counted."""
     argv = ["--workload", "W2", "--tenants", "20", "--repeat", "1", "--json"]
-    result = run_bench(pg_admin_url, repo_root, tmp_path, "w2", *argv)
+    result = helpers.run_bench(pg_admin_url, repo_root, tmp_path, "w2", *argv)
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout)["w2"]
     for key in ("makespan_over_lb", "unordered_makespan_over_lb", "fleet_over_floor"):
