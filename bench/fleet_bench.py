@@ -36,7 +36,7 @@ from typing import Any
 import psycopg2
 import sqlalchemy as sa
 
-from tenantfleet import config, db, fleet_setup, processes, runs
+from tenantfleet import config, db, fleet_setup, processes, queues, runs
 from tenantfleet.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,6 +83,25 @@ def recreate_database(settings: config.Settings, name: str, template: str | None
         connection.execute(sa.text(f"CREATE DATABASE {quote(name)}{copy}"))
     admin.dispose()
     return bench_url(settings, name)
+
+
+DELETE_QUEUES = """
+import sys
+from tenantfleet.workers import app
+with app.connection_for_write() as connection:
+    for name in sys.argv[1:]:
+        connection.default_channel.queue_delete(name)
+        connection.default_channel.exchange_delete(name)  # the producer's, named after it
+"""
+
+
+def queue_names(url: str) -> tuple[str, ...]:
+    """The broker queues of the database at ``url``."""
+    engine = db.make_engine(url)
+    with engine.connect() as connection:
+        names = queues.of_database(connection).names
+    engine.dispose()
+    return names
 
 
 def registered(url: str) -> int:
@@ -408,6 +427,7 @@ class Bench:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.write_text("")
         self._worker: subprocess.Popen[bytes] | None = None
+        self.copies_queues: set[str] = set()  # the broker's queues of every copy made
         self.postgres_pid = groups.postmaster_pid(config.database_url(settings))
         # the chord's Redis: the broker's unless a RabbitMQ broker has a Redis result backend
         self.backend = config.result_backend(settings)
@@ -469,7 +489,8 @@ class Bench:
         differ by up to 40 %)."""
         self.stop_workers()
         for name in self.split_names if split else [self.database]:
-            recreate_database(self.settings, name, template=f"{name}_{workload}")
+            copy = recreate_database(self.settings, name, template=f"{name}_{workload}")
+            self.copies_queues.update(queue_names(copy))
         admin = db.make_engine(config.database_url(self.settings), isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.exec_driver_sql("CHECKPOINT")
@@ -515,6 +536,22 @@ class Bench:
         if self._worker is not None:
             processes.stop(self._worker)
             self._worker = None
+
+    def close(self) -> None:
+        """Stop the workers; delete the copies' queues and their exchanges from the broker. Every
+        copy is a database with queues of its own (``queues.py``), which RabbitMQ would keep,
+        empty and durable, after the copy is dropped (a Redis list goes when it is empty; Kombu
+        leaves its small binding sets, as for any database a worker ever consumed). In a child:
+        Celery imported here would make the floor's fork pools hang."""
+        self.stop_workers()
+        if self.copies_queues:
+            subprocess.run(
+                [sys.executable, "-c", DELETE_QUEUES, *sorted(self.copies_queues)],
+                env=self.env,
+                check=True,
+                timeout=120,
+            )
+            self.copies_queues.clear()
 
     def run_contender(self, name: str, schemas: list[str]) -> float:
         self.last_statements = {}
@@ -803,7 +840,7 @@ def measure(args: argparse.Namespace) -> int:
             }
             found["w2"] = bench.measure_w2(args.tenants, args.repeat, args.reuse)
         finally:
-            bench.stop_workers()
+            bench.close()
         print(json.dumps(found, indent=2) if args.json else render_w2(found))
         return 0
     schemas = bench.build(args.tenants, args.reuse, contenders)
@@ -818,7 +855,7 @@ def measure(args: argparse.Namespace) -> int:
         if args.enqueue:
             result["enqueue"] = bench.measure_enqueue(args.tenants)
     finally:
-        bench.stop_workers()
+        bench.close()
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -180,8 +180,9 @@ def test_the_benchmark_runs_on_rabbitmq_and_counts_the_chords_redis(
     vhost: str, pg_admin_url: str, redis_url: str, repo_root: Path, tmp_path: Path
 ) -> None:
     """``bench/fleet_bench.py`` with a RabbitMQ broker: the fleet and the floor run; the Redis it
-    counts is the result backend's (the chord's commands, no queue's); ``--enqueue``, which
-    weighs a queue in Redis, is refused in one line."""
+    counts is the result backend's (the chord's commands, no queue's); the queues of the copies
+    it dropped and their exchanges are gone from the broker (the workers' default exchange
+    stays); ``--enqueue``, which weighs a queue in Redis, is refused in one line."""
     env = {
         "TENANTFLEET_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
         "TENANTFLEET_RESULT_BACKEND": redis_url,
@@ -194,6 +195,11 @@ def test_the_benchmark_runs_on_rabbitmq_and_counts_the_chords_redis(
     assert report["ratios"]["fleet_over_floor"] > 0
     counted = report["fleet"]["footprint"]["redis_top_commands_per_tenant"]
     assert "evalsha" in counted and "brpop" not in counted, counted
+    left = [
+        *rabbitmqctl("list_queues", "-p", vhost, "name").split(),
+        *rabbitmqctl("list_exchanges", "-p", vhost, "name").split(),
+    ]
+    assert [n for n in left if n.startswith("tenantfleet.")] == ["tenantfleet.unrouted"], left
     refused = helpers.run_bench(
         pg_admin_url, repo_root, tmp_path, "w1", "--tenants", "20", "--enqueue", env=env
     )
