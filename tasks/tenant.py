@@ -18,7 +18,6 @@ else two or three; a few more for a tenant of another database):
 import dataclasses
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from tenantfleet import (
     stepwise,
     tracing,
 )
+from tenantfleet import retries as retries_policy
 from tenantfleet.workers import app, resources
 
 logger = logging.getLogger(__name__)
@@ -63,13 +63,6 @@ class UnknownRunTenant(Exception):
     """The task names a run and tenant this worker's database has never heard of."""
 
 
-def backoff_seconds(retries: int) -> float:
-    """Exponential backoff with full jitter around the nominal delay."""
-    cfg = resources.settings()
-    nominal = min(cfg.retry_backoff_max, cfg.retry_backoff * (2**retries))
-    return nominal * random.uniform(0.5, 1.5)
-
-
 # ignore_result: the outcome lives in PostgreSQL and the chord counts parts without stored
 # results, so the worker skips two Redis round trips per tenant and the producer a subscription.
 @app.task(name="tenantfleet.migrate_tenant", bind=True, max_retries=None, ignore_result=True)
@@ -78,12 +71,15 @@ def migrate_tenant(
     run_id: int,
     tenant: str,
     target: str,
+    planned: str | None = None,
     max_failures: int | None = None,
     run_uid: str | None = None,
     trace: tracing.Carrier | None = None,
 ) -> str:
-    """Bring ``tenant`` (its label: ``schema``, or ``KEY/schema`` in another database) to
-    ``target`` for run ``run_id`` (``run_uid``); returns the tenant's status. With
+    """Bring ``tenant`` (its label: ``schema``, or ``KEY/schema`` in another database) from
+    ``planned``, the revision the plan saw it at (``base``: none), to ``target`` for run
+    ``run_id`` (``run_uid``); returns the tenant's status. A schema found elsewhere is not
+    touched: the tenant is recorded ``skipped`` with where it is. With
     ``max_failures``, a tenant whose run already has that many failures is skipped. ``trace``:
     the run span's context, when tracing is on (``tenantfleet.tracing``).
 
@@ -94,7 +90,7 @@ def migrate_tenant(
     placed = databases.parse_label(tenant)
     if run_uid is None:
         raise UnknownRunTenant(f"{tenant}: the message of run {run_id} carries no run uid")
-    task = runs.TenantTask(run_id, run_uid, placed.schema, target, placed.database)
+    task = runs.TenantTask(run_id, run_uid, placed.schema, target, placed.database, planned)
     worker = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
     if not alembic_runtime.knows_revision(target):
         _hand_back(task, worker, f"knows revision {target}")
@@ -272,7 +268,13 @@ def _record_drained_error(
     _ended_in_error(task, seen, "retrying", started, error, marked, ", taken while waiting")
     if db.is_unreachable(error):
         _record(lambda c: runs.note_unreachable(c, task, error))
-    _send_again(task, max_failures, seen, countdown=backoff_seconds(0), retries=1)
+    _send_again(
+        task,
+        max_failures,
+        seen,
+        countdown=retries_policy.backoff_seconds(resources.settings(), 0),
+        retries=1,
+    )
     return db.is_unreachable(error)
 
 
@@ -315,7 +317,7 @@ def _send_again(
     if seen.trace:
         extra["trace"] = seen.trace
     migrate_tenant.apply_async(
-        (task.run_id, task.label, task.target),
+        (task.run_id, task.label, task.target, task.planned),
         extra,
         queue=resources.queues().tenants,
         countdown=countdown,
@@ -353,10 +355,18 @@ def _migrate(task: runs.TenantTask, worker: str, max_failures: int | None) -> st
         if max_failures and runs.mark_skipped_if_budget_spent(connection, task, max_failures):
             attempt.end(connection, commit=True)
             return "skipped"
+        if found.moved(task):
+            _skip_moved(task, runs.mark_moved(connection, task, found.from_revision))
+            attempt.end(connection, commit=True)
+            return "skipped"
         if alembic_runtime.commits_part_way(found.from_revision, task.target):
             connection.exec_driver_sql("ROLLBACK")  # the slot stays; stepwise locks again
             return _in_steps(
-                task, started, lambda frm, ms: attempt.mark_done(connection, task, frm, ms)
+                task,
+                started,
+                found,
+                lambda ms: attempt.mark_done(connection, task, found.planned, ms),
+                lambda: attempt.end(connection, commit=False),
             )
         elapsed_ms = _ms_since(started)
         if not attempt.apply(connection, found, task, elapsed_ms):
@@ -400,10 +410,18 @@ def _migrate_elsewhere(
             if max_failures and runs.mark_skipped_if_budget_spent(control, task, max_failures):
                 attempt.remote_end(pair, task, commit=True)
                 return "skipped"
+            if found.moved(task):
+                _skip_moved(task, runs.mark_moved(control, task, found.from_revision))
+                attempt.remote_end(pair, task, commit=True)
+                return "skipped"
             if alembic_runtime.commits_part_way(found.from_revision, task.target):
                 tenant.exec_driver_sql("ROLLBACK")  # slot and mark lock stay in the control one
                 return _in_steps(
-                    task, started, lambda frm, ms: attempt.remote_mark_done(pair, task, frm, ms)
+                    task,
+                    started,
+                    found,
+                    lambda ms: attempt.remote_mark_done(pair, task, found.planned, ms),
+                    lambda: attempt.remote_end(pair, task, commit=False),
                 )
             elapsed_ms = _ms_since(started)
             if not attempt.remote_apply(pair, found, task, elapsed_ms):
@@ -412,14 +430,27 @@ def _migrate_elsewhere(
 
 
 def _in_steps(
-    task: runs.TenantTask, started: float, mark: Callable[[str | None, int], bool]
+    task: runs.TenantTask,
+    started: float,
+    found: attempt.Started,
+    mark: Callable[[int], bool],
+    release: Callable[[], None],
 ) -> str:
-    """A span that commits part way (``tenantfleet.stepwise``), then ``mark`` (from revision,
-    elapsed ms): the tenant's status. On failure the revision it reached is noted and the error
-    raised (recorded failed, or retried, as any other)."""
+    """A span that commits part way (``tenantfleet.stepwise``), then ``mark`` (elapsed ms): the
+    tenant's status. On failure the revision it reached is noted and the error raised (recorded
+    failed, or retried, as any other). A schema moved off the span between the check and the
+    span's own lock is left as it is, the tenant skipped (``release`` gives back the slot)."""
     outcome = stepwise.run(
-        resources.steps_engine(task.database), task.schema, task.target, resources.settings()
+        resources.steps_engine(task.database),
+        task.schema,
+        task.target,
+        resources.settings(),
+        alembic_runtime.on_the_way(found.planned, task.target),
     )
+    if outcome.moved:
+        _skip_moved(task, _record(lambda c: runs.mark_moved(c, task, outcome.from_revision)))
+        release()
+        return "skipped"
     if outcome.dropped:
         logger.warning(
             "%s: dropped invalid indexes a failed concurrent build left: %s",
@@ -429,7 +460,11 @@ def _in_steps(
     if outcome.error is not None:
         _record(lambda c: runs.note_reached(c, task, outcome.reached))
         raise outcome.error
-    return "succeeded" if mark(outcome.from_revision, _ms_since(started)) else "duplicate"
+    return "succeeded" if mark(_ms_since(started)) else "duplicate"
+
+
+def _skip_moved(task: runs.TenantTask, reason: str | None) -> None:
+    logger.warning("%s (run %s): %s", task.label, task.run_id, reason or "moved since the plan")
 
 
 def _check(found: attempt.Started, task: runs.TenantTask, max_attempts: int) -> str | None:
@@ -483,7 +518,11 @@ def _fail_or_retry(
     ):
         marked = _record(lambda c: runs.mark_retrying(c, task, exc))
         _ended_in_error(task, seen, "retrying", started, exc, marked)
-        return celery_task.retry(exc=exc, countdown=backoff_seconds(retries), throw=False)
+        return celery_task.retry(
+            exc=exc,
+            countdown=retries_policy.backoff_seconds(resources.settings(), retries),
+            throw=False,
+        )
     marked = _record(lambda c: runs.mark_failed(c, task, exc, _ms_since(started)))
     _ended_in_error(task, seen, "failed", started, exc, marked)
     error_class, _ = db.describe_error(exc)

@@ -178,22 +178,41 @@ def goes_down(current: str | None, destination: str | None) -> bool:
 AUTOCOMMIT_MARKER = "autocommit_block"
 
 
+def _span(current: str | None, target: str) -> tuple[list[Any], str | None] | None:
+    """The revisions between ``current`` and ``target`` (either way), and the lower end; None
+    for a branched or unknown ``current`` (Alembic online decides)."""
+    if goes_down(current, target):
+        upper, lower = current, None if target == BASE else target
+    else:
+        upper, lower = target, current
+    try:
+        return list(tenant_script().iterate_revisions(upper, lower or "base")), lower
+    except RevisionError:
+        return None
+
+
 @cache
 def commits_part_way(current: str | None, target: str) -> bool:
     """Whether a revision between ``current`` and ``target`` (either way) uses
     ``autocommit_block()``: its span cannot be the tenant's one transaction."""
     if current == target:
         return False
-    script = tenant_script()
-    if goes_down(current, target):
-        upper, lower = current, None if target == BASE else target
-    else:
-        upper, lower = target, current
-    try:
-        span = list(script.iterate_revisions(upper, lower or "base"))
-    except RevisionError:  # a branched or unknown current: Alembic online decides
+    found = _span(current, target)
+    if found is None:
         return False
+    span, lower = found
     return any(r.revision != lower and AUTOCOMMIT_MARKER in _source(r.path) for r in span)
+
+
+@cache
+def on_the_way(current: str | None, target: str) -> frozenset[str | None]:
+    """Every revision a span from ``current`` to ``target`` that commits part way may have
+    stopped at, both ends included (where an earlier attempt of the same span left it)."""
+    found = _span(current, target) if current != target else None
+    revisions: set[str | None] = {current, None if target == BASE else target}
+    if found is not None:
+        revisions.update(r.revision for r in found[0])
+    return frozenset(revisions)
 
 
 @cache

@@ -4,17 +4,18 @@ On a busy machine the fleet waited on round trips more than on PostgreSQL's work
 took seven at first (the raw-SQL floor of the benchmark takes four). The worker's connection is
 in autocommit mode at the driver level, so BEGIN and COMMIT travel inside other statements.
 
-``at_once``, the common case: most tenants of a run start from the same revision, so a process
-guesses the revision the last tenant it migrated to the same target started from, and sends
-everything in one string: the ``running`` mark, committed at once (progress, without waiting for
-the WAL flush); BEGIN; confine the session to the schema and take its lock; check, under the
-lock, that the schema is at the guessed revision and the tenant still pending; the upgrade's SQL
-(rendered once per process); the success mark; COMMIT. When the check fails it raises
-(``runs.NOT_PENDING``, or an undefined table without a version table): the transaction aborts
-before the upgrade, and the attempt goes the long way, with its running mark already in:
+``at_once``, the common case: the task's message carries the revision the plan saw the schema
+at, and the attempt sends everything in one string: the ``running`` mark, committed at once
+(progress, without waiting for the WAL flush); BEGIN; confine the session to the schema and take
+its lock; check, under the lock, that the schema is at that revision and the tenant still
+pending; the upgrade's SQL (rendered once per process); the success mark; COMMIT. When the check
+fails it raises (``runs.NOT_PENDING``, or an undefined table without a version table): the
+transaction aborts before the upgrade, and the attempt goes the long way, with its running mark
+already in:
 
 1. ``begin``: the running mark (unless ``at_once`` committed it), BEGIN, confine, lock, and read,
-   under the lock, the tenant's run row and the schema's version rows;
+   under the lock, the tenant's run row and the schema's version rows; a schema that is no
+   longer where the plan saw it (``Started.moved``) is left untouched and the tenant skipped;
 2. ``apply``: the upgrade's SQL (or Alembic online when it cannot be replayed), the success mark
    and COMMIT; the mark raises when something else finished the tenant meanwhile, which aborts
    the transaction before the COMMIT, and it is then rolled back.
@@ -43,7 +44,7 @@ UNDEFINED_TABLE = "42P01"
 def _read_under_lock(versions: str) -> str:
     """The run row (one row, NULLs when the run has no such tenant) with the version rows."""
     return (
-        f"SELECT r.attempts, r.status, {versions} FROM (SELECT 1) AS one"
+        f"SELECT r.attempts, r.status, r.from_revision, {versions} FROM (SELECT 1) AS one"
         f" LEFT JOIN ({runs.TENANT_ROW_SQL}) AS r ON true"
     )
 
@@ -69,7 +70,7 @@ _RESTART_WITHOUT_VERSION_TABLE_SQL = sa.text(f"ROLLBACK; {_LOCK}; " + _read_unde
 _AS_GUESSED = _driver(
     f"{_MARK_RUNNING}; {_LOCK}; SELECT public.tenantfleet_expect("
     f"{alembic_runtime.AT_REVISION_SQL} AND {runs.STILL_PENDING_SQL},"
-    " 'the schema is not at the guessed revision, or the tenant is no longer pending')"
+    " 'the schema is not where the plan saw it, or the tenant is no longer pending')"
 )
 _MARK_AND_COMMIT = _driver(
     f"{runs.MARK_SUCCEEDED_SQL};\nCOMMIT; {locks.FREE_SLOT_SQL}; {runs.ANY_WAITING_SQL}"
@@ -114,16 +115,12 @@ def _note_waiting(seen: Any) -> None:
         _from_of_last = None
 
 
-_last_from_revision: dict[str, str] = {}
-"""Per target, the revision the last tenant this process migrated to it started from."""
-
-
 class Quick(Enum):
     """How ``at_once`` went."""
 
     DONE = "migrated and recorded"
-    MISSED = "the guess did not hold: the running mark is committed, the rest rolled back"
-    NOT_TRIED = "nothing to guess from, or a span that cannot be replayed: nothing sent"
+    MISSED = "the check did not hold: the running mark is committed, the rest rolled back"
+    NOT_TRIED = "no planned revision in the message, or a span that cannot be replayed"
 
 
 @dataclass(frozen=True)
@@ -135,6 +132,8 @@ class Started:
     status: str | None
     versions: list[str] | None
     """The schema's version rows; None when it has no version table."""
+    planned: str | None = None
+    """The revision the plan saw the schema at (the run row's ``from_revision``)."""
 
     @property
     def pending(self) -> bool:
@@ -142,7 +141,23 @@ class Started:
 
     @property
     def from_revision(self) -> str | None:
+        """Where the schema is now."""
         return alembic_runtime.current_revision(self.versions)
+
+    def moved(self, task: runs.TenantTask) -> bool:
+        """Whether the schema is no longer where the plan saw it, so the attempt must touch
+        nothing. Elsewhere is this run's own work only where an earlier attempt of it may have
+        committed the schema without its mark: a tenant of another database at the target (its
+        schema commits before the control database's mark), or a span that commits part way
+        anywhere on its way; otherwise the schema and the mark commit together."""
+        now = self.from_revision
+        if now == self.planned:
+            return False
+        if (self.attempts or 0) <= 1:
+            return True
+        if alembic_runtime.commits_part_way(self.planned, task.target):
+            return now not in alembic_runtime.on_the_way(self.planned, task.target)
+        return not (now == task.target and task.database is not None)
 
 
 @contextmanager
@@ -167,16 +182,11 @@ def _begin_params(task: runs.TenantTask, worker: str, settings: Settings) -> dic
     }
 
 
-def _remember(started: Started, task: runs.TenantTask) -> None:
-    """After a success the long way: the revision it started from is the next tenant's guess."""
-    if started.versions is not None and len(started.versions) == 1:
-        _last_from_revision[task.target] = started.versions[0]
-
-
 def _guessed(task: runs.TenantTask) -> tuple[str, str] | None:
-    """(the revision the last tenant this process migrated to the same target started from,
-    the span's SQL from there), when there is one and the span can be replayed."""
-    guess = _last_from_revision.get(task.target)
+    """(the revision the plan saw the schema at, as the message says, the span's SQL from
+    there), when the message says it, the schema had a revision and the span can be
+    replayed."""
+    guess = task.planned_revision
     sql = alembic_runtime.replayable_sql(guess, task.target) if guess else None
     return (guess, sql) if guess and sql else None
 
@@ -226,15 +236,15 @@ def begin(
     versions: list[str] | None
     try:
         rows = connection.execute(_RESTART_SQL if marked else _BEGIN_SQL, params).all()
-        versions = [version for _, _, version in rows if version is not None]
+        versions = [version for *_, version in rows if version is not None]
     except ProgrammingError as exc:
         if db.sqlstate(exc) != UNDEFINED_TABLE:
             raise
         # no version table (a new tenant): the running mark is committed, the rest rolled back
         rows = connection.execute(_RESTART_WITHOUT_VERSION_TABLE_SQL, params).all()
         versions = None
-    attempts, status, _ = rows[0]
-    return Started(attempts, status, versions)
+    attempts, status, planned, _ = rows[0]
+    return Started(attempts, status, versions, planned)
 
 
 def apply(connection: Connection, started: Started, task: runs.TenantTask, elapsed_ms: int) -> bool:
@@ -250,10 +260,7 @@ def apply(connection: Connection, started: Started, task: runs.TenantTask, elaps
     if sql is None:
         alembic_runtime.migrate_online(connection, task.schema, task.target)
     statements = [replay.driver_sql(sql)] if sql else []
-    if not _then_mark(connection, ";\n".join([*statements, _MARK_AND_COMMIT]), params):
-        return False
-    _remember(started, task)
-    return True
+    return _then_mark(connection, ";\n".join([*statements, _MARK_AND_COMMIT]), params)
 
 
 def _then_mark(connection: Connection, sql: str, params: dict[str, Any]) -> bool:
@@ -447,7 +454,7 @@ def remote_begin(
             raise
         pair.tenant.execute(_REMOTE_LOCK_WITHOUT_VERSION_TABLE, confine)
         versions = None
-    return Started(row.attempts, row.status, versions)
+    return Started(row.attempts, row.status, versions, row.from_revision)
 
 
 def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms: int) -> bool:
@@ -464,7 +471,6 @@ def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms
         return False
     pair.tenant.exec_driver_sql("COMMIT")
     _finish_remote(pair, task, elapsed_ms)
-    _remember(started, task)
     return True
 
 

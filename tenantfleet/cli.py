@@ -35,6 +35,7 @@ from tenantfleet import (
     report,
     runs,
     scaffold,
+    states,
 )
 from tenantfleet.errors import (
     EXIT_INTERRUPTED,
@@ -309,7 +310,7 @@ def _follow(
 
 
 def _run_exit_code(status: str) -> int:
-    return EXIT_OK if status in ("succeeded", "nothing_to_do") else EXIT_TENANT_FAILURES
+    return EXIT_OK if status in states.RUN_OK else EXIT_TENANT_FAILURES
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -379,7 +380,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_continue(args: argparse.Namespace) -> int:
     manager = MigrationManager()
-    wave = producer.continue_run(manager, args.run_id, _say, _watch(manager, None))
+    wave = producer.continue_run(manager, args.run_id, _say, _watch(manager, args.timeout))
     message = f"run {args.run_id}: goes on after wave {wave}"
     if args.json:
         _print_json({"run_id": args.run_id, "continued_after_wave": wave, "message": message})
@@ -401,6 +402,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         report["attempts"] = producer.attempts(manager, run_id, args.tenant)
     if state is not None:
         report["alive"] = state.alive
+        report["held"] = state.held
         report["idle_seconds"] = round(state.idle_seconds, 1)
         queues = producer.queues_of(manager)
         ours, reason = follow.waiting_for(producer.app(), queues, report["target_revision"])
@@ -780,6 +782,12 @@ def build_parser() -> argparse.ArgumentParser:
         "let a run held between waves (--wave-hold) start its next wave",
     )
     go_on.add_argument("run_id", type=int)
+    go_on.add_argument(
+        "--timeout",
+        type=SECONDS,
+        metavar="SECONDS",
+        help="when this command sends the next wave (the run's producer is gone), exit 3 after",
+    )
     cancel.add_argument("--reason", help="recorded on each cancelled tenant (default: who, where)")
     status = _command(commands, "status", cmd_status, "a run: counts, failures, slowest tenants")
     status.add_argument("run_id", type=int, nargs="?", help="default: the latest run")

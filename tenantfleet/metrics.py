@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantfleet import databases, runs
+from tenantfleet import databases, runs, states
 from tenantfleet.config import Settings
 from tenantfleet.errors import UsageError
 
@@ -201,7 +201,7 @@ def _latest_run(connection: Connection, run_id: int, blocked: Blocked) -> list[S
     states = [
         ({"state": state, "database": databases.shown(database)}, float(getattr(found, state)))
         for database, found in by_database.items()
-        for state in runs.STATES
+        for state in states.TENANT_STATES
     ]
     open_ = run.finished_at is None
     samples = [

@@ -85,7 +85,8 @@ migration_runs = sa.Table(
     # The last wave after which an operator let the run go on (`tenantfleet continue`).
     sa.Column("continued_wave", sa.Integer),
     sa.CheckConstraint(
-        "status IN ('running', 'succeeded', 'partial', 'failed', 'nothing_to_do', 'cancelled')",
+        "status IN ('running', 'succeeded', 'partial', 'failed', 'nothing_to_do', 'cancelled',"
+        " 'held', 'skipped')",
         name="ck_migration_runs_status",
     ),
 )

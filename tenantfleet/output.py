@@ -12,7 +12,9 @@ from tenantfleet.manager import Status
 from tenantfleet.names import shorten
 from tenantfleet.producer import Plan
 from tenantfleet.registry import Tenant
-from tenantfleet.runs import STATES, Counts, Run
+from tenantfleet.runs import Counts, Run
+from tenantfleet.states import TENANT_STATES as STATES
+from tenantfleet.states import RunState, held_hint
 
 
 def status_dict(status: Status) -> dict[str, Any]:
@@ -140,7 +142,9 @@ def status_report(report: dict[str, Any]) -> str:
                 ],
             )
         )
-    if report["finished_at"] is None and "alive" in report:
+    if report["finished_at"] is None and report.get("held"):
+        lines.append(f"open, {held_hint(report['run_id'], report['wave'])} sends the next wave")
+    elif report["finished_at"] is None and "alive" in report:
         lines.append(
             f"open, {'alive' if report['alive'] else 'ABANDONED'}:"
             f" last activity {report['idle_seconds']} s ago"
@@ -215,11 +219,25 @@ def run_dict(run: Run, by_database: dict[str | None, Counts] | None = None) -> d
 
 
 def runs_table(recent: list[Run], by_database: dict[int, dict[str | None, Counts]]) -> str:
+    """Recent runs; an open run's counts are its tenants' now (the run row's are written when
+    it closes); a line under the table for each held run says how it goes on."""
     if not recent:
         return "no runs yet"
     spread = any(set(found) - {None} for found in by_database.values())
     extra = ["by database (done/total)"] if spread else []
-    return table(
+
+    def now(run: Run) -> tuple[int, int, int]:
+        if run.finished_at is not None:
+            return run.succeeded, run.failed, run.skipped
+        found = list(by_database.get(run.id, {}).values())
+        return (
+            sum(c.succeeded for c in found),
+            sum(c.failed for c in found),
+            sum(c.skipped for c in found),
+        )
+
+    held = [f"run {r.id}: {held_hint(r.id, r.wave)}" for r in recent if r.status == RunState.HELD]
+    listed = table(
         [
             "run",
             "parent",
@@ -243,15 +261,14 @@ def runs_table(recent: list[Run], by_database: dict[int, dict[str | None, Counts
                 _when(r.created_at),
                 _when(r.finished_at),
                 r.total,
-                r.succeeded,
-                r.failed,
-                r.skipped,
+                *now(r),
                 r.up_to_date,
                 *([_spread(by_database.get(r.id, {}))] if spread else []),
             ]
             for r in recent
         ],
     )
+    return "\n".join([listed, *held])
 
 
 def _spread(by_database: dict[str | None, Counts]) -> str:

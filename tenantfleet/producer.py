@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 from tenantfleet import (
@@ -28,7 +30,9 @@ from tenantfleet import (
     lint,
     locks,
     registry,
+    retries,
     runs,
+    states,
     tenants,
     tracing,
 )
@@ -46,7 +50,6 @@ from tenantfleet.names import shorten, validate_schema_name
 from tenantfleet.queues import Queues, of_database
 
 BROKER_CONNECT_TIMEOUT_S = 5.0
-RETRYABLE = ("failed", "skipped", "cancelled", *runs.PENDING)
 
 Say = Callable[[str], None]
 
@@ -371,12 +374,7 @@ def _record(
     """Write the run under the producers' lock, unless another run is active."""
     with db.begin(manager.engine) as connection:
         locks.lock_name(connection, locks.PRODUCER)
-        active = guard.active_run(connection, manager.settings.stale_run_after)
-        if active is not None:
-            raise RunActive(
-                f"run {active.run.id} is active ({active.tally.done}/{active.tally.total} done,"
-                f" target {active.run.target_revision}): wait for it, or pass --wait-for-active"
-            )
+        guard.refuse_if_active(connection, manager.settings.stale_run_after)
         return runs.create_run(
             connection,
             chosen.target,
@@ -414,18 +412,27 @@ class _Sending:
     waves: dict[str, int]
     queues: Queues
     placement: dict[str, str]
-    targets: dict[str, str]
+    moves: dict[str, tuple[str | None, str]]
 
 
 def _dispatch(
-    manager: MigrationManager, run_id: int, to_send: Sequence[str], say: Say, watch: follow.Watch
+    manager: MigrationManager,
+    run_id: int,
+    to_send: Sequence[str],
+    say: Say,
+    watch: follow.Watch,
+    *,
+    leave_at_hold: bool = False,
 ) -> int:
     """Send ``to_send`` (pending tenants of the run), wave after wave when the run has waves
     (from the wave it is at); mark the run dispatched. How many tasks were sent. A wave starts
     only when the one before ended within the failure budget (without one: all succeeded),
     after ``--wave-pause`` and, with ``--wave-hold``, ``tenantfleet continue``; when one did
     not, the tenants of the waves never started are recorded ``skipped``. Raises
-    ``StoppedFollowing`` when ``watch`` times out between waves (``resume`` goes on later)."""
+    ``StoppedFollowing`` when ``watch`` times out between waves (``resume`` goes on later).
+    ``leave_at_hold``: at a ``--wave-hold`` hold, return instead of waiting (``continue`` and
+    ``resume``, run by an operator for a producer that is gone, leave the run held in the
+    database and end)."""
     engine = manager.engine
 
     def read() -> _Sending:
@@ -436,7 +443,7 @@ def _dispatch(
                 runs.waves(connection, run_id),
                 of_database(connection),
                 runs.placement(connection, run_id),
-                runs.targets(connection, run_id) if run.options.get("rollback_of") else {},
+                runs.moves(connection, run_id),
             )
 
     def close(skip_reason: str | None) -> int:
@@ -455,13 +462,7 @@ def _dispatch(
     celery_app = app() if to_send or numbers else None
 
     def send(schemas: Sequence[str]) -> None:
-        tenants = [
-            (
-                databases.label(known.placement.get(s), s),
-                known.targets.get(s, run.target_revision),
-            )
-            for s in schemas
-        ]
+        tenants = [(databases.label(known.placement.get(s), s), *known.moves[s]) for s in schemas]
         enqueue(celery_app, known.queues, run, tenants, max_failures)
 
     # what the watch needs to tell why tenants wait, for the waves and for --wait after
@@ -491,7 +492,10 @@ def _dispatch(
             skipped = follow.patiently(watch, functools.partial(close, reason))
             say(f"run {run_id}: {reason.removeprefix('skipped: ')}; {skipped} tenants skipped")
             return sent
-        if _between_waves(engine, run, number, say, watch):
+        went_on = _between_waves(engine, run, number, say, watch, leave_at_hold)
+        if went_on is None:
+            return sent  # held, left to the next `tenantfleet continue`
+        if not went_on:
             break  # cancelled meanwhile: the later waves' tenants are cancelled, send nothing
     follow.patiently(watch, lambda: close(None))
     return sent
@@ -525,35 +529,54 @@ def _wave_verdict(
 
 
 def _between_waves(
-    engine: Engine, run: runs.Run, number: int, say: Say, watch: follow.Watch
-) -> bool:
-    """Wait ``wave_pause`` seconds, then (``wave_hold``) until ``tenantfleet continue``; True
-    at once when the run was cancelled (its next waves were cancelled with it)."""
-    pause_until = time.monotonic() + float(run.options.get("wave_pause") or 0)
+    engine: Engine,
+    run: runs.Run,
+    number: int,
+    say: Say,
+    watch: follow.Watch,
+    leave_at_hold: bool = False,
+) -> bool | None:
+    """The run is held (``RunState.HELD``, in the database: it stays active whoever lives):
+    wait ``wave_pause`` seconds, then (``wave_hold``) until ``tenantfleet continue``, which
+    also cuts a pause short. True when the next wave may go; False at once when the run was
+    cancelled (its next waves were cancelled with it); None when ``leave_at_hold`` and the run
+    waits for ``continue``."""
+    pause = float(run.options.get("wave_pause") or 0)
+    pause_until = time.monotonic() + pause
     hold = bool(run.options.get("wave_hold"))
-    if hold:
-        say(
-            f"run {run.id}: wave {number} done; `tenantfleet continue {run.id}` starts"
-            f" wave {number + 1}"
-        )
 
     def look() -> runs.Run:
+        with db.begin(engine) as connection:
+            if hold or pause:
+                runs.hold(connection, run.id)
+            return runs.get_run(connection, run.id)
+
+    now = follow.patiently(watch, look)
+    if hold and (now.continued_wave or 0) < number:
+        say(
+            f"run {run.id}: wave {number} done; {states.held_hint(run.id, number)}"
+            f" starts wave {number + 1}"
+        )
+        if leave_at_hold:
+            return None
+
+    def again() -> runs.Run:
         with db.connect(engine) as connection:
             return runs.get_run(connection, run.id)
 
     while True:
-        now = follow.patiently(watch, look)
         if now.cancelled_at is not None:
-            return True
-        held = hold and (now.continued_wave or 0) < number
-        if time.monotonic() >= pause_until and not held:
             return False
+        continued = (now.continued_wave or 0) >= number
+        if continued or (time.monotonic() >= pause_until and not hold):
+            return True
         if watch.expired():
             raise follow.StoppedFollowing(
                 f"--timeout reached between waves {number} and {number + 1} of run {run.id}:"
                 f" `tenantfleet resume {run.id}` goes on"
             )
         time.sleep(watch.poll_interval)
+        now = follow.patiently(watch, again)
 
 
 def wait_for_no_active_run(manager: MigrationManager, say: Say, watch: follow.Watch) -> None:
@@ -590,7 +613,7 @@ def retry(
         validate_schema_name(name)
     with db.connect(manager.engine) as connection:
         run = runs.get_run(connection, run_id)
-        candidates = [t.schema_name for t in runs.tenants_of(connection, run_id, RETRYABLE)]
+        candidates = [t.schema_name for t in runs.tenants_of(connection, run_id, states.RETRYABLE)]
     if tenants:
         strangers = [t for t in tenants if t not in candidates]
         if strangers:
@@ -618,11 +641,23 @@ def resume(
     watch: follow.Watch | None = None,
 ) -> int:
     """Send again the pending tenants of an open run whose schema lock nobody holds; how many
-    were sent. A closed run has nothing to resume (0)."""
+    were sent. A closed run has nothing to resume (0); a held one is refused (``continue``
+    sends its next wave)."""
+    return _resend(manager, run_id, say, watch or follow.Watch(), "resume")
+
+
+def _resend(
+    manager: MigrationManager, run_id: int, say: Say, watch: follow.Watch, command: str
+) -> int:
+    """``resume`` or (``command`` "continue") the producer's part of ``continue`` when the
+    run's own producer is gone: send its pending tenants nobody holds, then its next waves."""
     with db.begin(manager.engine) as connection:
         run = runs.get_run(connection, run_id)
         if runs.finalize(connection, run_id) is not None:
             return 0
+        refused = states.refusal(command, run.status, run_id, run.wave)
+        if refused is not None:
+            raise UsageError(refused)
         pending = runs.tenants_of(connection, run_id, runs.PENDING)
         busy = locks.held(connection, [t.label for t in pending])
     check_broker(app())
@@ -630,7 +665,7 @@ def resume(
         if not locks.hold(holder, locks.dispatching(run.uid)):
             raise RunActive(f"run {run_id} is being sent by its producer ({run.producer})")
         idle = [t.schema_name for t in pending if t.label not in busy]
-        return _dispatch(manager, run_id, idle, say, watch or follow.Watch())
+        return _dispatch(manager, run_id, idle, say, watch, leave_at_hold=True)
 
 
 @dataclass(frozen=True)
@@ -704,7 +739,14 @@ def _refuse_without_downgrades(run_id: int, spans: set[tuple[str | None, str]]) 
     script = alembic_runtime.tenant_script()
     lacking: set[str] = set()
     for start, end in spans:
-        for rev in lint.pending_revisions(script, [start], end):
+        try:
+            span = lint.pending_revisions(script, [start], end)
+        except (RevisionError, CommandError):
+            raise UsageError(
+                f"run {run_id} cannot be rolled back: it recorded a move from"
+                f" {start or 'base'} to {end}, which is not an upgrade; nothing was changed"
+            ) from None
+        for rev in span:
             if lint.downgrade_findings(rev):
                 lacking.add(rev.revision)
     if lacking:
@@ -718,12 +760,13 @@ def continue_run(
     manager: MigrationManager, run_id: int, say: Say = _quiet, watch: follow.Watch | None = None
 ) -> int:
     """Let a run held between waves go on (``--wave-hold``); the wave it goes on after. Its
-    producer sends the next wave; when that producer is gone, this one does (``resume``)."""
+    producer sends the next wave; when that producer is gone, this command does, follows that
+    wave (``watch``: its ``--timeout``) and leaves the run held at the next hold."""
     with db.begin(manager.engine) as connection:
         manager.require_public(connection)
         wave = runs.continue_run(connection, run_id)
     with contextlib.suppress(RunActive):  # its producer is alive: it sends the next wave
-        resume(manager, run_id, say, watch)
+        _resend(manager, run_id, say, watch or follow.Watch(), "continue")
     return wave
 
 
@@ -780,11 +823,14 @@ def resend_lost(manager: MigrationManager, run_id: int, quiet_for: float) -> int
     send them again. A ``running`` or ``retrying`` tenant whose lock nobody holds and whose row
     has not moved lost its worker; ``queued`` and ``waiting`` tenants are lost when nothing of
     the run is being migrated at all (a waiting tenant is taken by whoever frees a slot of its
-    database). A duplicate task of a live tenant does nothing, so doubt costs one round trip,
-    never a second migration."""
+    database). A ``retrying`` tenant is lost only once its next attempt is overdue: a retry on
+    its way is never sent a second time (that would start a second chain of attempts). A
+    duplicate task of a live tenant does nothing, so doubt costs one round trip, never a second
+    migration."""
+    due = retries.longest_wait(manager.settings)
     with db.connect(manager.engine) as connection:
         run = runs.get_run(connection, run_id)
-        quiet = {t.schema_name: t for t in runs.quiet_pending(connection, run_id, quiet_for)}
+        quiet = {t.schema_name: t for t in runs.quiet_pending(connection, run_id, quiet_for, due)}
         pending = runs.tenants_of(connection, run_id, runs.PENDING)
         held = locks.held(connection, [t.label for t in pending])
     if run.dispatched_at is None:  # between waves: the later ones were never sent
@@ -793,7 +839,7 @@ def resend_lost(manager: MigrationManager, run_id: int, quiet_for: float) -> int
     lost = [t for t in quiet.values() if t.status not in waiting and t.label not in held]
     if not held:
         lost += [t for t in quiet.values() if t.status in waiting]
-    tenants = [(t.label, t.to_revision) for t in lost]
+    tenants = [(t.label, t.from_revision, t.to_revision) for t in lost]
     enqueue(app(), queues_of(manager), run, tenants, run.options.get("max_failures"))
     return len(lost)
 
@@ -856,11 +902,12 @@ def enqueue(
     app: Any,
     queues: Queues,
     run: runs.Run,
-    tenants: Sequence[tuple[str, str]],
+    tenants: Sequence[tuple[str, str | None, str]],
     max_failures: int | None = None,
 ) -> None:
     """``chord(group(one task per tenant), finalize_run)``, ``finalize_run_on_error`` on error,
-    on the queues of the run's control database; ``tenants`` are (label, target revision). A
+    on the queues of the run's control database; ``tenants`` are (label, the revision the plan
+    saw it at, target revision). A
     task names its tenant by its label (``KEY/schema`` in another database): what Flower and the
     worker log show."""
     if not tenants:
@@ -882,7 +929,10 @@ def enqueue(
     send_chord(
         app,
         migrate_tenant,
-        [(run.id, label, target) for label, target in tenants],
+        [
+            (run.id, label, target, runs.planned_in_message(planned))
+            for label, planned, target in tenants
+        ],
         extra,
         {"queue": queues.tenants, "time_limit": None, "soft_time_limit": None},
         callback,

@@ -13,6 +13,7 @@ from tenantfleet.databases import Placed
 from tenantfleet.errors import ConfigError, DuplicateTenant, UnknownTenant
 from tenantfleet.names import validate_schema_name
 from tenantfleet.public_tables import migration_run_tenants, tenant_registry
+from tenantfleet.states import TENANT_FINAL
 
 PROFILE_FIELDS = (
     "email",
@@ -181,7 +182,7 @@ def apply_run_outcomes(connection: Connection, run_id: int) -> int:
         .where(
             tenant_registry.c.schema_name == rt.c.schema_name,
             rt.c.run_id == run_id,
-            rt.c.status.in_(("succeeded", "failed", "skipped", "cancelled")),
+            rt.c.status.in_(TENANT_FINAL),
         )
         .values(
             last_migration_status=rt.c.status,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tenantfleet import runs
+from tenantfleet import runs, states
 
 COLOURS = {
     "succeeded": "#2e7d32",
@@ -145,7 +145,8 @@ def failures(data: RunData) -> str:
     """Failed (and skipped) tenants grouped by error class: a message and the tenants."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for tenant in data.report["tenants"]:
-        if tenant["status"] in ("failed", "skipped", "cancelled") and tenant["error"]:
+        ended = tenant["status"] in states.TENANT_FINAL
+        if ended and tenant["status"] != states.TenantState.SUCCEEDED and tenant["error"]:
             groups[tenant["error"].split(":", 1)[0]].append(tenant)
     if not groups:
         return "<p>No tenant failed.</p>"
@@ -172,14 +173,20 @@ def page(data: RunData, generated: datetime) -> str:
     )[:SLOWEST]
     sections = [
         f"<h1>Run {report['run_id']}: {html.escape(report['status'])}</h1>",
+        (
+            f"<p><b>{html.escape(states.held_hint(report['run_id'], report['wave']))}</b>"
+            " sends the next wave</p>"
+            if report["status"] == states.RunState.HELD
+            else ""
+        ),
         f"<p>target {html.escape(str(report['target_revision']))}; created"
         f" {html.escape(report['created_at'])}; finished {html.escape(str(report['finished_at']))}"
         + (f"; retry of run {report['parent_run_id']}" if report["parent_run_id"] else "")
         + (f"; rollback of run {report['rollback_of']}" if report.get("rollback_of") else "")
         + "</p>",
         _table(
-            ["total", *runs.STATES, "up to date"],
-            [[counts["total"], *(counts[s] for s in runs.STATES), counts["up_to_date"]]],
+            ["total", *states.TENANT_STATES, "up to date"],
+            [[counts["total"], *(counts[s] for s in states.TENANT_STATES), counts["up_to_date"]]],
         ),
         "<h2>Timeline</h2>",
         f"<div class=chart id=timeline>{timeline(data)}</div>",
@@ -200,17 +207,20 @@ def page(data: RunData, generated: datetime) -> str:
         sections += [
             "<h2>Waves</h2>",
             _table(
-                ["wave", "total", *runs.STATES],
-                [[w["wave"], w["total"], *(w[s] for s in runs.STATES)] for w in report["waves"]],
+                ["wave", "total", *states.TENANT_STATES],
+                [
+                    [w["wave"], w["total"], *(w[s] for s in states.TENANT_STATES)]
+                    for w in report["waves"]
+                ],
             ),
         ]
     if len(report["databases"]) > 1:
         sections += [
             "<h2>Databases</h2>",
             _table(
-                ["database", "total", *runs.STATES],
+                ["database", "total", *states.TENANT_STATES],
                 [
-                    [k, d["total"], *(d[s] for s in runs.STATES)]
+                    [k, d["total"], *(d[s] for s in states.TENANT_STATES)]
                     for k, d in report["databases"].items()
                 ],
             ),

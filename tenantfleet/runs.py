@@ -12,17 +12,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantfleet import databases, db, registry
+from tenantfleet import databases, db, registry, states
 from tenantfleet.config import Settings
 from tenantfleet.errors import UsageError
 from tenantfleet.public_tables import migration_attempts as attempts_table
 from tenantfleet.public_tables import migration_run_tenants as run_tenants
 from tenantfleet.public_tables import migration_runs as runs
+from tenantfleet.states import RunState, TenantState
 
-FINAL = ("succeeded", "failed", "skipped", "cancelled")
-PENDING = ("queued", "running", "retrying", "waiting")
-STATES = (*FINAL, *PENDING)
-"""Every state of a run's tenant, in the order tables and reports show them."""
+FINAL = states.TENANT_FINAL
+PENDING = states.TENANT_PENDING
 ERROR_MESSAGE_MAX = 2000
 
 
@@ -41,7 +40,7 @@ class Counts:
 
     @classmethod
     def of(cls, by_status: Mapping[str, int]) -> "Counts":
-        return cls(total=sum(by_status.values()), **by_status)
+        return cls(total=sum(by_status.values()), **{str(k): v for k, v in by_status.items()})
 
     @property
     def pending(self) -> int:
@@ -96,16 +95,33 @@ class RunTenant:
         return databases.label(self.database, self.schema_name)
 
 
+BASE = "base"
+"""How a message names the state before a tenant's first revision (a row's NULL)."""
+
+
+def planned_in_message(from_revision: str | None) -> str:
+    """A row's ``from_revision`` as a task message carries it."""
+    return from_revision or BASE
+
+
 @dataclass(frozen=True)
 class TenantTask:
     """What one tenant task is about: a run (id and uid), a schema in its database, a target
-    revision."""
+    revision, and the revision the plan saw the schema at."""
 
     run_id: int
     run_uid: str
     schema: str
     target: str
     database: str | None = None
+    planned: str | None = None
+    """The revision the plan saw (``BASE``: none); the task moves the schema only from there.
+    None: the message did not say (one sent before tenantfleet carried it): the run row says."""
+
+    @property
+    def planned_revision(self) -> str | None:
+        """``planned`` as a version row would hold it (None: before the first revision)."""
+        return None if self.planned in (None, BASE) else self.planned
 
     @property
     def label(self) -> str:
@@ -170,7 +186,7 @@ def create_run(
         .values(
             **extra,
             target_revision=target_revision,
-            status="nothing_to_do" if empty else "running",
+            status=RunState.NOTHING_TO_DO if empty else RunState.RUNNING,
             total=len(behind) + len(skipped),
             up_to_date=up_to_date,
             options=options or {},
@@ -199,7 +215,7 @@ def create_run(
         )
     if skipped:
         connection.execute(
-            run_tenants.insert().values(status="skipped", finished_at=sa.func.now()),
+            run_tenants.insert().values(status=TenantState.SKIPPED, finished_at=sa.func.now()),
             [
                 {
                     "run_id": run_id,
@@ -244,8 +260,11 @@ This and the other statements an attempt sends for its own row are functions (pu
 planning them for every tenant."""
 STILL_PENDING_SQL = f"public.tenantfleet_still_pending({_KEY_ARGUMENTS}, :max_attempts)"
 """True while the tenant is pending in its run and has begun at most ``:max_attempts`` attempts."""
-TENANT_ROW_SQL = f"SELECT attempts, status FROM public.migration_run_tenants WHERE {THIS_RUN_SQL}"
-"""The row as the attempt sees it, read under the schema's lock."""
+TENANT_ROW_SQL = (
+    f"SELECT attempts, status, from_revision FROM public.migration_run_tenants WHERE {THIS_RUN_SQL}"
+)
+"""The row as the attempt sees it, read under the schema's lock: the attempt's number, the
+status, and the revision the plan saw the schema at (the only one it moves the schema from)."""
 NOT_PENDING = "TF409"
 """SQLSTATE of ``MARK_SUCCEEDED_SQL`` when the row is no longer pending, and of
 ``public.tenantfleet_expect`` (public migration 20251126_000000) when its check fails."""
@@ -316,7 +335,7 @@ def park(connection: Connection, task: TenantTask, cap: int) -> None:
     (``claim_waiting``). Its message is done with: the row is the only record it waits."""
     connection.execute(
         _PENDING_ROW.values(
-            status="waiting",
+            status=TenantState.WAITING,
             updated_at=sa.func.now(),
             error_class=WAITING_FOR_A_SLOT,
             error_message=(
@@ -329,25 +348,32 @@ def park(connection: Connection, task: TenantTask, cap: int) -> None:
 
 
 _CLAIM_WAITING = sa.text(
-    "UPDATE public.migration_run_tenants SET status = 'queued', error_class = NULL,"
+    f"UPDATE public.migration_run_tenants SET status = '{TenantState.QUEUED}', error_class = NULL,"
     " error_message = NULL, updated_at = now()"
     " WHERE run_id = :run_id AND schema_name = ("
     " SELECT schema_name FROM public.migration_run_tenants WHERE run_id = :run_id"
-    " AND status = 'waiting' AND database IS NOT DISTINCT FROM :database"
-    " ORDER BY schema_name LIMIT 1 FOR UPDATE SKIP LOCKED) AND status = 'waiting'"
-    " RETURNING schema_name"
+    f" AND status = '{TenantState.WAITING}' AND database IS NOT DISTINCT FROM :database"
+    f" ORDER BY schema_name LIMIT 1 FOR UPDATE SKIP LOCKED) AND status = '{TenantState.WAITING}'"
+    " RETURNING schema_name, to_revision, from_revision"
 )
 
 
 def claim_waiting(connection: Connection, task: TenantTask) -> TenantTask | None:
     """The next tenant of ``task``'s run and database that waits for a slot, taken off the
     waiting list for this worker (``queued`` again); None when none waits."""
-    schema = connection.execute(
+    row = connection.execute(
         _CLAIM_WAITING, {"run_id": task.run_id, "database": task.database}
-    ).scalar()
-    if schema is None:
+    ).first()
+    if row is None:
         return None
-    return TenantTask(task.run_id, task.run_uid, schema, task.target, task.database)
+    return TenantTask(
+        task.run_id,
+        task.run_uid,
+        row.schema_name,
+        row.to_revision,  # a rollback's tenants each have their own
+        task.database,
+        planned_in_message(row.from_revision),
+    )
 
 
 def note_unreachable(connection: Connection, task: TenantTask, error: BaseException) -> int:
@@ -357,7 +383,7 @@ def note_unreachable(connection: Connection, task: TenantTask, error: BaseExcept
         run_tenants.update()
         .where(
             run_tenants.c.run_id == task.run_id,
-            run_tenants.c.status == "waiting",
+            run_tenants.c.status == TenantState.WAITING,
             run_tenants.c.database.is_not_distinct_from(task.database),
         )
         .values(
@@ -378,11 +404,11 @@ Marked = tuple[int, str | None] | None
 def mark_failed(
     connection: Connection, task: TenantTask, error: BaseException, duration_ms: int
 ) -> Marked:
-    return _mark_error(connection, task, "failed", error, duration_ms)
+    return _mark_error(connection, task, TenantState.FAILED, error, duration_ms)
 
 
 def mark_retrying(connection: Connection, task: TenantTask, error: BaseException) -> Marked:
-    return _mark_error(connection, task, "retrying", error, None)
+    return _mark_error(connection, task, TenantState.RETRYING, error, None)
 
 
 def _mark_error(
@@ -496,23 +522,12 @@ def tenants_of(
     return [RunTenant(*row) for row in connection.execute(query)]
 
 
-NOT_MIGRATABLE = ("SchemaMissing", "UnknownRevision", "DatabaseUnreachable")
-"""``error_class`` of the tenants a plan skipped because it cannot migrate them."""
-
-
-def run_status(tally: Counts, not_migratable: int = 0, *, cancelled: bool = False) -> str:
-    """``cancelled``: an operator stopped it (``cancel``). ``partial``: some tenants failed or
-    could not be migrated, the rest succeeded. ``failed``: none succeeded, or the run was
-    stopped (a canary failed, the failure budget ran out) and tenants were skipped."""
-    if cancelled:
-        return "cancelled"
-    if tally.total == 0:
-        return "nothing_to_do"
-    if tally.failed == 0 and tally.skipped == 0:
-        return "succeeded"
-    if tally.succeeded == 0 or tally.skipped > not_migratable:
-        return "failed"
-    return "partial"
+MOVED_SINCE = "MovedSince"
+"""``error_class`` of a tenant skipped because its schema is no longer where the plan saw it."""
+NOT_MIGRATABLE = ("SchemaMissing", "UnknownRevision", "DatabaseUnreachable", MOVED_SINCE)
+"""``error_class`` of the tenants skipped because they cannot be migrated: the plan found them
+so, or a worker found them moved since the plan. Not a stopped run: one with these and
+successes is ``partial``."""
 
 
 def finalize(connection: Connection, run_id: int) -> Run | None:
@@ -539,11 +554,14 @@ def finalize(connection: Connection, run_id: int) -> Run | None:
             run_tenants.c.run_id == run_id, run_tenants.c.error_class.in_(NOT_MIGRATABLE)
         )
     ).scalar_one()
+    closing = states.Tally(
+        tally.total, tally.succeeded, tally.failed, tally.skipped, not_migratable
+    )
     connection.execute(
         runs.update()
         .where(runs.c.id == run_id)
         .values(
-            status=run_status(tally, not_migratable, cancelled=locked.cancelled_at is not None),
+            status=states.closing_status(closing, cancelled=locked.cancelled_at is not None),
             succeeded=tally.succeeded,
             failed=tally.failed,
             skipped=tally.skipped,
@@ -560,13 +578,13 @@ def mark_skipped_if_budget_spent(
     failed = connection.execute(
         sa.select(sa.func.count())
         .select_from(run_tenants)
-        .where(run_tenants.c.run_id == task.run_id, run_tenants.c.status == "failed")
+        .where(run_tenants.c.run_id == task.run_id, run_tenants.c.status == TenantState.FAILED)
     ).scalar_one()
     if failed < max_failures:
         return False
     connection.execute(
         _PENDING_ROW.values(
-            status="skipped",
+            status=TenantState.SKIPPED,
             finished_at=sa.func.now(),
             updated_at=sa.func.now(),
             error_class="MaxFailuresReached",
@@ -574,12 +592,43 @@ def mark_skipped_if_budget_spent(
         ),
         task.core_binds(),
     )
-    _end_attempt(connection, task, "skipped", "MaxFailuresReached")
+    _end_attempt(connection, task, TenantState.SKIPPED, "MaxFailuresReached")
     return True
 
 
-NOT_STARTED = ("queued", "waiting", "retrying")
-"""Pending tenants no attempt is working on right now (a ``retrying`` one waits for its next)."""
+def mark_moved(connection: Connection, task: TenantTask, found_at: str | None) -> str:
+    """Skip this tenant, untouched: its schema is at ``found_at``, not where the plan saw it
+    (another run, ``tenant upgrade``, plain Alembic moved it). The reason, naming who moved it
+    when a run recorded the move."""
+    by = connection.execute(
+        sa.select(run_tenants.c.run_id)
+        .where(
+            run_tenants.c.schema_name == task.schema,
+            run_tenants.c.database.is_not_distinct_from(task.database),
+            run_tenants.c.status == TenantState.SUCCEEDED,
+            run_tenants.c.to_revision == (found_at or BASE),
+            run_tenants.c.run_id != task.run_id,
+        )
+        .order_by(run_tenants.c.finished_at.desc())
+        .limit(1)
+    ).scalar()
+    who = f"run {by}" if by is not None else "hand (not by a tenantfleet run)"
+    reason = (
+        f"moved to {found_at or BASE} since the plan saw it at {task.planned_revision or BASE};"
+        f" moved by {who}: not touched"
+    )
+    connection.execute(
+        _PENDING_ROW.values(
+            status=TenantState.SKIPPED,
+            finished_at=sa.func.now(),
+            updated_at=sa.func.now(),
+            error_class=MOVED_SINCE,
+            error_message=reason,
+        ),
+        task.core_binds(),
+    )
+    _end_attempt(connection, task, TenantState.SKIPPED, f"{MOVED_SINCE}: {reason}")
+    return reason
 
 
 def cancel(connection: Connection, run_id: int, reason: str) -> int:
@@ -587,12 +636,13 @@ def cancel(connection: Connection, run_id: int, reason: str) -> int:
     finds it final and touches nothing); tenants in flight finish. How many were cancelled.
     A closed run is a ``UsageError``."""
     found = connection.execute(
-        sa.select(runs.c.finished_at, runs.c.status).where(runs.c.id == run_id).with_for_update()
+        sa.select(runs.c.status).where(runs.c.id == run_id).with_for_update()
     ).first()
     if found is None:
         raise UsageError(f"no run with id {run_id}")
-    if found.finished_at is not None:
-        raise UsageError(f"run {run_id} is closed ({found.status}): nothing to cancel")
+    refused = states.refusal("cancel", found.status, run_id)
+    if refused is not None:
+        raise UsageError(refused)
     connection.execute(
         runs.update()
         .where(runs.c.id == run_id)
@@ -600,9 +650,9 @@ def cancel(connection: Connection, run_id: int, reason: str) -> int:
     )
     result = connection.execute(
         run_tenants.update()
-        .where(run_tenants.c.run_id == run_id, run_tenants.c.status.in_(NOT_STARTED))
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.status.in_(states.NOT_STARTED))
         .values(
-            status="cancelled",
+            status=TenantState.CANCELLED,
             finished_at=sa.func.now(),
             updated_at=sa.func.now(),
             error_class="Cancelled",
@@ -616,9 +666,9 @@ def skip_pending(connection: Connection, run_id: int, reason: str) -> int:
     """Mark every tenant of the run that has not started as skipped, untouched."""
     result = connection.execute(
         run_tenants.update()
-        .where(run_tenants.c.run_id == run_id, run_tenants.c.status == "queued")
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.status == TenantState.QUEUED)
         .values(
-            status="skipped",
+            status=TenantState.SKIPPED,
             finished_at=sa.func.now(),
             updated_at=sa.func.now(),
             error_class="Skipped",
@@ -638,35 +688,46 @@ def waves(connection: Connection, run_id: int) -> dict[str, int]:
     return {schema: wave for schema, wave in rows}
 
 
-def targets(connection: Connection, run_id: int) -> dict[str, str]:
-    """Each tenant's target revision (they differ in a rollback)."""
+def moves(connection: Connection, run_id: int) -> dict[str, tuple[str | None, str]]:
+    """Each tenant's move: (the revision the plan saw it at, its target; targets differ in a
+    rollback)."""
     rows = connection.execute(
-        sa.select(run_tenants.c.schema_name, run_tenants.c.to_revision).where(
-            run_tenants.c.run_id == run_id
-        )
+        sa.select(
+            run_tenants.c.schema_name, run_tenants.c.from_revision, run_tenants.c.to_revision
+        ).where(run_tenants.c.run_id == run_id)
     )
-    return {schema: target for schema, target in rows}
+    return {schema: (planned, target) for schema, planned, target in rows}
 
 
 def start_wave(connection: Connection, run_id: int, wave: int) -> None:
-    """The run is at ``wave``: its tenants are being sent."""
-    connection.execute(runs.update().where(runs.c.id == run_id).values(wave=wave))
+    """The run is at ``wave``: its tenants are being sent (a held run goes on)."""
+    connection.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.finished_at.is_(None))
+        .values(wave=wave, status=RunState.RUNNING)
+    )
+
+
+def hold(connection: Connection, run_id: int) -> None:
+    """The wave the run is at ended within its budget; the next waits (``RunState.HELD``)."""
+    connection.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.finished_at.is_(None))
+        .values(status=RunState.HELD)
+    )
 
 
 def continue_run(connection: Connection, run_id: int) -> int:
     """Let an open run with waves go on past the wave it is at (``tenantfleet continue``);
     that wave. A closed run, or one without waves, is a ``UsageError``."""
     found = connection.execute(
-        sa.select(runs.c.finished_at, runs.c.status, runs.c.wave)
-        .where(runs.c.id == run_id)
-        .with_for_update()
+        sa.select(runs.c.status, runs.c.wave).where(runs.c.id == run_id).with_for_update()
     ).first()
     if found is None:
         raise UsageError(f"no run with id {run_id}")
-    if found.finished_at is not None:
-        raise UsageError(f"run {run_id} is closed ({found.status}): nothing to continue")
-    if found.wave is None:
-        raise UsageError(f"run {run_id} has no waves: nothing to continue")
+    refused = states.refusal("continue", found.status, run_id, found.wave)
+    if refused is not None:
+        raise UsageError(refused)
     connection.execute(runs.update().where(runs.c.id == run_id).values(continued_wave=found.wave))
     return int(found.wave)
 
@@ -734,15 +795,24 @@ def idle_seconds(connection: Connection, run_id: int) -> float:
     return float(seconds)
 
 
-def quiet_pending(connection: Connection, run_id: int, quiet_for: float) -> list[RunTenant]:
-    """The run's pending tenants whose row has not changed for ``quiet_for`` seconds."""
+def quiet_pending(
+    connection: Connection, run_id: int, quiet_for: float, retry_due_within: float = 0.0
+) -> list[RunTenant]:
+    """The run's pending tenants whose row has not changed for ``quiet_for`` seconds; a
+    ``retrying`` one only once its next attempt, due within ``retry_due_within`` seconds of
+    its row's last change, is overdue too."""
+
+    def before(seconds: float) -> Any:
+        return sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+    retrying = run_tenants.c.status == TenantState.RETRYING
     rows = connection.execute(
         sa.select(*_TENANT_COLUMNS)
         .where(
             run_tenants.c.run_id == run_id,
             run_tenants.c.status.in_(PENDING),
-            run_tenants.c.updated_at
-            <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, quiet_for),
+            run_tenants.c.updated_at <= before(quiet_for),
+            sa.or_(~retrying, run_tenants.c.updated_at <= before(quiet_for + retry_due_within)),
         )
         .order_by(run_tenants.c.schema_name)
     )

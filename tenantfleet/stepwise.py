@@ -14,6 +14,7 @@ runs the rest. A block that succeeded before a later statement of the same revis
 has committed: write such blocks so that they can run twice (``IF NOT EXISTS``).
 """
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,26 +49,39 @@ class Outcome:
     error: Exception | None = None
     dropped: list[str] = field(default_factory=list)
     """Invalid indexes a failed concurrent build left, dropped."""
+    moved: bool = False
+    """The schema was not at a revision the span may start from: nothing was run."""
 
 
-def run(engine: Engine, schema: str, target: str, settings: Settings) -> Outcome:
-    """Bring ``schema`` to ``target`` one revision at a time, holding its lock for the session;
-    the ``Outcome`` (its ``error`` set when a revision failed: the tenant stays at ``reached``)."""
+def run(
+    engine: Engine,
+    schema: str,
+    target: str,
+    settings: Settings,
+    starts: Collection[str | None],
+) -> Outcome:
+    """Bring ``schema`` to ``target`` one revision at a time, holding its lock for the session,
+    if it is at one of ``starts``; the ``Outcome`` (its ``error`` set when a revision failed:
+    the tenant stays at ``reached``; ``moved`` when it was elsewhere: nothing ran)."""
     params = alembic_runtime.confine_params(schema, settings)
     with engine.connect() as connection:
         connection.execute(_SESSION_CONFINE, params)
         connection.commit()
         try:
-            return _steps(connection, schema, target)
+            return _steps(connection, schema, target, starts)
         finally:
             connection.rollback()
             connection.execute(_RELEASE, params)
             connection.commit()
 
 
-def _steps(connection: Connection, schema: str, target: str) -> Outcome:
-    invalid_before = _invalid_indexes(connection, schema)
+def _steps(
+    connection: Connection, schema: str, target: str, starts: Collection[str | None]
+) -> Outcome:
     from_revision = _current(connection)
+    if from_revision not in starts:
+        return Outcome(from_revision, from_revision, moved=True)
+    invalid_before = _invalid_indexes(connection, schema)
     outcome = Outcome(from_revision, from_revision)
     try:
         _migrate(connection, schema, target)

@@ -1,6 +1,7 @@
-"""One tenant attempt against a real PostgreSQL: one round trip when the guess holds, two or three
-when it does not, and every way they can end."""
+"""One tenant attempt against a real PostgreSQL: one round trip when the schema is where the plan
+saw it, two or three when it is not, and every way they can end."""
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +22,16 @@ def start_run(engine: Engine, schemas: list[str], revision: str | None = R1) -> 
         return runs.create_run(connection, R2, [(schema, revision) for schema in schemas])
 
 
-def task(engine: Engine, run_id: int, schema: str, target: str = R2) -> runs.TenantTask:
-    """The task a worker would get for ``schema`` in run ``run_id``."""
+def task(
+    engine: Engine, run_id: int, schema: str, target: str = R2, *, planned: bool = True
+) -> runs.TenantTask:
+    """The task a worker would get for ``schema`` in run ``run_id`` (``planned``: its message
+    carries the revision the plan saw; messages of older producers did not)."""
     with engine.connect() as connection:
-        return runs.TenantTask(run_id, runs.get_run(connection, run_id).uid, schema, target)
+        uid = runs.get_run(connection, run_id).uid
+        moves = runs.moves(connection, run_id)
+    said = runs.planned_in_message(moves[schema][0]) if planned else None
+    return runs.TenantTask(run_id, uid, schema, target, None, said)
 
 
 def provisioned_and_begun(
@@ -59,7 +66,7 @@ def test_an_attempt_upgrades_records_and_leaves_no_transaction_open(
     engine: Engine, autocommit: Connection
 ) -> None:
     run_id, found = provisioned_and_begun(engine, autocommit, "a1")
-    assert found == attempt.Started(attempts=1, status="running", versions=[R1])
+    assert found == attempt.Started(attempts=1, status="running", versions=[R1], planned=R1)
     assert attempt.apply(autocommit, found, task(engine, run_id, "a1", R2), elapsed_ms=5)
     assert no_transaction_open(autocommit)
     assert helpers.revision_of(engine, "a1") == R2
@@ -161,14 +168,6 @@ def test_an_unknown_run_tenant_reads_as_none(engine: Engine, autocommit: Connect
     attempt.end(autocommit, commit=False)
 
 
-@pytest.fixture
-def guessing(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """This process's guesses, empty for the test (``attempt.at_once``)."""
-    guesses: dict[str, str] = {}
-    monkeypatch.setattr(attempt, "_last_from_revision", guesses)
-    return guesses
-
-
 @contextmanager
 def statements_sent(connection: Connection) -> Iterator[list[str]]:
     """Every statement string sent on ``connection`` in the block: one per round trip."""
@@ -188,17 +187,16 @@ def quick(connection: Connection, tenant: runs.TenantTask) -> attempt.Quick:
     return attempt.at_once(connection, tenant, "w1", config.load_settings(), max_attempts=8)
 
 
-def test_a_tenant_where_the_last_one_started_is_migrated_in_one_round_trip(
-    engine: Engine, autocommit: Connection, guessing: dict[str, str]
+def test_a_tenant_where_the_plan_saw_it_is_migrated_in_one_round_trip(
+    engine: Engine, autocommit: Connection
 ) -> None:
     fleet_setup.provision(engine, ["first", "second"], R1)
     run_id = start_run(engine, ["first", "second"])
-    assert (
-        quick(autocommit, task(engine, run_id, "first")) is attempt.Quick.NOT_TRIED
-    )  # nothing to guess yet
-    found = attempt.begin(autocommit, task(engine, run_id, "first"), "w1", config.load_settings())
-    assert attempt.apply(autocommit, found, task(engine, run_id, "first", R2), elapsed_ms=1)
-    assert guessing == {R2: R1}
+    unsaid = task(engine, run_id, "first", planned=False)
+    assert quick(autocommit, unsaid) is attempt.Quick.NOT_TRIED  # the message did not say
+    found = attempt.begin(autocommit, unsaid, "w1", config.load_settings())
+    assert found.planned == R1 and not found.moved(unsaid)  # the row says
+    assert attempt.apply(autocommit, found, unsaid, elapsed_ms=1)
     with statements_sent(autocommit) as sent:
         assert quick(autocommit, task(engine, run_id, "second")) is attempt.Quick.DONE
     assert len(sent) == 1
@@ -209,23 +207,33 @@ def test_a_tenant_where_the_last_one_started_is_migrated_in_one_round_trip(
     assert structure(engine, "first") == structure(engine, "second")
 
 
-def test_a_wrong_guess_changes_nothing_but_the_running_mark(
-    engine: Engine, autocommit: Connection, guessing: dict[str, str]
+def test_a_schema_moved_since_the_plan_changes_nothing_but_the_running_mark(
+    engine: Engine, autocommit: Connection
 ) -> None:
-    fleet_setup.provision(engine, ["ahead"], R2)
-    run_id = start_run(engine, ["ahead"], revision=R2)
-    guessing[R2] = R1
-    assert quick(autocommit, task(engine, run_id, "ahead")) is attempt.Quick.MISSED
-    found = attempt.begin(
-        autocommit, task(engine, run_id, "ahead"), "w1", config.load_settings(), marked=True
+    fleet_setup.provision(engine, ["ahead"], R2)  # planned at R1, moved to R2 by hand since
+    run_id = start_run(engine, ["ahead"], revision=R1)
+    moved = task(engine, run_id, "ahead")
+    assert quick(autocommit, moved) is attempt.Quick.MISSED
+    found = attempt.begin(autocommit, moved, "w1", config.load_settings(), marked=True)
+    assert found == attempt.Started(attempts=1, status="running", versions=[R2], planned=R1)
+    assert found.moved(moved)  # at the target, but not by this run: its mark commits with it
+    with db.begin(engine) as connection:
+        reason = runs.mark_moved(connection, moved, found.from_revision)
+    attempt.end(autocommit, commit=False)
+    assert reason == f"moved to {R2} since the plan saw it at {R1}; moved by hand" + (
+        " (not by a tenantfleet run): not touched"
     )
-    assert found == attempt.Started(attempts=1, status="running", versions=[R2])
-    assert attempt.apply(autocommit, found, task(engine, run_id, "ahead", R2), elapsed_ms=1)
-    assert row(engine, run_id, "ahead").attempts == 1
+    recorded = row(engine, run_id, "ahead")
+    assert (recorded.status, recorded.error_class, recorded.attempts) == (
+        "skipped",
+        "MovedSince",
+        1,
+    )
+    assert helpers.revision_of(engine, "ahead") == R2
 
 
-def test_a_guess_on_a_finished_tenant_or_a_schema_without_versions_is_missed(
-    engine: Engine, autocommit: Connection, guessing: dict[str, str]
+def test_a_finished_tenant_or_a_schema_without_versions_is_missed_at_once(
+    engine: Engine, autocommit: Connection
 ) -> None:
     fleet_setup.provision(engine, ["over"], R1)
     with db.begin(engine) as connection:
@@ -233,15 +241,15 @@ def test_a_guess_on_a_finished_tenant_or_a_schema_without_versions_is_missed(
     run_id = start_run(engine, ["over", "bare"])
     with db.begin(engine) as connection:
         runs.mark_failed(connection, task(engine, run_id, "over"), RuntimeError("boom"), 1)
-    guessing[R2] = R1
     settings = config.load_settings()
     assert quick(autocommit, task(engine, run_id, "over")) is attempt.Quick.MISSED
     found = attempt.begin(autocommit, task(engine, run_id, "over"), "w1", settings, marked=True)
     assert (found.status, found.attempts) == ("failed", 0)
     attempt.end(autocommit, commit=False)
     assert helpers.revision_of(engine, "over") == R1
-    assert quick(autocommit, task(engine, run_id, "bare")) is attempt.Quick.MISSED
-    found = attempt.begin(autocommit, task(engine, run_id, "bare"), "w1", settings, marked=True)
+    bare = dataclasses.replace(task(engine, run_id, "bare"), planned=R1)  # as planned, then gone
+    assert quick(autocommit, bare) is attempt.Quick.MISSED
+    found = attempt.begin(autocommit, bare, "w1", settings, marked=True)
     assert (found.status, found.attempts, found.versions) == ("running", 1, None)
     attempt.end(autocommit, commit=False)
     assert no_transaction_open(autocommit)

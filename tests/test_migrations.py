@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, db, models, runs
+from tenantfleet import alembic_runtime, db, models, sql, states
 from tenantfleet.manager import MigrationManager
 from tenantfleet.migrations.tenant.models import TenantBase
 
@@ -277,12 +277,27 @@ def test_the_public_history_goes_down_to_base_and_up_again(empty_database_url: s
     engine.dispose()
 
 
-def test_the_bookkeeping_functions_know_the_pending_states_runs_knows() -> None:
-    """The functions freeze ``runs.PENDING`` in SQL: a state added later needs a migration."""
-    script = alembic_runtime.public_script().get_revision("20251205_000000")
-    assert script is not None and script.module is not None
-    frozen = re.findall(r"'(\w+)'", script.module.PENDING_ROW.split("status IN")[1])
-    assert tuple(frozen) == runs.PENDING
+def test_the_functions_file_spells_the_pending_states_as_states_does() -> None:
+    """functions.sql spells the pending states in SQL: a state added later needs a revision."""
+    for name, definition in sql.functions().items():
+        for spelled in re.findall(r"status IN \(([^)]*)\)", definition):
+            assert tuple(re.findall(r"'(\w+)'", spelled)) == states.TENANT_PENDING, name
+
+
+def test_a_database_at_head_holds_exactly_the_functions_of_the_functions_file(
+    engine: Engine,
+) -> None:
+    with db.connect(engine) as connection:
+        found: dict[str, str] = dict(
+            connection.execute(
+                sa.text(
+                    "SELECT proname, pg_get_functiondef(p.oid) FROM pg_proc AS p"
+                    " JOIN pg_namespace AS n ON n.oid = p.pronamespace"
+                    " WHERE n.nspname = 'public' AND proname LIKE 'tenantfleet%'"
+                )
+            ).all()
+        )
+    assert {name: text.strip() for name, text in found.items()} == sql.functions()
 
 
 def test_the_versions_function_reads_what_the_union_reads(

@@ -351,3 +351,85 @@ def test_a_concurrent_index_revision_runs_outside_one_transaction_with_honest_re
         back = stack.cli("rollback", str(report["run_id"]), "--wait", "--json")
         assert back.code == 0, back.err  # the 99 it upgraded; the retry's run is its own
         assert {v for s, v in stack.revisions(schemas).items() if s != "ci00042"} == {R3}
+
+
+def _held(stack: Stack, prefix: str, count: int) -> tuple[list[str], int]:
+    """``count`` tenants at r1 in a run to r2 held after its first wave of 2, whose producer
+    was then killed."""
+    schemas = stack.provision(prefix, count)
+    producer = stack.cli_background(
+        "migrate", "--revision", R2, "--wave", "2", "--wave-hold", "--wait", "--json"
+    )
+    try:
+        assert producer.stderr is not None
+        for line in producer.stderr:  # the condition meant: the producer says it holds
+            if "`tenantfleet continue" in line:
+                break
+    finally:
+        producer.kill()
+        producer.communicate()
+    with stack.engine.connect() as connection:
+        return schemas, runs.latest_run_id(connection)
+
+
+def test_a_held_run_stays_held_without_its_producer_and_moves_no_tenant_twice(
+    stack: Stack,
+) -> None:
+    schemas, run_id = _held(stack, "hk", 6)
+    status = stack.cli("status", str(run_id))
+    assert f"held at wave 1: `tenantfleet continue {run_id}`" in status.out, status.out
+    assert _json(stack.cli("status", str(run_id), "--json"))["status"] == "held"
+    assert f"held at wave 1: `tenantfleet continue {run_id}`" in stack.cli("runs").out
+
+    overtake = stack.cli("migrate", "--wait")  # the single-run guard: held means held
+    assert overtake.code == 2, overtake.err
+    assert f"run {run_id} is held at wave 1" in overtake.err
+    assert f"`tenantfleet continue {run_id}`" in overtake.err
+    resumed = stack.cli("resume", str(run_id))
+    assert resumed.code == 2 and f"`tenantfleet continue {run_id}`" in resumed.err
+
+    # while held, an operator takes a wave-2 tenant past the run's target by hand
+    assert stack.cli("tenant", "upgrade", "hk00005", "--revision", R3).code == 0
+    go_on = stack.cli("continue", str(run_id), "--timeout", "120")
+    assert go_on.code == 0, go_on.err
+    closed = stack.until_closed(run_id)
+    assert closed is not None and closed.status == "partial"
+    report = _json(stack.cli("status", str(run_id), "--json"))
+    tenants = {t["schema"]: t for t in report["tenants"]}
+    moved = tenants["hk00005"]
+    assert moved["status"] == "skipped", moved
+    assert moved["error"].startswith(f"MovedSince: moved to {R3} since the plan saw it at {R1}")
+    assert "moved by hand" in moved["error"]
+    found = stack.revisions(schemas)
+    assert found["hk00005"] == R3  # never taken back down
+    assert {found[s] for s in schemas if s != "hk00005"} == {R2}
+    assert {t["status"] for s, t in tenants.items() if s != "hk00005"} == {"succeeded"}
+
+
+def test_a_tenant_moved_by_another_run_is_skipped_with_that_run_named(stack: Stack) -> None:
+    """An abandoned run resumed after another run moved its tenants touches none of them."""
+    schemas, run_id = _held(stack, "hm", 4)
+    cancelled = stack.cli("cancel", str(run_id))
+    assert cancelled.code == 0, cancelled.err
+    later = _json(stack.cli("migrate", "--wait", "--json"))
+    assert later["status"] == "succeeded" and set(stack.revisions(schemas).values()) == {R3}
+    # a message of the first run delivered late (a redelivery, a resend): it finds the tenant
+    # moved, touches nothing and records nothing in the closed run
+    with stack.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "UPDATE public.migration_run_tenants SET status = 'queued', finished_at = NULL"
+                " WHERE run_id = :run AND schema_name = 'hm00004'"
+            ),
+            {"run": run_id},
+        )
+        connection.execute(
+            sa.text("UPDATE public.migration_runs SET finished_at = NULL WHERE id = :run"),
+            {"run": run_id},
+        )
+    stack.send_by_hand(run_id, "hm00004", R2).get(timeout=120)
+    with stack.engine.connect() as connection:
+        (row,) = [t for t in runs.tenants_of(connection, run_id) if t.schema_name == "hm00004"]
+    assert row.status == "skipped" and row.error_class == "MovedSince"
+    assert f"moved by run {later['run_id']}" in (row.error_message or "")
+    assert stack.revisions(["hm00004"])["hm00004"] == R3
