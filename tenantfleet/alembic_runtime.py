@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from tenantfleet import config as tf_config
-from tenantfleet import db, locks, models, replay
+from tenantfleet import db, locks, models, replay, sql
 from tenantfleet.errors import (
     InvalidSchemaName,
     TenantStateError,
@@ -57,19 +57,10 @@ PUBLIC_VERSION_TABLE = "tenantfleet_version"
 ``public.alembic_version`` to itself."""
 VERSION_READ_CHUNK = 250
 
-CONFINE = (
-    "SELECT set_config('search_path', quote_ident(:schema), true),"
-    " set_config('lock_timeout', :lock_timeout, true),"
-    " set_config('statement_timeout', :statement_timeout, true);"
-    f" SELECT pg_advisory_xact_lock({locks.key_sql(':schema')})"
-)
+CONFINE = sql.query("confine")
 """Confine the transaction to a schema and lock it (binds: ``confine_params``)."""
 CONFINE_SQL = sa.text(f"{CONFINE}; SELECT to_regclass('{VERSION_TABLE}') IS NOT NULL")
 READ_VERSIONS = f"SELECT version_num FROM {VERSION_TABLE}"
-AT_REVISION_SQL = (
-    f"(SELECT count(*) = 1 AND bool_and(version_num = :revision) FROM {VERSION_TABLE})"
-)
-"""True when the confined schema is at ``:revision`` alone (fails if it has no version table)."""
 
 
 @dataclass(frozen=True)

@@ -35,18 +35,11 @@ from sqlalchemy.dialects.postgresql import psycopg2 as pg_driver
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from tenantfleet import alembic_runtime, db, locks, replay, runs
+from tenantfleet import alembic_runtime, db, replay, runs
 from tenantfleet.config import Settings
+from tenantfleet.sql import query
 
 UNDEFINED_TABLE = "42P01"
-
-
-def _read_under_lock(versions: str) -> str:
-    """The run row (one row, NULLs when the run has no such tenant) with the version rows."""
-    return (
-        f"SELECT r.attempts, r.status, r.from_revision, {versions} FROM (SELECT 1) AS one"
-        f" LEFT JOIN ({runs.TENANT_ROW_SQL}) AS r ON true"
-    )
 
 
 def _driver(sql: str) -> str:
@@ -55,25 +48,19 @@ def _driver(sql: str) -> str:
 
 
 _MARK_RUNNING = (
-    f"{locks.TAKE_SLOT_SQL}; SELECT set_config('synchronous_commit', 'off', true);"
-    f" {runs.MARK_RUNNING_SQL}; COMMIT"
+    f"{query('take_slot')}; {query('commit_asynchronously')}; {query('mark_running')}; COMMIT"
 )
 """A slot of the tenant's database (or ``locks.NO_SLOT``, before anything else), then progress:
 the attempt begins."""
-_LOCK = f"BEGIN; {alembic_runtime.CONFINE}"
-_READ_WITH_VERSIONS = (
-    _read_under_lock("v.version_num") + f" LEFT JOIN {alembic_runtime.VERSION_TABLE} AS v ON true"
+_LOCK = f"BEGIN; {query('confine')}"
+_BEGIN_SQL = sa.text(f"{_MARK_RUNNING}; {_LOCK}; {query('read_under_lock')}")
+_RESTART_SQL = sa.text(f"ROLLBACK; {_LOCK}; {query('read_under_lock')}")
+_RESTART_WITHOUT_VERSION_TABLE_SQL = sa.text(
+    f"ROLLBACK; {_LOCK}; {query('read_under_lock_without_versions')}"
 )
-_BEGIN_SQL = sa.text(f"{_MARK_RUNNING}; {_LOCK}; {_READ_WITH_VERSIONS}")
-_RESTART_SQL = sa.text(f"ROLLBACK; {_LOCK}; {_READ_WITH_VERSIONS}")
-_RESTART_WITHOUT_VERSION_TABLE_SQL = sa.text(f"ROLLBACK; {_LOCK}; " + _read_under_lock("NULL"))
-_AS_GUESSED = _driver(
-    f"{_MARK_RUNNING}; {_LOCK}; SELECT public.tenantfleet_expect("
-    f"{alembic_runtime.AT_REVISION_SQL} AND {runs.STILL_PENDING_SQL},"
-    " 'the schema is not where the plan saw it, or the tenant is no longer pending')"
-)
+_AT_PLANNED = _driver(f"{_MARK_RUNNING}; {_LOCK}; {query('expect_planned_and_pending')}")
 _MARK_AND_COMMIT = _driver(
-    f"{runs.MARK_SUCCEEDED_SQL};\nCOMMIT; {locks.FREE_SLOT_SQL}; {runs.ANY_WAITING_SQL}"
+    f"{query('mark_succeeded')};\nCOMMIT; {query('free_slot')}; {query('any_waiting')}"
 )
 """The success mark, then COMMIT, the slot given back, and whether tenants wait for one; the
 mark raises instead when the row is no longer pending, so the COMMIT is never reached (``end``
@@ -106,8 +93,8 @@ def _note_from(revision: str | None) -> None:
 
 
 def _note_waiting(seen: Any) -> None:
-    """What the attempt's last statement read (``runs.ANY_WAITING_SQL``), or None at the start
-    of an attempt."""
+    """What the attempt's last statement read (``any_waiting`` in ``sql/queries.sql``), or None
+    at the start of an attempt."""
     global _waiting_after_last, _attempt_of_last, _from_of_last
     _waiting_after_last = seen is None or seen[0] is not False
     _attempt_of_last = None if seen is None else seen[1]
@@ -182,13 +169,13 @@ def _begin_params(task: runs.TenantTask, worker: str, settings: Settings) -> dic
     }
 
 
-def _guessed(task: runs.TenantTask) -> tuple[str, str] | None:
+def _planned(task: runs.TenantTask) -> tuple[str, str] | None:
     """(the revision the plan saw the schema at, as the message says, the span's SQL from
     there), when the message says it, the schema had a revision and the span can be
     replayed."""
-    guess = task.planned_revision
-    sql = alembic_runtime.replayable_sql(guess, task.target) if guess else None
-    return (guess, sql) if guess and sql else None
+    revision = task.planned_revision
+    sql = alembic_runtime.replayable_sql(revision, task.target) if revision else None
+    return (revision, sql) if revision and sql else None
 
 
 def at_once(
@@ -198,20 +185,20 @@ def at_once(
     settings: Settings,
     max_attempts: int,
 ) -> Quick:
-    """The whole attempt in one round trip, if the schema is at the guessed revision."""
-    guessed = _guessed(task)
-    if guessed is None:
+    """The whole attempt in one round trip, if the schema is where the plan saw it."""
+    planned = _planned(task)
+    if planned is None:
         return Quick.NOT_TRIED
-    guess, sql = guessed
-    _note_from(guess)
+    revision, sql = planned
+    _note_from(revision)
     params = {
         **_begin_params(task, worker, settings),
-        "revision": guess,
+        "revision": revision,
         "max_attempts": max_attempts,
-        "from_revision": guess,
+        "from_revision": revision,
         "elapsed_ms": 0,
     }
-    statements = [_AS_GUESSED, replay.driver_sql(sql), _MARK_AND_COMMIT]
+    statements = [_AT_PLANNED, replay.driver_sql(sql), _MARK_AND_COMMIT]
     try:
         result = connection.exec_driver_sql(";\n".join(statements), params)
     except DBAPIError as exc:
@@ -289,7 +276,7 @@ def mark_done(
 
 def end(connection: Connection, *, commit: bool) -> None:
     """COMMIT or ROLLBACK the transaction ``begin`` opened; give the slot back."""
-    connection.exec_driver_sql(f"{'COMMIT' if commit else 'ROLLBACK'}; {locks.FREE_SLOT_SQL}")
+    connection.exec_driver_sql(f"{'COMMIT' if commit else 'ROLLBACK'}; {query('free_slot')}")
 
 
 # -- a tenant of another database ----------------------------------------------------------
@@ -301,40 +288,33 @@ def end(connection: Connection, *, commit: bool) -> None:
 #
 # ``remote_at_once``, the common case, in three round trips: (1) control: slot, mark lock,
 # running mark (committed), then BEGIN and the succeeded mark, left open; (2) the tenant's
-# database: BEGIN, confine and lock, a check that the schema is at the guessed revision (a
+# database: BEGIN, confine and lock, a check that the schema is at the planned revision (a
 # division by zero otherwise: the shard databases need no function of ours), the upgrade,
 # COMMIT; (3) control: the attempt's duration, COMMIT, slot and mark lock given back. When the
-# guess does not hold, both sides roll back and the attempt goes the long way
+# check does not hold, both sides roll back and the attempt goes the long way
 # (``remote_begin``, ``remote_apply``) with its running mark, slot and lock kept.
 
 DIVISION_BY_ZERO = "22012"
-_MARK_LOCK = f"pg_try_advisory_lock({locks.key_sql(':label')})"
 _REMOTE_START_SQL = (
-    f"{locks.TAKE_SLOT_SQL}; COMMIT;"
-    f" SELECT public.tenantfleet_expect({_MARK_LOCK},"
-    " 'another worker is migrating this tenant right now');"
-    f" SELECT set_config('synchronous_commit', 'off', true); {runs.MARK_RUNNING_SQL}; COMMIT"
+    f"{query('take_slot')}; COMMIT; {query('take_mark_lock')};"
+    f" {query('commit_asynchronously')}; {query('mark_running')}; COMMIT"
 )
 """Control: a slot, the tenant's mark lock (``runs.NOT_PENDING`` when another worker holds it),
 the running mark."""
-_REMOTE_START = sa.text(f"{_REMOTE_START_SQL}; {runs.TENANT_ROW_SQL}")
-_REMOTE_ROW = sa.text(runs.TENANT_ROW_SQL)
-_REMOTE_MARK_SQL = "BEGIN; SET LOCAL synchronous_commit = off; " + runs.MARK_SUCCEEDED_SQL
+_REMOTE_START = sa.text(f"{_REMOTE_START_SQL}; {query('tenant_row')}")
+_REMOTE_ROW = sa.text(query("tenant_row"))
+_REMOTE_MARK_SQL = f"BEGIN; {query('commit_asynchronously')}; {query('mark_succeeded')}"
 """Control, inside a transaction left open until the tenant's COMMIT is through. Not durable at
 once: a mark lost in a crash is made again by the next attempt, from the schema itself."""
 _REMOTE_MARK = _driver(_REMOTE_MARK_SQL)
-_REMOTE_AT_ONCE = sa.text(f"{_REMOTE_START_SQL}; {_REMOTE_MARK_SQL}; {runs.TENANT_ROW_SQL}")
-_REMOTE_GUESS = _driver(f"{_LOCK}; SELECT 1 / ({alembic_runtime.AT_REVISION_SQL})::integer")
-_REMOTE_LOCK = sa.text(
-    f"{_LOCK}; SELECT v.version_num FROM (SELECT 1) AS one"
-    f" LEFT JOIN {alembic_runtime.VERSION_TABLE} AS v ON true"
-)
+_REMOTE_AT_ONCE = sa.text(f"{_REMOTE_START_SQL}; {_REMOTE_MARK_SQL}; {query('tenant_row')}")
+_REMOTE_AT_PLANNED = _driver(f"{_LOCK}; {query('expect_planned')}")
+_REMOTE_LOCK = sa.text(f"{_LOCK}; {query('read_versions_under_lock')}")
 _REMOTE_LOCK_WITHOUT_VERSION_TABLE = sa.text(f"ROLLBACK; {_LOCK}")
-_REMOTE_RELEASE_SQL = f"{locks.FREE_SLOT_SQL}; SELECT pg_advisory_unlock({locks.key_sql(':label')})"
+_REMOTE_RELEASE_SQL = f"{query('free_slot')}; {query('release_mark_lock')}"
 _REMOTE_RELEASE = sa.text(_REMOTE_RELEASE_SQL)
 _REMOTE_DONE = _driver(
-    "UPDATE public.migration_run_tenants SET duration_ms = :elapsed_ms"
-    f" WHERE {runs.THIS_RUN_SQL}; COMMIT; {_REMOTE_RELEASE_SQL}; {runs.ANY_WAITING_SQL}"
+    f"{query('note_duration')}; COMMIT; {_REMOTE_RELEASE_SQL}; {query('any_waiting')}"
 )
 """Control, once the tenant's COMMIT is through: the whole attempt's duration, COMMIT, the slot
 and the mark lock given back, and whether tenants wait for one."""
@@ -379,17 +359,17 @@ def remote_at_once(
     max_attempts: int,
     started: float,
 ) -> Quick | Started:
-    """The whole attempt in three round trips if the schema is at the guessed revision. When
+    """The whole attempt in three round trips if the schema is where the plan saw it. When
     the row is not pending (or not this run's, or past the poison cap) the ``Started`` that
     says so, with both sides rolled back."""
-    guessed = _guessed(task)
-    if guessed is None:
+    planned = _planned(task)
+    if planned is None:
         return Quick.NOT_TRIED
-    guess, sql = guessed
-    _note_from(guess)
+    revision, sql = planned
+    _note_from(revision)
     params = {
         **_remote_params(task, worker, settings),
-        "from_revision": guess,
+        "from_revision": revision,
         "elapsed_ms": 0,
     }
     try:
@@ -404,9 +384,11 @@ def remote_at_once(
     if row.attempts > max_attempts:  # the poison cap: pending, but given up
         pair.control.exec_driver_sql("ROLLBACK")
         return Started(row.attempts, "running", None)
-    confine = {**alembic_runtime.confine_params(task.schema, settings), "revision": guess}
+    confine = {**alembic_runtime.confine_params(task.schema, settings), "revision": revision}
     try:
-        pair.tenant.exec_driver_sql(f"{_REMOTE_GUESS};\n{replay.driver_sql(sql)};\nCOMMIT", confine)
+        pair.tenant.exec_driver_sql(
+            f"{_REMOTE_AT_PLANNED};\n{replay.driver_sql(sql)};\nCOMMIT", confine
+        )
     except DBAPIError as exc:
         if db.sqlstate(exc) not in (DIVISION_BY_ZERO, UNDEFINED_TABLE):
             raise

@@ -20,33 +20,27 @@ from typing import Any, NoReturn, TextIO
 from sqlalchemy.exc import DBAPIError
 
 from tenantfleet import (
+    commands,
     config,
     db,
     demo,
     embedded,
-    fleet,
     follow,
-    guard,
     logs,
     metrics,
     output,
     processes,
-    producer,
-    report,
-    runs,
     scaffold,
-    states,
 )
 from tenantfleet.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_TENANT_FAILURES,
-    EXIT_TIMEOUT,
     EXIT_USAGE,
     TenantfleetError,
     UsageError,
 )
 from tenantfleet.manager import MigrationManager, Status
+from tenantfleet.planning import MigrateOptions
 from tenantfleet.progress import Progress
 from tenantfleet.registry import PROFILE_FIELDS
 
@@ -204,7 +198,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.sql and not args.dry_run:
         raise UsageError("--sql goes with --dry-run")
     manager = MigrationManager()
-    options = producer.MigrateOptions(
+    options = MigrateOptions(
         revision=args.revision,
         include=tuple(args.tenant or ()),
         exclude=tuple(args.exclude or ()),
@@ -217,106 +211,58 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         **_rollout_options(args),
     )
     if args.dry_run:
-        return _dry_run(manager, options, sql=args.sql, as_json=args.json)
-    watch = _watch(manager, args.timeout)
-    run_id = producer.start(manager, options, _say, watch)
+        planned = commands.dry_run(manager, options, sql=args.sql)
+        if args.json:
+            _print_json(output.plan_dict(planned.plan, planned.waves, planned.sql))
+        else:
+            print(output.plan_text(planned.plan, planned.waves))
+            if planned.sql:
+                print(f"\n-- SQL of {planned.plan.behind[0][0]}'s upgrade:\n{planned.sql}")
+        return EXIT_OK
+    watch = commands.watch(manager, args.timeout, _say)
+    run_id = commands.migrate(manager, options, _say, watch)
     return _follow(manager, run_id, args, watch)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    manager = MigrationManager()
-    options = producer.MigrateOptions(
+    options = MigrateOptions(
         revision=args.revision,
         include=tuple(args.tenant or ()),
         exclude=tuple(args.exclude or ()),
     )
-    chosen = producer.plan(manager, options, dry_run=True)
-    report = producer.lint_plan(manager, chosen, tuple(args.allow or ()))
+    found, code = commands.lint_revisions(MigrationManager(), options, tuple(args.allow or ()))
     if args.json:
-        _print_json(report.as_dict())
+        _print_json(found.as_dict())
     else:
-        print(output.lint_text(report))
-    return EXIT_USAGE if report.blocking else EXIT_OK
-
-
-def _watch(manager: MigrationManager, timeout: float | None) -> follow.Watch:
-    """How this command follows its run: from now, with its timeout, saying things on stderr,
-    sending again the tenants that lost their task when nothing moves."""
-
-    def resend_lost_tasks(run_id: int) -> None:
-        sent = producer.resend_lost(manager, run_id, manager.settings.stall_resume)
-        if sent:
-            _say(
-                f"\nno tenant finished for {manager.settings.stall_resume:g} s:"
-                f" {sent} tenants with no live task sent again"
-            )
-
-    return follow.Watch(
-        timeout=timeout,
-        poll_interval=manager.settings.poll_interval,
-        stall_after=manager.settings.stall_resume,
-        on_stall=resend_lost_tasks,
-        say=_say,
-    )
-
-
-def _dry_run(
-    manager: MigrationManager, options: producer.MigrateOptions, *, sql: bool, as_json: bool
-) -> int:
-    chosen = producer.plan(manager, options, dry_run=True)
-    waves = producer.choose_waves(chosen, options)
-    statement = ""
-    if sql and chosen.behind:
-        schema, from_revision = chosen.behind[0]
-        statement = producer.dry_run_sql(schema, from_revision, chosen.target)
-    if as_json:
-        _print_json(output.plan_dict(chosen, waves, statement))
-    else:
-        print(output.plan_text(chosen, waves))
-        if statement:
-            print(f"\n-- SQL of {chosen.behind[0][0]}'s upgrade:\n{statement}")
-    return EXIT_OK
+        print(output.lint_text(found))
+    return code
 
 
 def _follow(
     manager: MigrationManager, run_id: int, args: argparse.Namespace, watch: follow.Watch
 ) -> int:
     """Print the run id (no --wait), or follow the run to its end and print its summary."""
-    if not args.wait:
-        report = follow.patiently(watch, lambda: producer.report(manager.engine, run_id))
-        closed = report["finished_at"] is not None
-        if args.json:
-            _print_json(report)
-        elif closed:
-            print(output.run_summary(report))
-        else:
-            print(f"run {run_id} enqueued; follow it with `tenantfleet status {run_id}`")
-        return _run_exit_code(report["status"]) if closed else EXIT_OK
-    progress = Progress(say=_say if _json_logs else None)
-    watch.on_progress = progress
-    run = follow.until_closed(manager.engine, run_id, watch)
-    progress.close()
-    report = follow.patiently(watch, lambda: producer.report(manager.engine, run_id))
+    progress = Progress(say=_say if _json_logs else None) if args.wait else None
+    followed = commands.follow_run(manager, run_id, watch, wait=args.wait, on_progress=progress)
+    if progress is not None:
+        progress.close()
     if args.json:
-        _print_json(report)
+        _print_json(followed.view)
+    elif followed.closed or args.wait:
+        print(output.run_summary(followed.view))
     else:
-        print(output.run_summary(report))
-    if run is None:
+        print(f"run {run_id} enqueued; follow it with `tenantfleet status {run_id}`")
+    if followed.timed_out:
         print(
             f"error: --timeout of {args.timeout:g} s reached; run {run_id} goes on", file=sys.stderr
         )
-        return EXIT_TIMEOUT
-    return _run_exit_code(run.status)
-
-
-def _run_exit_code(status: str) -> int:
-    return EXIT_OK if status in states.RUN_OK else EXIT_TENANT_FAILURES
+    return followed.exit_code
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     manager = MigrationManager()
-    watch = _watch(manager, args.timeout)
-    run_id = producer.retry(
+    watch = commands.watch(manager, args.timeout, _say)
+    run_id = commands.retry(
         manager,
         args.run_id,
         tuple(args.tenant or ()),
@@ -336,34 +282,29 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     manager = MigrationManager()
-    watch = _watch(manager, args.timeout)
-    with db.connect(manager.engine) as connection:
-        manager.require_public(connection)
-        before = runs.get_run(connection, args.run_id)
-    sent = producer.resume(manager, args.run_id, _say, watch)
-    if before.finished_at is not None:
-        _say(f"run {args.run_id} is closed ({before.status}): nothing to resume")
+    watch = commands.watch(manager, args.timeout, _say)
+    resumed = commands.resume(manager, args.run_id, watch)
+    if resumed.before.finished_at is not None:
+        _say(f"run {args.run_id} is closed ({resumed.before.status}): nothing to resume")
     else:
-        _say(f"run {args.run_id}: {sent} tenants enqueued again")
+        _say(f"run {args.run_id}: {resumed.sent} tenants enqueued again")
     return _follow(manager, args.run_id, args, watch)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    manager = MigrationManager()
     reason = args.reason or f"cancelled by {getpass.getuser()}@{socket.gethostname()}"
-    cancelled, closed = producer.cancel(manager, args.run_id, reason)
-    report = producer.report(manager.engine, args.run_id)
-    report["cancelled_now"] = cancelled
+    view, closed = commands.cancel(MigrationManager(), args.run_id, reason)
     if args.json:
-        _print_json(report)
+        _print_json(view)
         return EXIT_OK
-    in_flight = report["counts"]["pending"]
+    in_flight = view["counts"]["pending"]
     _say(
-        f"run {args.run_id}: {cancelled} tenants not started are cancelled and will not be"
-        " touched" + ("" if closed else f"; {in_flight} in flight finish, then the run closes")
+        f"run {args.run_id}: {view['cancelled_now']} tenants not started are cancelled and will"
+        " not be touched"
+        + ("" if closed else f"; {in_flight} in flight finish, then the run closes")
     )
     if closed:
-        print(output.run_summary(report))
+        print(output.run_summary(view))
     return EXIT_OK
 
 
@@ -371,16 +312,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout goes with --wait")
     manager = MigrationManager()
-    options = producer.MigrateOptions(**_rollout_options(args))
-    watch = _watch(manager, args.timeout)
-    run_id = producer.rollback(manager, args.run_id, options, _say, watch)
+    options = MigrateOptions(**_rollout_options(args))
+    watch = commands.watch(manager, args.timeout, _say)
+    run_id = commands.rollback(manager, args.run_id, options, _say, watch)
     _say(f"run {run_id} rolls back run {args.run_id}")
     return _follow(manager, run_id, args, watch)
 
 
 def cmd_continue(args: argparse.Namespace) -> int:
     manager = MigrationManager()
-    wave = producer.continue_run(manager, args.run_id, _say, _watch(manager, args.timeout))
+    watch = commands.watch(manager, args.timeout, _say)
+    wave = commands.continue_run(manager, args.run_id, _say, watch)
     message = f"run {args.run_id}: goes on after wave {wave}"
     if args.json:
         _print_json({"run_id": args.run_id, "continued_after_wave": wave, "message": message})
@@ -390,40 +332,16 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    manager = MigrationManager()
-    with db.begin(manager.engine) as connection:
-        manager.require_public(connection)
-        run_id = args.run_id if args.run_id is not None else runs.latest_run_id(connection)
-        runs.finalize(connection, run_id)
-        open_runs = guard.open_runs(connection, manager.settings.stale_run_after)
-        state = next((o for o in open_runs if o.run.id == run_id), None)
-    report = producer.report(manager.engine, run_id, slowest=5)
-    if args.tenant is not None:
-        report["attempts"] = producer.attempts(manager, run_id, args.tenant)
-    if state is not None:
-        report["alive"] = state.alive
-        report["held"] = state.held
-        report["idle_seconds"] = round(state.idle_seconds, 1)
-        queues = producer.queues_of(manager)
-        ours, reason = follow.waiting_for(producer.app(), queues, report["target_revision"])
-        report["workers"] = ours
-        report["waiting_for"] = reason
-        report["blocked"] = producer.blocked(manager, run_id)
+    view, code = commands.status(MigrationManager(), args.run_id, args.tenant)
     if args.json:
-        _print_json(report)
+        _print_json(view)
     else:
-        print(output.status_report(report))
-    if state is None:
-        return _run_exit_code(report["status"])
-    return EXIT_TIMEOUT if state.alive else EXIT_TENANT_FAILURES
+        print(output.status_report(view))
+    return code
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    manager = MigrationManager()
-    with db.connect(manager.engine) as connection:
-        manager.require_public(connection)
-        recent = runs.list_runs(connection, args.limit)
-        by_database = runs.counts_by_run_and_database(connection, [r.id for r in recent])
+    recent, by_database = commands.recent_runs(MigrationManager(), args.limit)
     if args.json:
         _print_json([output.run_dict(r, by_database.get(r.id, {})) for r in recent])
     else:
@@ -432,15 +350,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    manager = MigrationManager()
-    with db.connect(manager.engine) as connection:
-        manager.require_public(connection)
-        run_id = args.run_id if args.run_id is not None else runs.latest_run_id(connection)
-        attempts = runs.attempts_of_run(connection, run_id)
-    data = report.RunData(producer.report(manager.engine, run_id), attempts)
+    run_id, page = commands.report_page(
+        MigrationManager(), args.run_id, datetime.now().astimezone()
+    )
     target = Path(args.html or f"tenantfleet-run-{run_id}.html")
     try:
-        target.write_text(report.page(data, datetime.now().astimezone()))
+        target.write_text(page)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror}") from None
     if args.json:
@@ -453,17 +368,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    manager = MigrationManager()
-    with db.connect(manager.engine) as connection:
-        manager.require_public(connection)
-
-    def read() -> list[metrics.Sample]:
-        def blocked(run_id: int) -> list[str]:
-            return [b["database"] for b in producer.blocked(manager, run_id)]
-
-        with db.connect(manager.engine) as connection:
-            return metrics.run_samples(connection, blocked)
-
+    read = commands.metrics_reader(MigrationManager())
     if not args.serve:
         sys.stdout.write(metrics.exposition(read))
         return EXIT_OK
@@ -476,14 +381,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    manager = MigrationManager()
-    with db.connect(manager.engine) as connection:
-        manager.require_public(connection)
-        report = fleet.survey(connection, manager.settings, manager.engine_for)
+    survey = commands.fleet_survey(MigrationManager())
     if args.json:
-        _print_json(output.fleet_dict(report))
+        _print_json(output.fleet_dict(survey))
     else:
-        print(output.fleet_text(report))
+        print(output.fleet_text(survey))
     return EXIT_OK
 
 
@@ -512,10 +414,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     flower = demo.start_flower(settings, args.port, print) if args.flower else None
     try:
         print(f"migrating {len(schemas)} tenants to head with `tenantfleet migrate --wait`")
-        watch = _watch(manager, None)
-        run_id = producer.start(
-            manager, producer.MigrateOptions(include=tuple(schemas)), _say, watch
-        )
+        watch = commands.watch(manager, None, _say)
+        run_id = commands.migrate(manager, MigrateOptions(include=tuple(schemas)), _say, watch)
         as_migrate = argparse.Namespace(wait=True, timeout=None, json=False)
         code = _follow(manager, run_id, as_migrate, watch)
         if flower is not None:

@@ -38,7 +38,7 @@ class StoppedFollowing(TenantfleetError):
     exit_code = EXIT_TIMEOUT
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     """Say nothing."""
 
 
@@ -53,7 +53,7 @@ class Watch:
     on_progress: ProgressCallback | None = None
     on_stall: Callable[[int], None] | None = None
     """Called with the run id when no tenant finished for ``stall_after`` seconds."""
-    say: Say = _quiet
+    say: Say = quiet
     app: Any = None
     queues: Queues | None = None
     target: str | None = None

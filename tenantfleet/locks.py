@@ -47,14 +47,9 @@ def held(connection: Connection, schemas: Sequence[str]) -> set[str]:
     return set(rows.scalars())
 
 
-TAKE_SLOT_SQL = "SELECT public.tenantfleet_take_slot(:slot_database, :slot_cap)"
-"""Take one of the database's ``:slot_cap`` slots for this session, or raise ``NO_SLOT``
-(public migration 20251201_000000). A slot is a session lock in the control database, so the cap
-holds across every worker on every host, whatever database the tenant lives in."""
-FREE_SLOT_SQL = "SELECT public.tenantfleet_free_slot()"
-"""Give back the slot this session holds, if any."""
 NO_SLOT = "TF503"
-"""SQLSTATE of ``TAKE_SLOT_SQL`` when every slot of the database is taken."""
+"""SQLSTATE of the slot a tenant's attempt takes first (``sql/queries.sql``: ``take_slot``) when
+every slot of its database is taken."""
 
 
 def dispatching(run_uid: str) -> str:

@@ -10,11 +10,13 @@ from tenantfleet.databases import shown
 from tenantfleet.fleet import FleetReport
 from tenantfleet.manager import Status
 from tenantfleet.names import shorten
-from tenantfleet.producer import Plan
+from tenantfleet.planning import Plan
 from tenantfleet.registry import Tenant
 from tenantfleet.runs import Counts, Run
 from tenantfleet.states import TENANT_STATES as STATES
-from tenantfleet.states import RunState, held_hint
+from tenantfleet.states import RunState, TenantState, held_hint
+
+FAILED, SKIPPED = TenantState.FAILED, TenantState.SKIPPED
 
 
 def status_dict(status: Status) -> dict[str, Any]:
@@ -88,8 +90,8 @@ def run_summary(report: dict[str, Any]) -> str:
         f"of {counts['total']} (already at target: {counts['up_to_date']}); "
         f"target {report['target_revision']}"
     ]
-    failed = [t for t in report["tenants"] if t["status"] in ("failed", "skipped")]
-    failed.sort(key=lambda t: (t["status"] != "failed", t["schema"]))
+    failed = [t for t in report["tenants"] if t["status"] in (FAILED, SKIPPED)]
+    failed.sort(key=lambda t: (t["status"] != FAILED, t["schema"]))
     if failed:
         lines.append("")
         lines.append(

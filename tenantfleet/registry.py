@@ -173,8 +173,8 @@ def apply_run_outcomes(connection: Connection, run_id: int) -> int:
     """Copy each finished tenant's outcome in run ``run_id`` onto its registry row, at once.
 
     ``current_revision`` is not written here: it changes with the schema itself, in the tenant's
-    own transaction (``runs.MARK_SUCCEEDED_SQL``), so it is true even for a run that never closes
-    and is never overwritten with a plan-time guess.
+    own transaction (the success mark, ``sql/queries.sql``), so it is true even for a run that
+    never closes and is never overwritten with a plan-time guess.
     """
     rt = migration_run_tenants
     result = connection.execute(

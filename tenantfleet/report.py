@@ -39,7 +39,7 @@ class RunData:
     """What the page shows, read from the run tables in one go."""
 
     report: dict[str, Any]
-    """``producer.report`` of the run."""
+    """``views.run_view`` of the run."""
     attempts: list[tuple[str, runs.Attempt]]
     """(tenant label, attempt) for every attempt of the run."""
 

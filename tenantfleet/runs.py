@@ -1,7 +1,12 @@
-"""``public.migration_runs`` and ``public.migration_run_tenants``: the only module that writes them.
+"""``public.migration_runs`` and ``public.migration_run_tenants``: the only module that says how
+they are written.
 
 These rows are the truth about a run. The broker may forget tasks and the chord may fire early
-or never; every reader (the chord callback, ``--wait``, ``status``) reconciles from here.
+or never; every reader (the chord callback, ``--wait``, ``status``) reconciles from here. The
+functions below write them; so do the statements a tenant's attempt sends for its own row, which
+stand whole and by name in ``sql/queries.sql`` (``mark_running``, ``mark_succeeded``, ...) and
+call the PL/pgSQL functions of ``sql/functions.sql``: ``tenantfleet.attempt`` only composes
+them into its round trips. A final row is never changed again.
 """
 
 from collections.abc import Mapping, Sequence
@@ -128,14 +133,14 @@ class TenantTask:
         return databases.label(self.database, self.schema)
 
     def slot_binds(self, settings: Settings) -> dict[str, Any]:
-        """The binds of ``locks.TAKE_SLOT_SQL`` for this tenant's database."""
+        """The binds of ``take_slot`` (``sql/queries.sql``) for this tenant's database."""
         return {
             "slot_database": databases.shown(self.database),
             "slot_cap": settings.cap(self.database),
         }
 
     def binds(self) -> dict[str, Any]:
-        """The binds of the statements that name this task's row (``_THIS_RUN``)."""
+        """The binds of the statements that name this task's row (``sql/queries.sql``)."""
         return {
             "run_id": self.run_id,
             "run_uid": self.run_uid,
@@ -241,41 +246,10 @@ def mark_dispatched(connection: Connection, run_id: int) -> None:
     )
 
 
-# The tenant task's statements, as SQL text with :run_id and :schema, because the task sends
-# them together with other statements in one round trip (``tenantfleet.attempt``). A row that
-# is final is never changed again.
-THIS_RUN_SQL = (
-    "run_id = :run_id AND schema_name = :schema AND to_revision = :target"
-    " AND run_id IN (SELECT id FROM public.migration_runs WHERE uid = CAST(:run_uid AS uuid))"
-)
-"""The task's own row: its run id *and* uid (ids repeat across databases that share a broker)
-and its target (a message for another target never marks this row)."""
-_KEY_ARGUMENTS = ":run_id, CAST(:run_uid AS uuid), :schema, :target"
-MARK_RUNNING_SQL = f"SELECT public.tenantfleet_mark_running({_KEY_ARGUMENTS}, :worker)"
-"""Progress: the attempt begins, and is kept (``migration_attempts``); the attempt count
-survives a crash, for the poison cap.
-
-This and the other statements an attempt sends for its own row are functions (public migration
-20251205_000000, where their SQL is): PostgreSQL keeps their plans for the session instead of
-planning them for every tenant."""
-STILL_PENDING_SQL = f"public.tenantfleet_still_pending({_KEY_ARGUMENTS}, :max_attempts)"
-"""True while the tenant is pending in its run and has begun at most ``:max_attempts`` attempts."""
-TENANT_ROW_SQL = (
-    f"SELECT attempts, status, from_revision FROM public.migration_run_tenants WHERE {THIS_RUN_SQL}"
-)
-"""The row as the attempt sees it, read under the schema's lock: the attempt's number, the
-status, and the revision the plan saw the schema at (the only one it moves the schema from)."""
 NOT_PENDING = "TF409"
-"""SQLSTATE of ``MARK_SUCCEEDED_SQL`` when the row is no longer pending, and of
-``public.tenantfleet_expect`` (public migration 20251126_000000) when its check fails."""
-MARK_SUCCEEDED_SQL = (
-    f"SELECT public.tenantfleet_mark_succeeded({_KEY_ARGUMENTS}, :from_revision, :elapsed_ms)"
-)
-"""The outcome, sent after the upgrade's SQL in the same round trip and transaction, with the
-COMMIT after it (a schema found at the target already keeps the planned ``from_revision``); the
-registry's ``current_revision`` changes with the schema, in that commit.
-When the row is no longer pending (something finished or skipped the tenant meanwhile) it raises
-``NOT_PENDING``: the transaction aborts and the COMMIT is never run."""
+"""SQLSTATE of the success mark (``sql/queries.sql``: ``mark_succeeded``) when the row is no
+longer pending, and of ``public.tenantfleet_expect`` when its check fails: the transaction
+aborts, and the COMMIT after it in the same string is never run."""
 
 # The same (run, schema) row for the Core statements below.
 _PENDING_ROW = run_tenants.update().where(
@@ -321,11 +295,6 @@ def note_reached(connection: Connection, task: TenantTask, reached: str | None) 
     )
 
 
-ANY_WAITING_SQL = f"SELECT * FROM public.tenantfleet_any_waiting({_KEY_ARGUMENTS}, :database)"
-"""Whether some tenant of the run and database waits for a slot (the partial index
-``ix_migration_run_tenants_waiting``): read by an attempt's last statement, after it gave its
-slot back, so a worker looks for waiting tenants only when there are some; and the attempt's
-number (for its log line)."""
 WAITING_FOR_A_SLOT = "WaitingForSlot"
 """``error_class`` of a ``waiting`` tenant: every slot of its database was taken."""
 

@@ -176,9 +176,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         "close",
         ("chord callback", "follower", "status", "guard"),
-        RUN_OPEN,
-        RUN_CLOSED,
-        "no tenant is pending: the status follows from the tenants' outcomes",
+        (RunState.RUNNING,),
+        (RunState.SUCCEEDED, RunState.PARTIAL, RunState.FAILED, RunState.SKIPPED),
+        "no tenant is pending: the status follows from the tenants' outcomes (runs.finalize)",
     ),
 )
 

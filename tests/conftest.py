@@ -44,12 +44,30 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded.stop(state)
 
 
+NO_SERVER = "redis://127.0.0.1:1/0"
+"""The broker a unit test sees: nothing listens there, so a test that reaches for one fails."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/unit/ is of the unit tier (``pytest -m unit``): pure logic, no
+    server started."""
+    unit = Path(__file__).resolve().parent / "unit"
+    for item in items:
+        if unit in item.path.parents:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def session_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Point everything at the test servers; nothing may touch the developer's own stack."""
+def session_env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Point everything at the test servers; nothing may touch the developer's own stack. The
+    private Redis starts only when a test outside the unit tier was collected."""
+    servers = any(item.get_closest_marker("unit") is None for item in request.session.items)
+    broker = request.getfixturevalue("redis_url") if servers else NO_SERVER
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TENANTFLEET_BROKER_URL", redis_url)
-        patch.setenv("TENANTFLEET_RESULT_BACKEND", redis_url)
+        patch.setenv("TENANTFLEET_BROKER_URL", broker)
+        patch.setenv("TENANTFLEET_RESULT_BACKEND", broker)
         patch.setenv("TENANTFLEET_STATE_DIR", str(tmp_path_factory.mktemp("state")))
         patch.delenv("TENANTFLEET_DATABASE_URL", raising=False)
         for name, value in FAST_RETRIES.items():

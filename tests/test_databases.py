@@ -159,8 +159,22 @@ def test_waits_end_at_the_timeout_canaries_and_active_runs_included(
             assert runs.counts(connection, run_id).queued == 6  # nothing touched, nothing lost
         worker = idle.start_worker(1)
         try:
-            resumed = helpers.run_cli("resume", str(run_id), "--wait", env=env, timeout=300)
-            assert resumed.code == 0, resumed.err
+            resumed = helpers.run_cli(
+                "resume", str(run_id), "--wait", "--json", env=env, timeout=300
+            )
+            # the interrupted run's canary message was still queued (FIFO: it comes first): it
+            # moved ct00001, and this run records the tenant moved by that run, not moved twice;
+            # its canary did not succeed, so the rest is skipped, untouched
+            assert resumed.code == 1, resumed.err
+            tenants = {t["schema"]: t for t in json.loads(resumed.out)["tenants"]}
+            canary = tenants["ct00001"]
+            assert canary["status"] == "skipped", canary
+            assert f"moved by run {run_id - 1}" in canary["error"]
+            with idle.engine.connect() as connection:
+                moved = runs.tenants_of(connection, run_id - 1, ["succeeded"])
+            assert [t.schema_name for t in moved] == ["ct00001"]
+            again = helpers.run_cli("migrate", "--wait", env=env, timeout=300)
+            assert again.code == 0, again.err
         finally:
             processes.stop(worker)
         assert set(idle.revisions(schemas).values()) == {R3}

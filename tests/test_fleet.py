@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
-from tenantfleet import fleet_setup, producer, registry, runs
+from tenantfleet import fleet_setup, planning, producer, registry, runs
 from tests import helpers
 from tests.fleet import Stack
 
@@ -168,7 +168,7 @@ def test_a_duplicate_delivery_never_migrates_a_schema_twice(stack: Stack) -> Non
 
     schemas = fleet_setup.fleet_names(1, prefix="dup")
     fleet_setup.provision(stack.engine, schemas, R1)
-    run_id = producer.start(MigrationManager(engine=stack.engine), producer.MigrateOptions())
+    run_id = producer.start(MigrationManager(engine=stack.engine), planning.MigrateOptions())
     copies = [stack.send_by_hand(run_id, "dup00001", R3) for _ in range(3)]
     outcomes = [copy.get(timeout=60) for copy in copies]
     assert stack.until_closed(run_id) is not None

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, producer, registry
+from tenantfleet import alembic_runtime, planning, registry
 from tenantfleet.errors import (
     ConfigError,
     DuplicateTenant,
@@ -264,17 +264,18 @@ def test_the_plan_prepares_sending_while_it_reads_unless_the_registry_says_nothi
     manager.init_tenant("acme", revision=R1)
     manager.init_tenant("bolt", revision=R3)
     prepared: list[object] = []
-    monkeypatch.setattr(producer, "prepare_sending", prepared.append)
-    chosen = producer.plan(manager, producer.MigrateOptions(revision=R3))
+    chosen = planning.plan(manager, planning.MigrateOptions(revision=R3), warm_up=prepared.append)
     assert [s for s, _ in chosen.behind] == ["acme"] and prepared == [manager.settings]
-    producer.plan(manager, producer.MigrateOptions(revision=R3), dry_run=True)
+    planning.plan(
+        manager, planning.MigrateOptions(revision=R3), dry_run=True, warm_up=prepared.append
+    )
     assert len(prepared) == 1
     with engine.begin() as connection:
         assert registry.any_active_not_at(connection, R3)
         # the registry says acme is at R3 (it is not): no preparing, the schema still decides
         registry.record_revision(connection, "acme", R3)
         assert not registry.any_active_not_at(connection, R3)
-    chosen = producer.plan(manager, producer.MigrateOptions(revision=R3))
+    chosen = planning.plan(manager, planning.MigrateOptions(revision=R3), warm_up=prepared.append)
     assert [s for s, _ in chosen.behind] == ["acme"] and len(prepared) == 1
     with engine.begin() as connection:  # an inactive tenant's record does not count
         registry.record_revision(connection, "acme", R1)
@@ -286,8 +287,8 @@ def test_preparing_to_send_imports_modules_only() -> None:
     """The warm-up imports the transport and Celery's sending modules, never the app (which may
     start the embedded Redis)."""
     script = (
-        "import sys; from tenantfleet import config, producer;"
-        " producer.prepare_sending(config.load_settings({}));"
+        "import sys; from tenantfleet import config, dispatch;"
+        " dispatch.prepare_sending(config.load_settings({}));"
         " print(sorted(m for m in ('kombu.transport.redis', 'celery.canvas',"
         " 'celery.backends.redis', 'tenantfleet.workers') if m in sys.modules))"
     )
@@ -317,7 +318,7 @@ def test_the_plan_sends_the_largest_tenants_first_unless_told_not_to(
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         for name in ("alpha", "beta", "gamma"):
             connection.execute(sa.text(f'ANALYZE "{name}".users'))
-    chosen = producer.plan(manager, producer.MigrateOptions(revision=R3))
+    chosen = planning.plan(manager, planning.MigrateOptions(revision=R3))
     assert [s for s, _ in chosen.behind] == ["alpha", "beta", "gamma"]  # plan order: by name
     assert chosen.sizes["gamma"] > chosen.sizes["beta"] > chosen.sizes["alpha"]
     assert chosen.sending_order() == ["gamma", "beta", "alpha"]
@@ -326,10 +327,10 @@ def test_the_plan_sends_the_largest_tenants_first_unless_told_not_to(
             sa.text("UPDATE public.tenant_registry SET size_hint = 10000000000"
                     " WHERE schema_name = 'alpha'")
         )  # fmt: skip
-    hinted = producer.plan(manager, producer.MigrateOptions(revision=R3))
+    hinted = planning.plan(manager, planning.MigrateOptions(revision=R3))
     assert hinted.sizes["alpha"] == 10_000_000_000
     assert hinted.sending_order() == ["alpha", "gamma", "beta"]
     monkeypatch.setenv("TENANTFLEET_SCHEDULE_BY_SIZE", "false")
-    unordered = producer.plan(MigrationManager(), producer.MigrateOptions(revision=R3))
+    unordered = planning.plan(MigrationManager(), planning.MigrateOptions(revision=R3))
     assert unordered.sizes == {}
     assert unordered.sending_order() == ["alpha", "beta", "gamma"]

@@ -229,7 +229,7 @@ def test_spans_of_a_run_and_its_tenant_attempts(
         monkeypatch.setenv("TENANTFLEET_DATABASE_URL", stack.database_url)
         stack.provision("o", 3)
         break_tenants(stack, ["o00002"])
-        from tenantfleet import producer
+        from tenantfleet import dispatch, planning, producer
         from tenantfleet.manager import MigrationManager
         from tenantfleet.tasks.tenant import migrate_tenant
         from tenantfleet.workers import resources
@@ -237,9 +237,9 @@ def test_spans_of_a_run_and_its_tenant_attempts(
         forget_worker_state(resources)
 
         manager = MigrationManager()
-        options = producer.MigrateOptions(revision=R2, include=("o00001", "o00002", "o00003"))
+        options = planning.MigrateOptions(revision=R2, include=("o00001", "o00002", "o00003"))
         run_id = producer.start(manager, options)
-        app = producer.app()
+        app = dispatch.app()
         queue = stack.queues.tenants
         messages = []
         with app.connection_for_read() as connection:

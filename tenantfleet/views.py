@@ -1,0 +1,110 @@
+"""Read-only views of a run, as ``--json`` prints them and the text and HTML views show them."""
+
+import dataclasses
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from tenantfleet import databases, db, locks, runs
+from tenantfleet.errors import UsageError
+from tenantfleet.manager import MigrationManager
+from tenantfleet.names import validate_schema_name
+
+
+def run_view(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:
+    """The run as ``--json`` prints it (the same shape for migrate, retry, resume and status)."""
+    with db.connect(engine) as connection:
+        run = runs.get_run(connection, run_id)
+        tally = runs.counts(connection, run_id)
+        by_database = runs.counts_by_database(connection, run_id)
+        by_wave = runs.counts_by_wave(connection, run_id)
+        tenants = runs.tenants_of(connection, run_id)
+        slow = runs.slowest(connection, run_id, slowest) if slowest else []
+    result: dict[str, Any] = {
+        "run_id": run.id,
+        "parent_run_id": run.parent_run_id,
+        "status": run.status,
+        "target_revision": run.target_revision,
+        "counts": {**counts_view(tally), "up_to_date": run.up_to_date},
+        "databases": {
+            databases.shown(database): counts_view(found) for database, found in by_database.items()
+        },
+        "waves": [{"wave": n, **counts_view(found)} for n, found in by_wave.items()],
+        "wave": run.wave,
+        "rollback_of": run.options.get("rollback_of"),
+        "tenants": [tenant_view(t) for t in tenants],
+        "created_at": run.created_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+    if slowest:
+        result["slowest"] = [tenant_view(t) for t in slow]
+    return result
+
+
+def counts_view(tally: runs.Counts) -> dict[str, int]:
+    return {
+        "total": tally.total,
+        "succeeded": tally.succeeded,
+        "failed": tally.failed,
+        "skipped": tally.skipped,
+        "pending": tally.pending,
+        "queued": tally.queued,
+        "running": tally.running,
+        "retrying": tally.retrying,
+        "waiting": tally.waiting,
+        "cancelled": tally.cancelled,
+    }
+
+
+def tenant_view(tenant: runs.RunTenant) -> dict[str, Any]:
+    return {
+        "schema": tenant.schema_name,
+        "database": databases.shown(tenant.database),
+        "tenant": tenant.label,
+        "status": tenant.status,
+        "from_revision": tenant.from_revision,
+        "to_revision": tenant.to_revision,
+        "error": f"{tenant.error_class}: {tenant.error_message}" if tenant.error_class else None,
+        "attempts": tenant.attempts,
+        "duration_ms": tenant.duration_ms,
+        "worker": tenant.worker,
+        "wave": tenant.wave,
+        "reached_revision": tenant.reached_revision,
+    }
+
+
+def attempts(manager: MigrationManager, run_id: int, schema: str) -> list[dict[str, Any]]:
+    """Every attempt at ``schema`` in the run (``UsageError`` if the run has no such tenant)."""
+    validate_schema_name(schema)
+    with db.connect(manager.engine) as connection:
+        if schema not in runs.statuses(connection, run_id, [schema]):
+            raise UsageError(f"run {run_id} has no tenant {schema}")
+        return [dataclasses.asdict(a) for a in runs.attempts_of(connection, run_id, schema)]
+
+
+def blocked(manager: MigrationManager, run_id: int) -> list[dict[str, Any]]:
+    """The run's running tenants that wait for a lock right now, each with who holds it, read
+    in the database each tenant lives in (one that cannot be reached is left out)."""
+    with db.connect(manager.engine) as connection:
+        running = runs.tenants_of(connection, run_id, ["running"])
+    by_database: dict[str | None, list[str]] = {}
+    for tenant in running:
+        by_database.setdefault(tenant.database, []).append(tenant.schema_name)
+    found: list[dict[str, Any]] = []
+    for database, schemas in by_database.items():
+        try:
+            with db.connect(manager.engine_for(database)) as connection:
+                waiting = locks.blocked(connection, schemas)
+        except Exception as exc:
+            if not db.is_unreachable(exc):
+                raise
+            continue
+        found += [
+            {
+                "tenant": databases.label(database, b.schema),
+                "database": databases.shown(database),
+                **dataclasses.asdict(b),
+            }
+            for b in waiting
+        ]
+    return found

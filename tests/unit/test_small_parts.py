@@ -1,0 +1,74 @@
+"""Small pure parts: the retry policy, SQL by name, run counts, labels (no server)."""
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tenantfleet import alembic_runtime, databases, locks, retries, runs, sql
+from tenantfleet.config import Settings
+from tenantfleet.errors import UsageError
+
+
+def test_the_backoff_doubles_up_to_its_cap_with_jitter() -> None:
+    settings = Settings(retry_backoff=1.0, retry_backoff_max=8.0)
+    for attempt, nominal in [(0, 1.0), (1, 2.0), (3, 8.0), (10, 8.0)]:
+        waits = [retries.backoff_seconds(settings, attempt) for _ in range(50)]
+        assert all(nominal * 0.5 <= w <= nominal * 1.5 for w in waits)
+    assert retries.longest_wait(settings) == 12.0
+
+
+def test_named_blocks_are_split_without_their_header() -> None:
+    text = "-- a header\n\n-- name: one --\nSELECT 1;\n\n-- name: two --\nSELECT\n  2;\n"
+    assert sql.blocks(text) == {"one": "SELECT 1;", "two": "SELECT\n  2;"}
+    assert sql.blocks("-- nothing named") == {}
+
+
+def test_the_functions_file_defines_each_function_once_by_its_name() -> None:
+    found = sql.functions()
+    assert len(found) == 8
+    for name, definition in found.items():
+        assert definition.startswith(f"CREATE OR REPLACE FUNCTION public.{name}(")
+        assert definition.endswith("$function$")
+
+
+def test_counts_add_up() -> None:
+    tally = runs.Counts.of({"succeeded": 3, "failed": 1, "queued": 2, "waiting": 1})
+    assert (tally.total, tally.done, tally.pending) == (7, 4, 3)
+    assert runs.Counts.of({}) == runs.Counts()
+
+
+@pytest.mark.parametrize(
+    ("label", "schema", "database"),
+    [("acme", "acme", None), ("shard2/acme", "acme", "shard2"), ("eu_1/t_01", "t_01", "eu_1")],
+)
+def test_a_label_names_a_schema_and_its_database(
+    label: str, schema: str, database: str | None
+) -> None:
+    placed = databases.parse_label(label)
+    assert (placed.schema, placed.database) == (schema, database)
+    assert databases.label(database, schema) == label
+
+
+@pytest.mark.parametrize("label", ["Acme", "shard2/", "a/b/c!", "pg_toast"])
+def test_a_bad_label_is_refused(label: str) -> None:
+    with pytest.raises(UsageError):
+        databases.parse_label(label)
+
+
+def test_the_attempts_statements_are_whole_named_and_each_used(repo_root: Path) -> None:
+    found = sql.queries()
+    assert not any(line.lstrip().startswith("--") for q in found.values() for line in q.split("\n"))
+    used = (repo_root / "tenantfleet" / "attempt.py").read_text()
+    used += (repo_root / "tenantfleet" / "alembic_runtime.py").read_text()
+    named = {name for name in found if f'query("{name}")' in used or f"query('{name}')" in used}
+    assert named == set(found)
+    for text in found.values():
+        assert sa.text(text).compile() is not None  # the binds parse
+
+
+def test_the_statements_use_the_lock_key_and_version_table_the_code_uses() -> None:
+    assert locks.key_sql(":schema") in sql.query("confine")
+    assert locks.key_sql(":label") in sql.query("take_mark_lock")
+    for name in ("read_under_lock", "expect_planned", "expect_planned_and_pending"):
+        assert f" {alembic_runtime.VERSION_TABLE}" in sql.query(name)
