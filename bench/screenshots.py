@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from tenantfleet import config, db, fleet_setup, processes  # noqa: E402
 from tests import helpers  # noqa: E402
-from tests.fleet import free_port, wait_for_http  # noqa: E402
+from tests.stack import free_port, wait_for_http  # noqa: E402
 
 FLAGS = [
     "--headless",

@@ -14,7 +14,6 @@ from typing import Any
 from tenantfleet import (
     db,
     dispatch,
-    fleet,
     follow,
     gate,
     guard,
@@ -25,6 +24,7 @@ from tenantfleet import (
     report,
     runs,
     states,
+    survey,
     views,
 )
 from tenantfleet.errors import EXIT_OK, EXIT_TENANT_FAILURES, EXIT_TIMEOUT
@@ -82,7 +82,7 @@ def dry_run(manager: MigrationManager, options: MigrateOptions, *, sql: bool) ->
 
 def lint_revisions(
     manager: MigrationManager, options: MigrateOptions, allow: Sequence[str]
-) -> tuple[lint.Report, int]:
+) -> tuple[lint.Findings, int]:
     """The lint gate's findings for what ``migrate`` would run, and the exit code (2 when a
     finding blocks)."""
     chosen = planning.plan(manager, options, dry_run=True)
@@ -214,7 +214,7 @@ def metrics_reader(manager: MigrationManager) -> Callable[[], list[metrics.Sampl
     return read
 
 
-def fleet_survey(manager: MigrationManager) -> fleet.FleetReport:
+def fleet_survey(manager: MigrationManager) -> survey.Survey:
     with db.connect(manager.engine) as connection:
         manager.require_public(connection)
-        return fleet.survey(connection, manager.settings, manager.engine_for)
+        return survey.survey(connection, manager.settings, manager.engine_for)

@@ -10,7 +10,7 @@ from tenantfleet.manager import MigrationManager
 from tenantfleet.planning import Plan
 
 
-def lint_plan(manager: MigrationManager, chosen: Plan, allow: Sequence[str] = ()) -> lint.Report:
+def lint_plan(manager: MigrationManager, chosen: Plan, allow: Sequence[str] = ()) -> lint.Findings:
     """The lint gate over every revision some tenant of ``chosen`` would run, with table sizes
     read from those tenants."""
     script = alembic_runtime.tenant_script()

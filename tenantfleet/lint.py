@@ -110,7 +110,7 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class Report:
+class Findings:
     revisions: list[str]
     findings: list[Finding] = field(default_factory=list)
 
@@ -156,13 +156,13 @@ def pending_revisions(
 
 def check(
     revisions: Sequence[Script], sizes: Sizes, allow: Iterable[str], big_table_rows: int
-) -> Report:
+) -> Findings:
     """Every finding of ``revisions``; errors of rules in ``allow`` are ``allowed``."""
     allowed = set(allow)
     findings: list[Finding] = []
     for rev in revisions:
         findings += _check_revision(rev, sizes, big_table_rows)
-    return Report(
+    return Findings(
         [r.revision for r in revisions],
         [
             Finding(f.revision, f.rule, ALLOWED, f.statement, f.message)

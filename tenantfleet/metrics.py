@@ -198,7 +198,7 @@ def run_samples(connection: Connection, blocked: Blocked) -> list[Sample]:
 def _latest_run(connection: Connection, run_id: int, blocked: Blocked) -> list[Sample]:
     run = runs.get_run(connection, run_id)
     by_database = runs.counts_by_database(connection, run_id)
-    states = [
+    by_state = [
         ({"state": state, "database": databases.shown(database)}, float(getattr(found, state)))
         for database, found in by_database.items()
         for state in states.TENANT_STATES
@@ -213,7 +213,7 @@ def _latest_run(connection: Connection, run_id: int, blocked: Blocked) -> list[S
             "tenantfleet_run_tenants",
             "gauge",
             "The latest run's tenants by state and database",
-            states,
+            by_state,
         ),
     ]
     budget = run.options.get("max_failures")

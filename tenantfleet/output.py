@@ -7,7 +7,6 @@ from tenantfleet import lint
 from tenantfleet.alembic_runtime import Step
 from tenantfleet.config import CONTROL_DATABASE
 from tenantfleet.databases import shown
-from tenantfleet.fleet import FleetReport
 from tenantfleet.manager import Status
 from tenantfleet.names import shorten
 from tenantfleet.planning import Plan
@@ -15,6 +14,7 @@ from tenantfleet.registry import Tenant
 from tenantfleet.runs import Counts, Run
 from tenantfleet.states import TENANT_STATES as STATES
 from tenantfleet.states import RunState, TenantState, held_hint
+from tenantfleet.survey import Survey
 
 FAILED, SKIPPED = TenantState.FAILED, TenantState.SKIPPED
 
@@ -315,11 +315,11 @@ def plan_text(plan: Plan, waves: list[list[str]]) -> str:
     return head + "\n\n" + table(["tenant", "from", "to", "wave"], rows)
 
 
-def fleet_dict(report: FleetReport) -> dict[str, Any]:
+def fleet_dict(report: Survey) -> dict[str, Any]:
     return asdict(report)
 
 
-def fleet_text(report: FleetReport) -> str:
+def fleet_text(report: Survey) -> str:
     lines = [
         f"{report.tenants} active tenants ({report.inactive} inactive); head {report.head}",
         "",
@@ -379,7 +379,7 @@ def fleet_text(report: FleetReport) -> str:
     return "\n".join(lines)
 
 
-def lint_text(report: lint.Report) -> str:
+def lint_text(report: lint.Findings) -> str:
     """The lint report: one line per finding, then the verdict."""
     if not report.revisions:
         return "lint: no revision pending for the selected tenants"

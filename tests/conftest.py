@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tenantfleet import db, embedded
 from tests import helpers
-from tests.fleet import Stack
+from tests.stack import Stack
 
 FAST_RETRIES = {
     "TENANTFLEET_LOCK_TIMEOUT": "1",
@@ -133,7 +133,7 @@ def stack(
     pg_admin_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator["Stack"]:
     """A running fleet (database, two worker processes, Flower) shared by one test module."""
-    from tests.fleet import running_fleet
+    from tests.stack import running_fleet
 
     with running_fleet(pg_admin_url, template_url, tmp_path_factory.mktemp("fleet")) as fleet:
         yield fleet

@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from tenantfleet import db, fleet_setup, processes, runs
 from tenantfleet.queues import of_database
 from tests import helpers
-from tests.fleet import free_port, until_flower_listens
 from tests.helpers import wait_for
+from tests.stack import free_port, until_flower_listens
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
 RABBITMQCTL = shutil.which("rabbitmqctl")

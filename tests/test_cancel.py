@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tenantfleet import fleet_setup, runs
-from tests.fleet import running_fleet
+from tests.stack import running_fleet
 
 R1, R2 = fleet_setup.R1, fleet_setup.R2
 

@@ -20,7 +20,7 @@ import pytest
 
 from tenantfleet import fleet_setup, processes, runs
 from tests import helpers
-from tests.fleet import running_fleet
+from tests.stack import running_fleet
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from tenantfleet import fleet_setup, planning, producer, registry, runs
 from tests import helpers
-from tests.fleet import Stack
+from tests.stack import Stack
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 from tenantfleet import registry, runs
-from tests.fleet import Stack
+from tests.stack import Stack
 from tests.test_fleet import break_tenants, migrate, repair_tenants
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"

@@ -23,7 +23,7 @@ from tenantfleet.errors import InvalidSchemaName
 from tenantfleet.manager import MigrationManager
 from tenantfleet.names import SCHEMA_NAME, validate_schema_name
 from tests import helpers
-from tests.fleet import free_port
+from tests.stack import free_port
 
 NASTY = [
     "",

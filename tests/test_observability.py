@@ -15,8 +15,8 @@ import sqlalchemy as sa
 
 from tenantfleet import logs, runs
 from tests import helpers
-from tests.fleet import Stack, free_port, running_fleet, wait_for_http
 from tests.helpers import wait_for
+from tests.stack import Stack, free_port, running_fleet, wait_for_http
 from tests.test_cancel import WAITING_FOR_LOCKS
 from tests.test_fleet import break_tenants
 

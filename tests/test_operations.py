@@ -14,7 +14,7 @@ import yaml
 from tenantfleet import config, db, runs
 from tenantfleet.cli import build_parser
 from tests import helpers
-from tests.fleet import Stack
+from tests.stack import Stack
 from tests.test_fleet import break_tenants, migrate, repair_tenants
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"

@@ -11,7 +11,7 @@ import redis
 
 from tenantfleet import fleet_setup, processes, runs
 from tests import helpers
-from tests.fleet import running_fleet
+from tests.stack import running_fleet
 from tests.test_fleet import migrate
 
 R1, R3 = "20250102_000001", "20250415_000000"

@@ -5,6 +5,7 @@ from-revision, compared through the catalog)."""
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 
 from tenantfleet import runs
 from tests import helpers
-from tests.fleet import Stack, running_fleet
+from tests.stack import Stack, running_fleet
 from tests.test_fleet import break_tenants, repair_tenants
 
 R1, R2, R3 = "20250102_000001", "20250301_000000", "20250415_000000"
@@ -67,18 +68,25 @@ def test_waves_stop_at_the_wave_that_failed_and_never_start_the_next(stack: Stac
     assert set(stack.revisions(schemas).values()) == {R2}
 
 
-def test_a_held_run_waits_for_continue_between_waves(stack: Stack) -> None:
-    schemas = stack.provision("wh", 6)
+def _holding(stack: Stack, prefix: str, count: int) -> tuple[list[str], "Popen[str]", int]:
+    """``count`` tenants at r1 in a run to r2 in waves of 2 then the rest, held after its first
+    wave: (the schemas, its producer, still waiting for ``continue``, the run id)."""
+    schemas = stack.provision(prefix, count)
     producer = stack.cli_background(
         "migrate", "--revision", R2, "--wave", "2", "--wave-hold", "--wait", "--json"
     )
+    assert producer.stderr is not None
+    for line in producer.stderr:  # the condition meant: the producer says it holds
+        if "`tenantfleet continue" in line:
+            break
+    with stack.engine.connect() as connection:
+        return schemas, producer, runs.latest_run_id(connection)
+
+
+def test_a_held_run_waits_for_continue_between_waves(stack: Stack) -> None:
+    schemas, producer, run_id = _holding(stack, "wh", 6)
     try:
-        assert producer.stderr is not None
-        for line in producer.stderr:  # the condition meant: the producer says it holds
-            if "`tenantfleet continue" in line:
-                break
         with stack.engine.connect() as connection:
-            run_id = runs.latest_run_id(connection)
             counts = runs.counts_by_wave(connection, run_id)
         assert counts[1].succeeded == 2 and counts[2].queued == 4  # wave 2 not sent
         status = _json(stack.cli("status", str(run_id), "--json"))
@@ -96,17 +104,8 @@ def test_a_held_run_waits_for_continue_between_waves(stack: Stack) -> None:
 
 
 def test_a_run_cancelled_while_held_between_waves_sends_nothing_more(stack: Stack) -> None:
-    schemas = stack.provision("wc", 6)
-    producer = stack.cli_background(
-        "migrate", "--revision", R2, "--wave", "2", "--wave-hold", "--wait", "--json"
-    )
+    schemas, producer, run_id = _holding(stack, "wc", 6)
     try:
-        assert producer.stderr is not None
-        for line in producer.stderr:  # the condition meant: the producer holds
-            if "`tenantfleet continue" in line:
-                break
-        with stack.engine.connect() as connection:
-            run_id = runs.latest_run_id(connection)
         cancelled = stack.cli("cancel", str(run_id))
         assert cancelled.code == 0, cancelled.err
         out, err = producer.communicate(timeout=300)
@@ -354,22 +353,11 @@ def test_a_concurrent_index_revision_runs_outside_one_transaction_with_honest_re
 
 
 def _held(stack: Stack, prefix: str, count: int) -> tuple[list[str], int]:
-    """``count`` tenants at r1 in a run to r2 held after its first wave of 2, whose producer
-    was then killed."""
-    schemas = stack.provision(prefix, count)
-    producer = stack.cli_background(
-        "migrate", "--revision", R2, "--wave", "2", "--wave-hold", "--wait", "--json"
-    )
-    try:
-        assert producer.stderr is not None
-        for line in producer.stderr:  # the condition meant: the producer says it holds
-            if "`tenantfleet continue" in line:
-                break
-    finally:
-        producer.kill()
-        producer.communicate()
-    with stack.engine.connect() as connection:
-        return schemas, runs.latest_run_id(connection)
+    """``_holding``, then its producer killed."""
+    schemas, producer, run_id = _holding(stack, prefix, count)
+    producer.kill()
+    producer.communicate()
+    return schemas, run_id
 
 
 def test_a_held_run_stays_held_without_its_producer_and_moves_no_tenant_twice(

@@ -11,7 +11,7 @@ from tenantfleet.databases import EngineFor
 
 
 @dataclass(frozen=True)
-class DatabaseReport:
+class DatabaseSurvey:
     """One database's share of the fleet: its revision histogram and its drift."""
 
     tenants: int
@@ -24,7 +24,7 @@ class DatabaseReport:
 
 
 @dataclass(frozen=True)
-class FleetReport:
+class Survey:
     head: str | None
     tenants: int
     inactive: int
@@ -34,11 +34,11 @@ class FleetReport:
     missing: list[str] = field(default_factory=list)
     deactivated: dict[str, str | None] = field(default_factory=dict)
     """Inactive tenants and why (``tenant deactivate --reason``)."""
-    databases: dict[str, DatabaseReport] = field(default_factory=dict)
+    databases: dict[str, DatabaseSurvey] = field(default_factory=dict)
     """By database key (``default``: the control database)."""
 
 
-def survey(connection: Connection, settings: Settings, engine_for: EngineFor) -> FleetReport:
+def survey(connection: Connection, settings: Settings, engine_for: EngineFor) -> Survey:
     """Read every schema of the tenant source's revision, one pass per database and every
     database at once, and sort the fleet by it, as a whole and per database."""
     script = alembic_runtime.tenant_script()
@@ -65,12 +65,12 @@ def survey(connection: Connection, settings: Settings, engine_for: EngineFor) ->
     unknown = {s: str(v) for s, v in present.items() if v is not None and v not in known}
     behind = sorted(s for s, v in present.items() if v != head and s not in unknown)
     counted = Counter(v or "(none)" for v in present.values())
-    per_database: dict[str, DatabaseReport] = {}
+    per_database: dict[str, DatabaseSurvey] = {}
     behind_set, missing_set = set(behind), set(missing)
     for database in sorted({t.database for t in active}, key=lambda d: d or ""):
         mine = [t.schema for t in active if t.database == database]
         revisions = Counter(present[s] or "(none)" for s in mine if s in present)
-        per_database[databases.shown(database)] = DatabaseReport(
+        per_database[databases.shown(database)] = DatabaseSurvey(
             tenants=len(mine),
             by_revision=dict(sorted(revisions.items())),
             behind=sum(s in behind_set for s in mine),
@@ -78,7 +78,7 @@ def survey(connection: Connection, settings: Settings, engine_for: EngineFor) ->
             missing=sum(s in missing_set for s in mine),
             unreachable=read.unreachable.get(database),
         )
-    return FleetReport(
+    return Survey(
         head=head,
         tenants=len(active),
         inactive=len(inactive),
