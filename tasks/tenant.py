@@ -42,6 +42,7 @@ from tenantfleet import (
     tracing,
 )
 from tenantfleet import retries as retries_policy
+from tenantfleet.attempt import ms_since
 from tenantfleet.workers import app, resources
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _ended(
 ) -> None:
     """An attempt at ``task`` ended as ``outcome``: its log line (every field as ``extra``),
     its metrics, its span's attributes."""
-    duration_ms = _ms_since(started)
+    duration_ms = ms_since(started)
     logger.log(
         level,
         "%s: %s (run %s%s)",
@@ -261,7 +262,7 @@ def _record_drained_error(
     cannot be reached: stop taking its tenants (the message sent takes them later)."""
     error = db.interruption(exc)
     if not db.is_transient(error):
-        marked = _record(lambda c: runs.mark_failed(c, task, error, _ms_since(started)))
+        marked = _record(lambda c: runs.mark_failed(c, task, error, ms_since(started)))
         _ended_in_error(task, seen, "failed", started, error, marked, ", taken while waiting")
         return False
     marked = _record(lambda c: runs.mark_retrying(c, task, error))
@@ -368,8 +369,7 @@ def _migrate(task: runs.TenantTask, worker: str, max_failures: int | None) -> st
                 lambda ms: attempt.mark_done(connection, task, found.planned, ms),
                 lambda: attempt.end(connection, commit=False),
             )
-        elapsed_ms = _ms_since(started)
-        if not attempt.apply(connection, found, task, elapsed_ms):
+        if not attempt.apply(connection, found, task, started):
             return "duplicate"  # another delivery finished this tenant meanwhile
     return "succeeded"
 
@@ -423,8 +423,7 @@ def _migrate_elsewhere(
                     lambda ms: attempt.remote_mark_done(pair, task, found.planned, ms),
                     lambda: attempt.remote_end(pair, task, commit=False),
                 )
-            elapsed_ms = _ms_since(started)
-            if not attempt.remote_apply(pair, found, task, elapsed_ms):
+            if not attempt.remote_apply(pair, found, task, started):
                 return "duplicate"
     return "succeeded"
 
@@ -460,7 +459,7 @@ def _in_steps(
     if outcome.error is not None:
         _record(lambda c: runs.note_reached(c, task, outcome.reached))
         raise outcome.error
-    return "succeeded" if mark(_ms_since(started)) else "duplicate"
+    return "succeeded" if mark(ms_since(started)) else "duplicate"
 
 
 def _skip_moved(task: runs.TenantTask, reason: str | None) -> None:
@@ -523,14 +522,10 @@ def _fail_or_retry(
             countdown=retries_policy.backoff_seconds(resources.settings(), retries),
             throw=False,
         )
-    marked = _record(lambda c: runs.mark_failed(c, task, exc, _ms_since(started)))
+    marked = _record(lambda c: runs.mark_failed(c, task, exc, ms_since(started)))
     _ended_in_error(task, seen, "failed", started, exc, marked)
     error_class, _ = db.describe_error(exc)
     return TenantMigrationFailed(f"{task.label}: {error_class}: {db.first_line(exc)}")
-
-
-def _ms_since(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
 
 
 def _record(write: Callable[[Connection], T]) -> T | None:

@@ -6,6 +6,7 @@ its schema, locked and configured the same way whether it is migrated by ``alemb
 ``ScriptDirectory`` per process and skips env.py, which ``alembic.command`` re-runs on every call.
 """
 
+import argparse
 import importlib.util
 import io
 import traceback
@@ -84,9 +85,18 @@ def tenant_ini() -> Path:
 
 
 def tenant_config(schema: str, connection: Connection | None = None) -> Config:
-    cfg = Config(str(tenant_ini()))
-    cfg.attributes["schema"] = validate_schema_name(schema)
+    cfg = as_one_tenant(Config(str(tenant_ini())), validate_schema_name(schema))
     cfg.attributes["connection"] = connection
+    return cfg
+
+
+def as_one_tenant(cfg: Config, schema: str) -> Config:
+    """``cfg`` as ``alembic -c ... -x schema=S`` hands it to env.py and the revisions: the schema
+    as the one ``-x`` argument (``context.get_x_argument(as_dictionary=True)["schema"]``, the
+    usual multi-tenant idiom) and as ``cfg.attributes["schema"]``. A worker, the offline
+    rendering and a tenant command show a revision exactly what plain Alembic shows it."""
+    cfg.attributes["schema"] = schema
+    cfg.cmd_opts = argparse.Namespace(x=[f"schema={schema}"])
     return cfg
 
 
@@ -415,8 +425,7 @@ def migrate_online(
             return []  # an upgrade to base: nothing to do
         return script._upgrade_revs(destination, rev)
 
-    cfg = _process_tenant_config()
-    cfg.attributes["schema"] = schema
+    cfg = as_one_tenant(_process_tenant_config(), schema)
     cfg.attributes["connection"] = connection
     try:
         with EnvironmentContext(cfg, script, fn=steps, destination_rev=destination) as env:
@@ -495,8 +504,8 @@ def render_sql(schema: str, from_revision: str | None, target: str) -> str:
     return buffer.getvalue()
 
 
-def _render_config(buffer: io.StringIO) -> Config:
-    return Config(str(tenant_ini()), output_buffer=buffer)
+def _render_config(buffer: io.StringIO, schema: str) -> Config:
+    return as_one_tenant(Config(str(tenant_ini()), output_buffer=buffer), schema)
 
 
 @cache

@@ -234,20 +234,28 @@ def begin(
     return Started(attempts, status, versions, planned)
 
 
-def apply(connection: Connection, started: Started, task: runs.TenantTask, elapsed_ms: int) -> bool:
+def apply(connection: Connection, found: Started, task: runs.TenantTask, since: float) -> bool:
     """Upgrade, mark succeeded, COMMIT. False (all rolled back) when the row was no longer
-    pending: another delivery finished this tenant meanwhile."""
-    _note_from(started.from_revision)
-    params: dict[str, Any] = {
-        **task.binds(),
-        "from_revision": started.from_revision,
-        "elapsed_ms": elapsed_ms,
-    }
-    sql = alembic_runtime.upgrade_sql(started.versions, task.target)
+    pending: another delivery finished this tenant meanwhile. The recorded duration runs from
+    ``since`` (``time.monotonic()`` when the attempt began) to the mark, the upgrade included:
+    measured after Alembic online ran, or, for replayed SQL sent with the mark, completed by
+    the mark itself (the statements of one string share its receipt time)."""
+    _note_from(found.from_revision)
+    sql = alembic_runtime.upgrade_sql(found.versions, task.target)
     if sql is None:
         alembic_runtime.migrate_online(connection, task.schema, task.target)
+    params: dict[str, Any] = {
+        **task.binds(),
+        "from_revision": found.from_revision,
+        "elapsed_ms": ms_since(since),
+    }
     statements = [replay.driver_sql(sql)] if sql else []
     return _then_mark(connection, ";\n".join([*statements, _MARK_AND_COMMIT]), params)
+
+
+def ms_since(since: float) -> int:
+    """Whole milliseconds since ``since`` (``time.monotonic()``)."""
+    return int((time.monotonic() - since) * 1000)
 
 
 def _then_mark(connection: Connection, sql: str, params: dict[str, Any]) -> bool:
@@ -395,8 +403,7 @@ def remote_at_once(
         pair.tenant.exec_driver_sql("ROLLBACK")
         pair.control.exec_driver_sql("ROLLBACK")
         return Quick.MISSED
-    elapsed_ms = int((time.monotonic() - started) * 1000)
-    _finish_remote(pair, task, elapsed_ms)
+    _finish_remote(pair, task, ms_since(started))
     return Quick.DONE
 
 
@@ -439,20 +446,21 @@ def remote_begin(
     return Started(row.attempts, row.status, versions, row.from_revision)
 
 
-def remote_apply(pair: Pair, started: Started, task: runs.TenantTask, elapsed_ms: int) -> bool:
+def remote_apply(pair: Pair, found: Started, task: runs.TenantTask, since: float) -> bool:
     """Upgrade in the tenant database; mark succeeded in the control database (its transaction
     open); COMMIT the tenant's, then the control's, and give back slot and mark lock. False
-    (both rolled back) when the row was no longer pending."""
-    _note_from(started.from_revision)
-    sql = alembic_runtime.upgrade_sql(started.versions, task.target)
+    (both rolled back) when the row was no longer pending. The duration recorded runs from
+    ``since`` to the tenant's COMMIT."""
+    _note_from(found.from_revision)
+    sql = alembic_runtime.upgrade_sql(found.versions, task.target)
     if sql is None:
         alembic_runtime.migrate_online(pair.tenant, task.schema, task.target)
     elif sql:
         pair.tenant.exec_driver_sql(replay.driver_sql(sql))
-    if not _remote_mark(pair, task, started.from_revision, elapsed_ms):
+    if not _remote_mark(pair, task, found.from_revision, ms_since(since)):
         return False
     pair.tenant.exec_driver_sql("COMMIT")
-    _finish_remote(pair, task, elapsed_ms)
+    _finish_remote(pair, task, ms_since(since))
     return True
 
 

@@ -213,9 +213,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.dry_run:
         planned = commands.dry_run(manager, options, sql=args.sql)
         if args.json:
-            _print_json(output.plan_dict(planned.plan, planned.waves, planned.sql))
+            _print_json(output.plan_dict(planned.plan, planned.waves, planned.sql, planned.replay))
         else:
-            print(output.plan_text(planned.plan, planned.waves))
+            print(output.plan_text(planned.plan, planned.waves, planned.replay))
             if planned.sql:
                 print(f"\n-- SQL of {planned.plan.behind[0][0]}'s upgrade:\n{planned.sql}")
         return EXIT_OK

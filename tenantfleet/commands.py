@@ -68,6 +68,8 @@ class DryRun:
     waves: list[list[str]]
     sql: str
     """The first behind tenant's upgrade as SQL (``--sql``), else empty."""
+    replay: dict[str, list[str]]
+    """Which pending revisions the workers would replay, which they would run online."""
 
 
 def dry_run(manager: MigrationManager, options: MigrateOptions, *, sql: bool) -> DryRun:
@@ -77,7 +79,8 @@ def dry_run(manager: MigrationManager, options: MigrateOptions, *, sql: bool) ->
     if sql and chosen.behind:
         schema, from_revision = chosen.behind[0]
         statement = planning.dry_run_sql(schema, from_revision, chosen.target)
-    return DryRun(chosen, planning.choose_waves(chosen, options), statement)
+    replay = planning.replay_paths(chosen)
+    return DryRun(chosen, planning.choose_waves(chosen, options), statement, replay)
 
 
 def lint_revisions(

@@ -26,7 +26,7 @@ from tenantfleet.errors import ConnectionFailed
 from tenantfleet.follow import Say
 from tenantfleet.manager import MigrationManager
 from tenantfleet.names import shorten
-from tenantfleet.planning import MigrateOptions, Plan, choose_canaries, choose_waves
+from tenantfleet.planning import MigrateOptions, Plan, choose_canaries, choose_waves, replay_paths
 from tenantfleet.queues import Queues, of_database
 
 BROKER_CONNECT_TIMEOUT_S = 5.0
@@ -103,6 +103,7 @@ def _record(
                 "wave_pause": options.wave_pause,
                 "wave_hold": options.wave_hold,
                 **({"rollback_of": rollback.run_id} if rollback else {}),
+                **({"replay": replay_paths(chosen)} if chosen.behind and not rollback else {}),
             },
             producer=f"{socket.gethostname()}:{os.getpid()}",
             parent_run_id=options.parent_run_id,

@@ -116,6 +116,8 @@ def status_report(report: dict[str, Any]) -> str:
     counts = report["counts"]
     lines = [run_summary(report), ""]
     lines.append("states: " + _states(counts))
+    if report.get("replay"):
+        lines.append(replay_text(report["replay"]))
     if set(report["databases"]) - {CONTROL_DATABASE}:
         lines.append("")
         lines.append(
@@ -281,7 +283,9 @@ def _when(moment: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
 
-def plan_dict(plan: Plan, waves: list[list[str]], sql: str) -> dict[str, Any]:
+def plan_dict(
+    plan: Plan, waves: list[list[str]], sql: str, replay: dict[str, list[str]]
+) -> dict[str, Any]:
     return {
         "target_revision": plan.target,
         "tenants": [
@@ -297,10 +301,19 @@ def plan_dict(plan: Plan, waves: list[list[str]], sql: str) -> dict[str, Any]:
         "canaries": waves[0] if len(waves) > 1 else [],
         "waves": [len(wave) for wave in waves] if len(waves) > 1 else [],
         "sql": sql or None,
+        "replay": replay,
     }
 
 
-def plan_text(plan: Plan, waves: list[list[str]]) -> str:
+def replay_text(replay: dict[str, list[str]]) -> str:
+    """Which revisions the workers replay and which run online (a run's or a plan's)."""
+    return (
+        f"replayed (rendered once): {', '.join(replay['replayed']) or '-'};"
+        f" online (as alembic upgrade): {', '.join(replay['online']) or '-'}"
+    )
+
+
+def plan_text(plan: Plan, waves: list[list[str]], replay: dict[str, list[str]]) -> str:
     head = (
         f"dry run: {len(plan.behind)} tenants would be migrated to {plan.target}"
         f" ({len(plan.up_to_date)} already there); nothing was changed"
@@ -312,7 +325,8 @@ def plan_text(plan: Plan, waves: list[list[str]]) -> str:
         [plan.label(schema), rev or "base", plan.target, wave_of.get(schema, "")]
         for schema, rev in plan.behind
     ]
-    return head + "\n\n" + table(["tenant", "from", "to", "wave"], rows)
+    listed = table(["tenant", "from", "to", "wave"], rows)
+    return f"{head}\n{replay_text(replay)}\n\n{listed}"
 
 
 def fleet_dict(report: Survey) -> dict[str, Any]:

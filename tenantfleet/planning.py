@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from tenantfleet import alembic_runtime, databases, db, registry, tenants
+from tenantfleet import alembic_runtime, databases, db, lint, registry, tenants
 from tenantfleet.config import Settings
 from tenantfleet.databases import Placed
 from tenantfleet.errors import TenantStateError, UsageError
@@ -251,3 +251,20 @@ def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
             f"{exc.partial}\n-- stopped: {exc}\n-- (a revision that reads the database"
             " cannot be rendered offline; the workers run it online)\n"
         )
+
+
+def replay_paths(chosen: Plan) -> dict[str, list[str]]:
+    """Which pending revisions the workers replay (SQL rendered once per process) and which
+    they run online, as ``alembic upgrade`` does (``alembic_runtime.replayable_sql``; rendered
+    here as the workers will): ``{"replayed": [...], "online": [...]}``. A revision pending from
+    several revisions is listed under each path its spans take."""
+    script = alembic_runtime.tenant_script()
+    paths: dict[str, set[str]] = {"replayed": set(), "online": set()}
+    for start in sorted({rev or "" for _, rev in chosen.behind}):
+        frm = start or None
+        path = (
+            "online" if alembic_runtime.replayable_sql(frm, chosen.target) is None else "replayed"
+        )
+        for rev in lint.pending_revisions(script, [frm], chosen.target):
+            paths[path].add(rev.revision)
+    return {path: sorted(found) for path, found in paths.items()}

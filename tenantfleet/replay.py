@@ -8,10 +8,13 @@ runs the same statements whatever the tenant. Even then a span is rendered under
 online (as ``alembic upgrade`` would) when any guard trips:
 
 - every revision of the span opted in;
+- its statements come from Alembic's schema operations alone: no ``op.execute`` (raw SQL text
+  is not split faithfully: a trailing ``-- comment`` swallows the ``;`` after it) and no
+  ``op.bulk_insert`` (data values are not rendered faithfully: a ``timedelta`` becomes an
+  interval of seconds, not of days), which run online, as ``alembic upgrade`` runs them;
 - it renders offline without asking for the database (``op.get_bind()``, ``context.get_bind()``);
-- no statement has a bind parameter without a value (``op.execute("... :name ...")`` fails online,
-  and offline it would render as NULL);
-- the SQL is the same when rendered for two different schema names.
+- no statement has a bind parameter without a value (offline it would render as NULL);
+- the SQL is the same when rendered for two different schema names (``-x schema=`` included).
 
 The SQL is rendered with a dialect that does not escape ``%`` (named parameters), and escaped once
 for psycopg2 by ``driver_sql``: a ``%`` in a literal reaches every tenant as one ``%``.
@@ -73,12 +76,23 @@ def _no_bind(*_: Any, **__: Any) -> Any:
     raise NotReplayable("the revision reads the database (get_bind)")
 
 
+def _no_text(*_: Any, **__: Any) -> Any:
+    raise NotReplayable("the revision runs raw SQL (op.execute): it runs online")
+
+
+def _no_data(*_: Any, **__: Any) -> Any:
+    raise NotReplayable("the revision inserts data (op.bulk_insert): it runs online")
+
+
 @contextmanager
 def _offline_guards() -> Iterator[None]:
-    """While rendering, asking for the database is refused rather than handed a mock."""
+    """While rendering, asking for the database is refused rather than handed a mock, and so
+    are the operations whose offline rendering is not what Alembic runs online."""
     with (
         mock.patch.object(Operations, "get_bind", _no_bind),
         mock.patch.object(EnvironmentContext, "get_bind", _no_bind),
+        mock.patch.object(Operations, "execute", _no_text),
+        mock.patch.object(Operations, "bulk_insert", _no_data),
     ):
         yield
 
@@ -88,7 +102,8 @@ class Span:
     """An upgrade from ``current`` to ``destination`` in a tenant environment."""
 
     script: ScriptDirectory
-    make_config: Callable[[io.StringIO], Config]
+    make_config: Callable[[io.StringIO, str], Config]
+    """The tenant environment's config for an output buffer and a schema."""
     context_options: dict[str, Any]
     current: str | None
     destination: str
@@ -109,8 +124,7 @@ class Span:
 
     def _render_for(self, probe_schema: str) -> str:
         buffer = io.StringIO()
-        cfg = self.make_config(buffer)
-        cfg.attributes["schema"] = probe_schema
+        cfg = self.make_config(buffer, probe_schema)
 
         def steps(rev: Any, _context: Any) -> Any:
             return self.script._upgrade_revs(self.destination, rev)

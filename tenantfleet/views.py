@@ -32,6 +32,7 @@ def run_view(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]
         "waves": [{"wave": n, **counts_view(found)} for n, found in by_wave.items()],
         "wave": run.wave,
         "rollback_of": run.options.get("rollback_of"),
+        "replay": run.options.get("replay"),
         "tenants": [tenant_view(t) for t in tenants],
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,

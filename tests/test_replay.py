@@ -5,6 +5,10 @@ Each case migrates tenants the way a worker does (``attempt.begin`` + ``attempt.
 compares them with tenants upgraded by plain Alembic (``command.upgrade``, env.py and all).
 """
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.engine import Connection, Engine
 
-from tenantfleet import alembic_runtime, attempt, config, db, fleet_setup, runs
+from tenantfleet import alembic_runtime, attempt, config, db, fleet_setup, planning, runs
 from tenantfleet.errors import UnsupportedRevision
 from tenantfleet.manager import MigrationManager
 from tests import helpers
@@ -112,7 +116,7 @@ def by_worker(engine: Engine, connection: Connection, schemas: list[str], target
     for schema in schemas:
         task = runs.TenantTask(run_id, uid, schema, target)
         found = attempt.begin(connection, task, "w1", settings)
-        assert attempt.apply(connection, found, task, elapsed_ms=1)
+        assert attempt.apply(connection, found, task, since=time.monotonic())
 
 
 def by_alembic(schemas: list[str], target: str) -> None:
@@ -139,8 +143,7 @@ def test_a_percent_sign_reaches_every_tenant_once(
 ) -> None:
     revisions(("r_pct", PERCENT))
     provision_at_seed_head(engine, ["fleet1", "fleet2", "plain1"])
-    sql = alembic_runtime.replayable_sql(HEAD, "r_pct")
-    assert sql and "50% off" in sql and "50%% off" not in sql  # replayed, rendered once
+    assert alembic_runtime.replayable_sql(HEAD, "r_pct") is None  # raw SQL text: online
     by_worker(engine, autocommit, ["fleet1", "fleet2"], "r_pct")
     by_alembic(["plain1"], "r_pct")
     assert picture(engine, "fleet1") == picture(engine, "plain1") == picture(engine, "fleet2")
@@ -209,3 +212,159 @@ def test_an_autocommit_block_fails_the_tenant_with_a_clear_message(
     with pytest.raises(UnsupportedRevision, match="autocommit_block"):
         MigrationManager(engine=engine).upgrade_tenant("conc", "r_conc")
     assert helpers.revision_of(engine, "conc") == HEAD
+
+
+X_SCHEMA = """
+tenantfleet_replay = True
+
+
+def upgrade() -> None:
+    schema = context.get_x_argument(as_dictionary=True).get("schema")
+    op.add_column("users", sa.Column("tenant_note", sa.String(64)))
+    if schema is not None:
+        op.add_column("users", sa.Column("x_seen", sa.Boolean(), server_default=sa.true()))
+
+
+def downgrade() -> None:
+    pass
+"""
+
+INTERVAL_ROW = """
+tenantfleet_replay = True
+import datetime
+
+
+def upgrade() -> None:
+    waits = op.create_table("waits", sa.Column("d", sa.Interval()))
+    op.bulk_insert(waits, [{"d": datetime.timedelta(days=1, seconds=3661, microseconds=5)}])
+
+
+def downgrade() -> None:
+    op.drop_table("waits")
+"""
+
+COMMENTED = """
+tenantfleet_replay = True
+
+
+def upgrade() -> None:
+    op.execute("UPDATE users SET full_name = 'renamed' -- a trailing comment")
+    op.execute("UPDATE orders SET status = 'checked'")
+
+
+def downgrade() -> None:
+    pass
+"""
+
+SLEEPS = """
+def upgrade() -> None:
+    op.execute("SELECT pg_sleep(0.3)")
+
+
+def downgrade() -> None:
+    pass
+"""
+
+
+def by_alembic_cli(ini: Path, engine: Engine, schemas: list[str], target: str) -> None:
+    """``alembic -c INI -x schema=S upgrade TARGET``, the README's one-tenant command."""
+    url = engine.url.render_as_string(hide_password=False)
+    for schema in schemas:
+        done = subprocess.run(
+            [sys.executable, "-m", "alembic", "-c", str(ini), "-x", f"schema={schema}"]
+            + ["upgrade", target],
+            env={**os.environ, "TENANTFLEET_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+
+
+def test_a_revision_sees_the_same_x_arguments_on_a_worker_as_under_plain_alembic(
+    engine: Engine, autocommit: Connection, tmp_path: Path, revisions: Callable[..., None]
+) -> None:
+    revisions(("r_x", X_SCHEMA))
+    provision_at_seed_head(engine, ["xfleet", "xplain"])
+    assert alembic_runtime.replayable_sql(HEAD, "r_x") is not None  # one column either way
+    said = planning.replay_paths(planning.Plan("r_x", [("xfleet", HEAD)]))
+    assert said == {"replayed": ["r_x"], "online": []}
+    by_worker(engine, autocommit, ["xfleet"], "r_x")
+    by_alembic_cli(tmp_path / "tenant_env" / "alembic.ini", engine, ["xplain"], "r_x")
+    assert picture(engine, "xfleet") == picture(engine, "xplain")
+    with engine.connect() as connection:
+        seen = connection.execute(sa.text("SELECT bool_and(x_seen) FROM xfleet.users")).scalar()
+    assert seen is True  # the branch plain Alembic takes, not the other one
+
+
+def test_data_and_raw_sql_run_online_even_when_the_revision_opts_in(
+    engine: Engine, autocommit: Connection, revisions: Callable[..., None]
+) -> None:
+    """Offline rendering is not faithful for data values (a timedelta of a day became an
+    interval of 25 hours) nor for raw SQL text (a trailing comment swallowed the ``;``): those
+    revisions run online, and store what plain Alembic stores."""
+    revisions(("r_interval", INTERVAL_ROW), ("r_comment", COMMENTED))
+    provision_at_seed_head(engine, ["dfleet", "dplain"])
+    assert alembic_runtime.replayable_sql(HEAD, "r_interval") is None
+    assert alembic_runtime.replayable_sql("r_interval", "r_comment") is None
+    said = planning.replay_paths(planning.Plan("r_comment", [("dfleet", HEAD)]))
+    assert said == {"replayed": [], "online": ["r_comment", "r_interval"]}  # dry run, run record
+    by_worker(engine, autocommit, ["dfleet"], "r_comment")
+    by_alembic(["dplain"], "r_comment")
+    assert picture(engine, "dfleet") == picture(engine, "dplain")
+    with engine.connect() as connection:
+        for schema in ("dfleet", "dplain"):
+            stored = connection.execute(sa.text(f"SELECT d::text FROM {schema}.waits")).scalar()
+            assert stored == "1 day 01:01:01.000005"
+            renamed = connection.execute(sa.text(f"SELECT DISTINCT full_name FROM {schema}.users"))
+            assert renamed.scalars().all() == ["renamed"]
+
+
+def test_the_recorded_duration_covers_the_migration_on_every_path(
+    engine: Engine,
+    autocommit: Connection,
+    pg_admin_url: str,
+    revisions: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Online (a revision that sleeps 0.3 s), replayed (SQL that sleeps, sent with the mark),
+    and a tenant of another database: the row's duration is the migration's, not the
+    bookkeeping's few milliseconds."""
+    revisions(("r_sleep", SLEEPS))
+    provision_at_seed_head(engine, ["online", "replayed"])
+    by_worker(engine, autocommit, ["online"], "r_sleep")
+    with monkeypatch.context() as patch:
+        patch.setattr(alembic_runtime, "upgrade_sql", lambda *_: "SELECT pg_sleep(0.3)")
+        by_worker(engine, autocommit, ["replayed"], "r_sleep")
+    other_url = helpers.create_database(pg_admin_url, prefix="tf_shard")
+    other = db.make_engine(other_url)
+    try:
+        fleet_setup.provision(other, ["remote"], HEAD, control=engine, database="s1")
+        with db.begin(engine) as setup:
+            run_id = runs.create_run(
+                setup, "r_sleep", [("remote", HEAD)], placement={"remote": "s1"}
+            )
+            uid = runs.get_run(setup, run_id).uid
+        task = runs.TenantTask(run_id, uid, "remote", "r_sleep", "s1", HEAD)
+        since = time.monotonic()
+        with (
+            db.make_engine(other_url, isolation_level="AUTOCOMMIT").connect() as tenant,
+        ):
+            pair = attempt.Pair(autocommit, tenant)
+            found = attempt.remote_begin(pair, task, "w1", config.load_settings())
+            assert attempt.remote_apply(pair, found, task, since)
+        assert helpers.revision_of(other, "remote") == "r_sleep"
+    finally:
+        other.dispose()
+        helpers.drop_database(pg_admin_url, other_url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT schema_name, duration_ms FROM public.migration_run_tenants"
+                " WHERE status = 'succeeded'"
+            )
+        ).all()
+    durations: dict[str, int] = {schema: ms for schema, ms in rows}
+    assert set(durations) == {"online", "replayed", "remote"}
+    assert all(ms >= 300 for ms in durations.values()), durations

@@ -91,6 +91,7 @@ def test_a_held_run_waits_for_continue_between_waves(stack: Stack) -> None:
         assert counts[1].succeeded == 2 and counts[2].queued == 4  # wave 2 not sent
         status = _json(stack.cli("status", str(run_id), "--json"))
         assert status["wave"] == 1 and status["finished_at"] is None
+        assert status["replay"] == {"replayed": [R2], "online": []}  # the run record says
         go_on = stack.cli("continue", str(run_id))
         assert go_on.code == 0 and "goes on after wave 1" in go_on.out
         out, err = producer.communicate(timeout=300)
