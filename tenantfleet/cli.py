@@ -762,14 +762,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(args: argparse.Namespace, message: str, code: int) -> int:
-    """One line on stderr; with ``--json``, the same as a JSON object on stdout."""
+def _fail(
+    args: argparse.Namespace, message: str, code: int, details: dict[str, Any] | None = None
+) -> int:
+    """One line on stderr; with ``--json``, the same as a JSON object on stdout (with the
+    error's ``details``)."""
     if _json_logs:
         _logger.error(message, extra={"exit_code": code})
     else:
         print(f"error: {message}", file=sys.stderr)
     if getattr(args, "json", False):
-        _print_json({"error": message, "exit_code": code})
+        _print_json({"error": message, "exit_code": code, **(details or {})})
     return code
 
 
@@ -783,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TenantfleetError as exc:
         if args.debug:
             raise
-        return _fail(args, str(exc), exc.exit_code)
+        return _fail(args, str(exc), exc.exit_code, exc.details)
     except DBAPIError as exc:
         if args.debug:
             raise

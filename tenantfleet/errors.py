@@ -4,6 +4,8 @@ Driver exceptions are translated into these at the adapter boundary (``db.py``, 
 so the CLI prints ``str(error)`` and exits with ``error.exit_code``.
 """
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_TENANT_FAILURES = 1
 EXIT_USAGE = 2
@@ -12,9 +14,14 @@ EXIT_INTERRUPTED = 130
 
 
 class TenantfleetError(Exception):
-    """Base of every error the CLI turns into a one-line message."""
+    """Base of every error the CLI turns into a one-line message (``details``: what ``--json``
+    adds to it, e.g. the lint gate's findings as a list)."""
 
     exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
 
 
 class UsageError(TenantfleetError):

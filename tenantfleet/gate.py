@@ -35,5 +35,6 @@ def gate(manager: MigrationManager, chosen: Plan, allow: Sequence[str]) -> None:
         ]
         raise LintRefused(
             f"the lint gate refuses the run: {len(blocking)} blocking findings (allow a rule"
-            " by name: --allow RULE, or lint_allow in the config)\n" + "\n".join(lines)
+            " by name: --allow RULE, or lint_allow in the config)\n" + "\n".join(lines),
+            {"findings": [f.__dict__ for f in blocking]},
         )

@@ -4,8 +4,14 @@ Each revision is rendered on its own by Alembic's offline mode (``alembic upgrad
 probe schema, and checked by **squawk** (the PostgreSQL migration linter, ``squawk-cli``, pinned
 in ``pyproject.toml``) and by rules only a fleet has:
 
-- ``outside-tenant-schema``: DDL or a foreign key that names an object outside the tenant's
-  schema (a shared table every tenant would lock at once);
+- ``outside-tenant-schema``: DDL, a foreign key, or a write (``INSERT``, ``UPDATE``, ``DELETE``,
+  ``MERGE``) that names an object outside the tenant's schema (a shared table every tenant would
+  change or lock at once);
+- ``unchecked-code``: a ``DO`` block (its dynamic ``EXECUTE`` cannot be read): blocks until
+  allowed by name, once a person has read it;
+- ``truncate``, ``cluster``, ``volatile-default``: a plain ``TRUNCATE`` (data gone in every
+  tenant), ``CLUSTER`` and ``ADD COLUMN ... DEFAULT`` of a volatile function (a rewrite of the
+  whole table under an exclusive lock in every tenant);
 - ``index-on-big-table``: ``CREATE INDEX`` without ``CONCURRENTLY`` on a table whose largest
   tenant copy holds ``lint_big_table_rows`` rows or more (the planner's estimate, read across
   the fleet in one catalog pass per database); below that a warning. It stands in for squawk's
@@ -15,22 +21,27 @@ in ``pyproject.toml``) and by rules only a fleet has:
 - ``not-rendered``: a revision offline mode cannot render (it reads the database): not checked,
   and said so.
 
+The rendered SQL is split and read by PostgreSQL's own parser (``pglast``, libpg_query): every
+statement of an ``op.execute`` string counts, comments hide nothing, and SQL that does not parse
+is an ``unchecked-code`` finding too.
+
 A finding is an ``error`` (it blocks ``migrate``) or a ``warning``; an error of a rule allowed by
 name (``--allow RULE``, ``lint_allow``) is shown as ``allowed`` and blocks nothing.
 """
 
 import ast
 import json
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pglast
+import pglast.parser
 import sqlalchemy as sa
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import Connection
@@ -50,7 +61,29 @@ OUTSIDE = "outside-tenant-schema"
 BIG_INDEX = "index-on-big-table"
 NO_DOWNGRADE = "missing-downgrade"
 NOT_RENDERED = "not-rendered"
-FLEET_RULES = (OUTSIDE, BIG_INDEX, NO_DOWNGRADE, NOT_RENDERED)
+UNCHECKED = "unchecked-code"
+TRUNCATE = "truncate"
+CLUSTER = "cluster"
+VOLATILE_DEFAULT = "volatile-default"
+FLEET_RULES = (
+    OUTSIDE,
+    BIG_INDEX,
+    NO_DOWNGRADE,
+    NOT_RENDERED,
+    UNCHECKED,
+    TRUNCATE,
+    CLUSTER,
+    VOLATILE_DEFAULT,
+)
+INSIDE = frozenset({PROBE, "pg_catalog"})
+"""The schemas a tenant's statements may name: its own, and the catalog."""
+WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+READS = frozenset({"SelectStmt", "VariableSetStmt", "VariableShowStmt", "ExplainStmt"})
+VOLATILE = frozenset(
+    {"random", "clock_timestamp", "timeofday", "gen_random_uuid", "uuid_generate_v1",
+     "uuid_generate_v4", "nextval", "txid_current", "statement_timestamp"}
+)  # fmt: skip
+"""Functions whose value as a new column's default makes PostgreSQL rewrite the table."""
 
 SQUAWK_ERRORS = frozenset(
     {
@@ -76,19 +109,6 @@ SQUAWK_OFF = (
     "require-statement-timeout",
 )
 
-_STATEMENT_END = re.compile(r";[ \t]*\n(?:[ \t]*\n)+")
-_COMMENT_LINES = re.compile(r"^--[^\n]*\n?", re.MULTILINE)
-_LITERAL = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
-_NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
-_QUALIFIED = re.compile(rf"(?<![\w.\"$])({_NAME})((?:\s*\.\s*{_NAME})+)")
-_COLUMN_COMMENT = re.compile(r"\s*COMMENT\s+ON\s+COLUMN\b", re.IGNORECASE)
-_REFERENCES = re.compile(rf"\bREFERENCES\s+({_NAME})\s*\.", re.IGNORECASE)
-_DDL = re.compile(r"\s*(CREATE|ALTER|DROP|COMMENT|GRANT|REVOKE|TRUNCATE|LOCK)\b", re.IGNORECASE)
-_INDEX = re.compile(
-    rf"\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+(CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
-    rf"(?:{_NAME}\s+)?ON\s+(?:ONLY\s+)?(?:{_NAME}\s*\.\s*)?({_NAME})",
-    re.IGNORECASE,
-)
 _SIZES_SQL = sa.text(
     "SELECT c.relname, max(c.reltuples)::bigint,"
     " (array_agg(n.nspname ORDER BY c.reltuples DESC))[1]"
@@ -131,10 +151,16 @@ class _Statement:
     text: str
     line: int
     """Its first line in the text given to squawk (0-based, as squawk counts)."""
+    tree: dict[str, Any] = field(default_factory=dict)
+    """The statement as PostgreSQL's parser reads it (pglast's dict form; ``@``: node type)."""
 
     @property
     def first_line(self) -> str:
         return self.text.strip().splitlines()[0][:160]
+
+    @property
+    def kind(self) -> str:
+        return str(self.tree.get("@", ""))
 
 
 Sizes = Callable[[Sequence[str]], dict[str, tuple[int, str]]]
@@ -178,34 +204,83 @@ def _check_revision(rev: Script, sizes: Sizes, big_table_rows: int) -> list[Find
     try:
         statements = _statements(rev)
     except alembic_runtime.NotRendered as exc:
-        message = f"cannot be rendered offline, so it was not checked: {exc}"
-        return [*findings, Finding(rev.revision, NOT_RENDERED, WARNING, "", message)]
+        return [*findings, _not_rendered(rev.revision, exc)]
+    except pglast.parser.ParseError as exc:
+        message = f"its SQL does not parse, so it cannot be checked: {exc}"
+        return [*findings, Finding(rev.revision, UNCHECKED, ERROR, "", message)]
     for statement in statements:
         findings += _outside(rev.revision, statement)
+        findings += _risky(rev.revision, statement)
     findings += _big_indexes(rev.revision, statements, sizes, big_table_rows)
-    findings += _squawk(rev.revision, statements)
-    return findings
+    findings += _squawk(rev.revision, [s for s in statements if s.kind != "DoStmt"])
+    return list(dict.fromkeys(findings))  # one finding said once
+
+
+def _not_rendered(revision: str, exc: alembic_runtime.NotRendered) -> Finding:
+    """What a person reads when offline mode could not render the revision."""
+    said = str(exc)
+    if "MockConnection" in said or "get_bind" in said:
+        message = "this revision reads the database (get_bind), so it was not checked"
+    else:
+        message = f"it cannot be rendered offline, so it was not checked: {said}"
+    return Finding(revision, NOT_RENDERED, WARNING, "", message)
 
 
 def _statements(rev: Script) -> list[_Statement]:
-    """The revision's own statements (not Alembic's version-table bookkeeping), each with the
-    line it starts on when they are joined again with blank lines between them."""
+    """The revision's own statements (not Alembic's version-table bookkeeping) as PostgreSQL's
+    parser splits them, each with the line it starts on when they are joined again with blank
+    lines between them (for squawk's line numbers)."""
     start = rev.down_revision if isinstance(rev.down_revision, str) else None
     if isinstance(rev.down_revision, tuple | list):
         start = ",".join(rev.down_revision)
-    sql = alembic_runtime.render_sql(PROBE, start, rev.revision)
-    texts = [_COMMENT_LINES.sub("", t).strip() for t in _STATEMENT_END.split(sql + "\n\n")]
-    kept = [
-        t
-        for t in texts
-        if t and alembic_runtime.VERSION_TABLE not in t and "set_config('search_path'" not in t
-    ]
+    return statements_of(alembic_runtime.render_sql(PROBE, start, rev.revision))
+
+
+def statements_of(sql: str) -> list[_Statement]:
+    """``sql`` as PostgreSQL's parser splits it, without Alembic's and tenantfleet's own
+    statements; ``pglast.parser.ParseError`` when it does not parse."""
+    encoded = sql.encode()  # pglast's locations count bytes
     statements: list[_Statement] = []
     line = 0
-    for text in kept:
-        statements.append(_Statement(text, line))
+    for raw in pglast.parse_sql(sql):
+        begin = raw.stmt_location or 0
+        end = begin + raw.stmt_len if raw.stmt_len else len(encoded)
+        text = encoded[begin:end].decode().strip()
+        tree: dict[str, Any] = raw.stmt() if raw.stmt is not None else {}
+        if not tree or _bookkeeping(tree):
+            continue
+        statements.append(_Statement(text, line, tree))
         line += text.count("\n") + 2
     return statements
+
+
+def _bookkeeping(tree: dict[str, Any]) -> bool:
+    """Alembic's version table and tenantfleet's confinement: not the revision's own."""
+    relations = [n.get("relname") for n in _walk(tree) if n.get("@") == "RangeVar"]
+    if alembic_runtime.VERSION_TABLE in relations:
+        return True
+    calls = [_names(n.get("funcname")) for n in _walk(tree) if n.get("@") == "FuncCall"]
+    return tree.get("@") == "SelectStmt" and ["set_config"] in calls
+
+
+def _walk(value: Any) -> Iterator[dict[str, Any]]:
+    """Every node of a pglast tree (its dict form), the root first."""
+    if isinstance(value, dict):
+        yield value
+        for child in value.values():
+            yield from _walk(child)
+    elif isinstance(value, list | tuple):
+        for child in value:
+            yield from _walk(child)
+
+
+def _names(value: Any) -> list[str]:
+    """The parts of a dotted name in a pglast tree (``[schema, table]``, ...)."""
+    if isinstance(value, dict):
+        value = value.get("objname", value.get("items", value.get("names")))
+    if not isinstance(value, list | tuple):
+        return []
+    return [str(v["sval"]) for v in value if isinstance(v, dict) and "sval" in v]
 
 
 def downgrade_findings(rev: Script) -> list[Finding]:
@@ -225,23 +300,32 @@ def downgrade_findings(rev: Script) -> list[Finding]:
     return [Finding(rev.revision, NO_DOWNGRADE, ERROR, "", message)]
 
 
-def _unquote(name: str) -> str:
-    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
-
-
 def _outside(revision: str, statement: _Statement) -> list[Finding]:
-    bare = _LITERAL.sub("''", statement.text)
-    if _DDL.match(bare):
-        # table.column in COMMENT ON COLUMN; schema.table (or schema.table.column) elsewhere
-        least = 3 if _COLUMN_COMMENT.match(bare) else 2
-        named = {
-            _unquote(m.group(1))
-            for m in _QUALIFIED.finditer(bare)
-            if m.group(2).count(".") + 1 >= least
-        }
+    """DDL naming anything outside the tenant's schema (a table, a function, a type, a foreign
+    key's target), or a write whose target table is outside it. Reads are left alone."""
+    tree, kind = statement.tree, statement.kind
+    if kind in READS or kind == "DoStmt":
+        return []
+    named: set[str] = set()
+    if kind in WRITES:
+        target = tree.get("relation") or {}
+        named.add(target.get("schemaname") or PROBE)
     else:
-        named = {_unquote(m.group(1)) for m in _REFERENCES.finditer(bare)}
-    outside = sorted(named - {PROBE, "pg_catalog"})
+        for node in _walk(tree):
+            typ = node.get("@")
+            if typ == "RangeVar":
+                named.add(node.get("schemaname") or PROBE)
+            elif typ in ("FuncCall", "TypeName", "ObjectWithArgs"):
+                parts = _names(node.get("funcname") or node.get("names") or node.get("objname"))
+                if len(parts) >= 2:
+                    named.add(parts[0])
+        least = 3 if (tree.get("objtype") or {}).get("name") == "OBJECT_COLUMN" else 2
+        objects = tree.get("objects") or ([tree["object"]] if "object" in tree else [])
+        for obj in objects if kind in ("DropStmt", "CommentStmt") else []:
+            parts = _names(obj)
+            if len(parts) >= least:
+                named.add(parts[0])
+    outside = sorted(named - INSIDE)
     if not outside:
         return []
     message = (
@@ -251,13 +335,55 @@ def _outside(revision: str, statement: _Statement) -> list[Finding]:
     return [Finding(revision, OUTSIDE, ERROR, statement.first_line, message)]
 
 
+def _risky(revision: str, statement: _Statement) -> list[Finding]:
+    """What no linter knows of a fleet: code that cannot be read, and rewrites or data loss
+    that every tenant would suffer at once."""
+    tree, kind = statement.tree, statement.kind
+    found: list[tuple[str, str]] = []
+    if kind == "DoStmt":
+        found.append(
+            (
+                UNCHECKED,
+                "a DO block cannot be checked (its EXECUTE builds SQL at run time): read it,"
+                f" then allow it by name (--allow {UNCHECKED})",
+            )
+        )
+    elif kind == "TruncateStmt":
+        found.append((TRUNCATE, "empties the table in every tenant"))
+    elif kind == "ClusterStmt":
+        found.append((CLUSTER, "rewrites the table under an exclusive lock in every tenant"))
+    elif kind == "AlterTableStmt":
+        for node in _walk(tree.get("cmds")):
+            if node.get("@") == "Constraint" and node.get("contype", {}).get("name") == (
+                "CONSTR_DEFAULT"
+            ):
+                calls = {
+                    _names(n.get("funcname"))[-1]
+                    for n in _walk(node.get("raw_expr"))
+                    if n.get("@") == "FuncCall" and _names(n.get("funcname"))
+                }
+                volatile = sorted(calls & VOLATILE)
+                if volatile:
+                    found.append(
+                        (
+                            VOLATILE_DEFAULT,
+                            f"a default of {', '.join(volatile)}() makes PostgreSQL rewrite the"
+                            " whole table under an exclusive lock in every tenant: add the"
+                            " column without it, then fill it in batches",
+                        )
+                    )
+    return [
+        Finding(revision, rule, ERROR, statement.first_line, message) for rule, message in found
+    ]
+
+
 def _big_indexes(
     revision: str, statements: Sequence[_Statement], sizes: Sizes, big_table_rows: int
 ) -> list[Finding]:
     blocking = [
-        (s, _unquote(m.group(2)))
+        (s, str(s.tree["relation"]["relname"]))
         for s in statements
-        if (m := _INDEX.match(s.text)) is not None and not m.group(1)
+        if s.kind == "IndexStmt" and not s.tree.get("concurrent")
     ]
     known = sizes(sorted({table for _, table in blocking})) if blocking else {}
     findings = []

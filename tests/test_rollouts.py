@@ -422,3 +422,53 @@ def test_a_tenant_moved_by_another_run_is_skipped_with_that_run_named(stack: Sta
     assert row.status == "skipped" and row.error_class == "MovedSince"
     assert f"moved by run {later['run_id']}" in (row.error_message or "")
     assert stack.revisions(["hm00004"])["hm00004"] == R3
+
+
+HIDDEN_BEHIND_A_SET = """
+def upgrade() -> None:
+    op.execute(
+        "SET LOCAL lock_timeout = '5s'; ALTER TABLE public.tenant_registry ADD COLUMN hacked int"
+    )
+
+
+def downgrade() -> None:
+    op.execute("SELECT 1")
+"""
+DROPS_IN_A_DO_BLOCK = """
+def upgrade() -> None:
+    op.execute("DO $$ BEGIN EXECUTE 'ALTER TABLE users DROP COLUMN email'; END $$")
+
+
+def downgrade() -> None:
+    op.execute("SELECT 1")
+"""
+
+
+def test_the_lint_gate_reads_every_statement_and_blocks_what_it_cannot_read(
+    pg_admin_url: str, template_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DDL on public behind an earlier statement of the same string, and a DROP COLUMN inside a
+    DO block, each passed the gate before (every tenant changed, exit 0): now the run is
+    refused, nothing changes, and --json lists the findings."""
+    ini = helpers.tenant_env(
+        tmp_path, [("h0001", HIDDEN_BEHIND_A_SET), ("h0002", DROPS_IN_A_DO_BLOCK)]
+    )
+    monkeypatch.setenv("TENANTFLEET_TENANT_ALEMBIC", str(ini))
+    with running_fleet(
+        pg_admin_url, template_url, tmp_path / "fleet", TENANTFLEET_TENANT_ALEMBIC=str(ini)
+    ) as stack:
+        schemas = stack.provision("hb", 2, R3)
+        before = helpers.snapshot(stack.engine, schemas)
+        refused = stack.cli("migrate", "--wait", "--json")
+        assert refused.code == 2, refused.err
+        found = {(f["revision"], f["rule"]) for f in _json(refused)["findings"]}
+        assert found == {("h0001", "outside-tenant-schema"), ("h0002", "unchecked-code")}
+        assert helpers.snapshot(stack.engine, schemas) == before
+        with stack.engine.connect() as connection:
+            columns = connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM information_schema.columns"
+                    " WHERE table_schema = 'public' AND column_name = 'hacked'"
+                )
+            ).scalar()
+        assert columns == 0
