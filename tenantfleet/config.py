@@ -420,8 +420,14 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
     return rows
 
 
+_SECRET_PARAMETER = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNORECASE)
+
+
 def mask_password(url: str) -> str:
-    """``scheme://user:***@host/...``: a URL fit to print."""
+    """``scheme://user:***@host/...?password=***``: a URL fit to print. Every credential form
+    is masked: the userinfo's password and any query parameter named like a password
+    (``password=``, ``sslpassword=``)."""
+    url = _SECRET_PARAMETER.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not sep or not at or ":" not in credentials:

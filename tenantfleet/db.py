@@ -55,17 +55,27 @@ def make_engine(url: str, setting: str = "TENANTFLEET_DATABASE_URL", **options: 
     return sa.create_engine(parsed, connect_args=connect_args, **options)
 
 
-def describe(engine: Engine) -> str:
-    """The engine's URL without its password, for messages."""
-    return engine.url.render_as_string(hide_password=True)
+def where(engine: Engine) -> str:
+    """``host:port/database`` of the engine, for messages: never its user or a credential."""
+    url = engine.url
+    host = url.host or url.query.get("host") or "local socket"
+    if isinstance(host, tuple):
+        host = ",".join(host)
+    return f"{host}{f':{url.port}' if url.port else ''}/{url.database or ''}"
 
 
 def connection_error(engine: Engine, exc: DBAPIError) -> ConnectionFailed:
-    """A one-line ``ConnectionFailed`` for a failed connect, naming the server, never a password."""
+    """A one-line ``ConnectionFailed`` for a failed connect, naming the server, never a
+    credential; its ``reason`` (the driver's first line alone) is what run records keep."""
     reason = first_line(exc)
-    if engine.url.password:
-        reason = reason.replace(str(engine.url.password), "***")
-    return ConnectionFailed(f"cannot connect to the database at {describe(engine)}: {reason}")
+    secrets = [engine.url.password, *(v for k, v in engine.url.query.items() if "password" in k)]
+    for secret in secrets:
+        for value in secret if isinstance(secret, tuple) else (secret,):
+            if value:
+                reason = reason.replace(str(value), "***")
+    return ConnectionFailed(
+        f"cannot connect to the database at {where(engine)}: {reason}", {"reason": reason}
+    )
 
 
 @contextmanager
@@ -119,7 +129,11 @@ def first_line(exc: BaseException) -> str:
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:
-    """(class, message) of an error as people want to read it: the driver's, not the wrapper's."""
+    """(class, message) of an error as people want to read it and run records keep it: the
+    driver's, not the wrapper's; for a failed connect, the driver's reason without where the
+    database is (records name databases by key)."""
+    if isinstance(exc, ConnectionFailed) and "reason" in exc.details:
+        return type(exc).__name__, str(exc.details["reason"])
     orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     message = str(orig).strip() or type(orig).__name__
     return type(orig).__name__, message

@@ -35,18 +35,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pglast
-import pglast.parser
 import sqlalchemy as sa
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from tenantfleet import alembic_runtime, databases
+from tenantfleet import alembic_runtime, databases, sqltree
 from tenantfleet.databases import Placed
 from tenantfleet.errors import ConfigError
 
@@ -77,7 +75,6 @@ FLEET_RULES = (
 )
 INSIDE = frozenset({PROBE, "pg_catalog"})
 """The schemas a tenant's statements may name: its own, and the catalog."""
-WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 READS = frozenset({"SelectStmt", "VariableSetStmt", "VariableShowStmt", "ExplainStmt"})
 VOLATILE = frozenset(
     {"random", "clock_timestamp", "timeofday", "gen_random_uuid", "uuid_generate_v1",
@@ -205,7 +202,7 @@ def _check_revision(rev: Script, sizes: Sizes, big_table_rows: int) -> list[Find
         statements = _statements(rev)
     except alembic_runtime.NotRendered as exc:
         return [*findings, _not_rendered(rev.revision, exc)]
-    except pglast.parser.ParseError as exc:
+    except sqltree.ParseError as exc:
         message = f"its SQL does not parse, so it cannot be checked: {exc}"
         return [*findings, Finding(rev.revision, UNCHECKED, ERROR, "", message)]
     for statement in statements:
@@ -238,49 +235,26 @@ def _statements(rev: Script) -> list[_Statement]:
 
 def statements_of(sql: str) -> list[_Statement]:
     """``sql`` as PostgreSQL's parser splits it, without Alembic's and tenantfleet's own
-    statements; ``pglast.parser.ParseError`` when it does not parse."""
-    encoded = sql.encode()  # pglast's locations count bytes
+    statements; ``sqltree.ParseError`` when it does not parse."""
     statements: list[_Statement] = []
     line = 0
-    for raw in pglast.parse_sql(sql):
-        begin = raw.stmt_location or 0
-        end = begin + raw.stmt_len if raw.stmt_len else len(encoded)
-        text = encoded[begin:end].decode().strip()
-        tree: dict[str, Any] = raw.stmt() if raw.stmt is not None else {}
-        if not tree or _bookkeeping(tree):
+    for parsed in sqltree.parse(sql):
+        if _bookkeeping(parsed.tree):
             continue
-        statements.append(_Statement(text, line, tree))
-        line += text.count("\n") + 2
+        statements.append(_Statement(parsed.text, line, parsed.tree))
+        line += parsed.text.count("\n") + 2
     return statements
 
 
 def _bookkeeping(tree: dict[str, Any]) -> bool:
     """Alembic's version table and tenantfleet's confinement: not the revision's own."""
-    relations = [n.get("relname") for n in _walk(tree) if n.get("@") == "RangeVar"]
+    relations = [n.get("relname") for n in sqltree.walk(tree) if n.get("@") == "RangeVar"]
     if alembic_runtime.VERSION_TABLE in relations:
         return True
-    calls = [_names(n.get("funcname")) for n in _walk(tree) if n.get("@") == "FuncCall"]
+    calls = [
+        sqltree.names(n.get("funcname")) for n in sqltree.walk(tree) if n.get("@") == "FuncCall"
+    ]
     return tree.get("@") == "SelectStmt" and ["set_config"] in calls
-
-
-def _walk(value: Any) -> Iterator[dict[str, Any]]:
-    """Every node of a pglast tree (its dict form), the root first."""
-    if isinstance(value, dict):
-        yield value
-        for child in value.values():
-            yield from _walk(child)
-    elif isinstance(value, list | tuple):
-        for child in value:
-            yield from _walk(child)
-
-
-def _names(value: Any) -> list[str]:
-    """The parts of a dotted name in a pglast tree (``[schema, table]``, ...)."""
-    if isinstance(value, dict):
-        value = value.get("objname", value.get("items", value.get("names")))
-    if not isinstance(value, list | tuple):
-        return []
-    return [str(v["sval"]) for v in value if isinstance(v, dict) and "sval" in v]
 
 
 def downgrade_findings(rev: Script) -> list[Finding]:
@@ -307,22 +281,24 @@ def _outside(revision: str, statement: _Statement) -> list[Finding]:
     if kind in READS or kind == "DoStmt":
         return []
     named: set[str] = set()
-    if kind in WRITES:
+    if kind in sqltree.WRITES:
         target = tree.get("relation") or {}
         named.add(target.get("schemaname") or PROBE)
     else:
-        for node in _walk(tree):
+        for node in sqltree.walk(tree):
             typ = node.get("@")
             if typ == "RangeVar":
                 named.add(node.get("schemaname") or PROBE)
             elif typ in ("FuncCall", "TypeName", "ObjectWithArgs"):
-                parts = _names(node.get("funcname") or node.get("names") or node.get("objname"))
+                parts = sqltree.names(
+                    node.get("funcname") or node.get("names") or node.get("objname")
+                )
                 if len(parts) >= 2:
                     named.add(parts[0])
         least = 3 if (tree.get("objtype") or {}).get("name") == "OBJECT_COLUMN" else 2
         objects = tree.get("objects") or ([tree["object"]] if "object" in tree else [])
         for obj in objects if kind in ("DropStmt", "CommentStmt") else []:
-            parts = _names(obj)
+            parts = sqltree.names(obj)
             if len(parts) >= least:
                 named.add(parts[0])
     outside = sorted(named - INSIDE)
@@ -353,14 +329,14 @@ def _risky(revision: str, statement: _Statement) -> list[Finding]:
     elif kind == "ClusterStmt":
         found.append((CLUSTER, "rewrites the table under an exclusive lock in every tenant"))
     elif kind == "AlterTableStmt":
-        for node in _walk(tree.get("cmds")):
+        for node in sqltree.walk(tree.get("cmds")):
             if node.get("@") == "Constraint" and node.get("contype", {}).get("name") == (
                 "CONSTR_DEFAULT"
             ):
                 calls = {
-                    _names(n.get("funcname"))[-1]
-                    for n in _walk(node.get("raw_expr"))
-                    if n.get("@") == "FuncCall" and _names(n.get("funcname"))
+                    sqltree.names(n.get("funcname"))[-1]
+                    for n in sqltree.walk(node.get("raw_expr"))
+                    if n.get("@") == "FuncCall" and sqltree.names(n.get("funcname"))
                 }
                 volatile = sorted(calls & VOLATILE)
                 if volatile:

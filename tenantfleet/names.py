@@ -28,3 +28,12 @@ def validate_schema_name(name: str) -> str:
     if name in RESERVED or name.startswith("pg_"):
         raise InvalidSchemaName(f"invalid schema name {name!r}: reserved by PostgreSQL")
     return name
+
+
+def refusal(name: object) -> str | None:
+    """Why tenantfleet will not touch the schema ``name`` (None: it will)."""
+    try:
+        validate_schema_name(name)  # type: ignore[arg-type]
+    except InvalidSchemaName as exc:
+        return str(exc)
+    return None

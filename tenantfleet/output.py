@@ -374,6 +374,12 @@ def fleet_text(report: Survey) -> str:
         )
     if report.behind:
         lines.append(f"\nbehind head ({len(report.behind)}): {shorten(report.behind, 20)}")
+    if report.refused:
+        lines.append(
+            f"\nnames tenantfleet will not touch ({len(report.refused)}; `tenantfleet tenant"
+            " deactivate NAME` leaves them out): "
+            + shorten([repr(name) for name in report.refused], 20)
+        )
     if report.unknown:
         lines.append(
             f"\ndrift, at a revision the scripts do not know ({len(report.unknown)}): "

@@ -21,6 +21,9 @@ from tenantfleet.errors import TenantStateError, UsageError
 from tenantfleet.manager import MigrationManager
 from tenantfleet.names import shorten, validate_schema_name
 
+NAME_MAX = 63
+"""PostgreSQL's longest name: a refused name longer than that is recorded cut to it."""
+
 
 @dataclass(frozen=True)
 class MigrateOptions:
@@ -74,7 +77,7 @@ class Plan:
 
 def validate(options: MigrateOptions) -> str:
     """Check the request before anything is touched; the resolved target revision."""
-    for name in [*options.include, *options.exclude, *options.canary_tenants]:
+    for name in [*options.include, *options.canary_tenants]:  # any name may be excluded
         validate_schema_name(name)
     if options.canary < 0 or (options.max_failures is not None and options.max_failures < 1):
         raise UsageError("--canary must be at least 0 and --max-failures at least 1")
@@ -117,7 +120,7 @@ def plan(
         # a run writes the public tables; a dry run reads the registry's columns, if at all
         if not dry_run or manager.settings.tenants == "registry":
             manager.require_public(connection)
-        placed = select(manager, connection, options)
+        placed, refused = tenants.split_refused(select(manager, connection, options))
         # sending is likely unless the registry says every tenant is at the target already
         likely = not dry_run and (
             manager.settings.tenants != "registry" or registry.any_active_not_at(connection, target)
@@ -126,7 +129,10 @@ def plan(
     read = databases.read_versions(manager.engine_for, placed, meanwhile)
     versions = read.found
     known = {r.revision for r in script.walk_revisions()} | {None}
-    not_migratable: list[tuple[str, str | None, str, str]] = []
+    not_migratable: list[tuple[str, str | None, str, str]] = [
+        (t.schema[:NAME_MAX], None, "InvalidSchemaName", f"{why}; not touched")
+        for t, why in refused
+    ]
     for tenant in placed:
         schema = tenant.schema
         if tenant.database in read.unreachable:
@@ -166,7 +172,9 @@ def plan(
     if manager.settings.wave_order and behind:
         behind = _ordered(manager, behind, manager.settings.wave_order)
     at_or_past = [s for s in schemas if s not in skip and versions[s] not in below]
-    placement = {t.schema: t.database for t in placed if t.database is not None}
+    placement = {
+        t.schema[:NAME_MAX]: t.database for t in [*placed, *(r for r, _ in refused)] if t.database
+    }
     behind_schemas = {s for s, _ in behind}
     sizes = (
         _sizes(manager, [t for t in placed if t.schema in behind_schemas])

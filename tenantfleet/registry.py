@@ -198,7 +198,7 @@ def set_active(connection: Connection, schema: str, active: bool, reason: str | 
     """Take a tenant out of fleet runs (with a reason), or back in."""
     found = connection.execute(
         tenant_registry.update()
-        .where(tenant_registry.c.schema_name == validate_schema_name(schema))
+        .where(tenant_registry.c.schema_name == schema)  # any registered name, even refused
         .values(
             is_active=active,
             deactivated_reason=None if active else reason,

@@ -36,6 +36,8 @@ class Survey:
     """Inactive tenants and why (``tenant deactivate --reason``)."""
     databases: dict[str, DatabaseSurvey] = field(default_factory=dict)
     """By database key (``default``: the control database)."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """Names the tenant source lists that tenantfleet will not touch, and why."""
 
 
 def survey(connection: Connection, settings: Settings, engine_for: EngineFor) -> Survey:
@@ -49,7 +51,9 @@ def survey(connection: Connection, settings: Settings, engine_for: EngineFor) ->
         with db.connect(engine_for(database)) as other:
             return tenants.discover(other)
 
-    active = tenants.select(connection, settings, elsewhere=elsewhere)
+    active, refused = tenants.split_refused(
+        tenants.select(connection, settings, elsewhere=elsewhere)
+    )
     inactive: dict[str, str | None] = {}
     if settings.tenants == "registry":
         inactive = {
@@ -88,4 +92,5 @@ def survey(connection: Connection, settings: Settings, engine_for: EngineFor) ->
         missing=missing,
         deactivated=inactive,
         databases=per_database,
+        refused={t.schema: why for t, why in refused},
     )

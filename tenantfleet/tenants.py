@@ -2,7 +2,8 @@
 
 - ``registry`` (default): the active rows of ``public.tenant_registry``;
 - ``query``: the app's own SQL (``tenants_query``), run in a read-only transaction; its first
-  column is the schema name, validated like any schema name; a column named ``database`` gives
+  column is the schema name (a name tenantfleet refuses is recorded skipped, see
+  ``split_refused``); a column named ``database`` gives
   the key of the database holding it (NULL: the control database), one named ``size_hint`` the
   bytes its migration will touch (NULL: none; planning estimates it from the catalog);
 - ``discover``: every schema that holds the tenant version table (the seed's "apply to all
@@ -22,12 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantfleet import databases, db, registry
+from tenantfleet import databases, db, registry, sqltree
 from tenantfleet.alembic_runtime import VERSION_TABLE
 from tenantfleet.config import Settings
 from tenantfleet.databases import Placed
-from tenantfleet.errors import ConfigError, InvalidSchemaName, UnknownTenant
-from tenantfleet.names import shorten, validate_schema_name
+from tenantfleet.errors import ConfigError, UnknownTenant
+from tenantfleet.names import refusal, shorten
 
 _DISCOVER = sa.text(
     "SELECT nspname FROM pg_namespace"
@@ -74,6 +75,7 @@ def select(
 def listed_by_query(connection: Connection, settings: Settings) -> list[Placed]:
     """The tenants ``tenants_query`` returns, read in a read-only transaction of its own."""
     assert settings.tenants_query is not None
+    _one_select(settings.tenants_query)
     try:
         with connection.engine.connect() as reader:
             reader.exec_driver_sql("SET TRANSACTION READ ONLY")
@@ -90,11 +92,13 @@ def listed_by_query(connection: Connection, settings: Settings) -> list[Placed]:
     found: dict[str, Placed] = {}
     bad: list[str] = []
     for row in rows:
+        name = row[0]
         try:
-            name = validate_schema_name(row[0])
+            if not isinstance(name, str) or not name:
+                raise ConfigError("a schema name is text")
             database = databases.normalize(row[placed_by]) if placed_by is not None else None
             size_hint = _size_hint(row[sized_by]) if sized_by is not None else None
-        except (InvalidSchemaName, ConfigError):
+        except ConfigError:
             bad.append(repr(tuple(row)))
             continue
         if name in found and found[name].database != database:
@@ -102,10 +106,28 @@ def listed_by_query(connection: Connection, settings: Settings) -> list[Placed]:
         found[name] = Placed(name, database, size_hint)
     if bad:
         raise ConfigError(
-            "tenants_query returned invalid schema names, database keys or size hints:"
-            f" {shorten(bad)}"
+            "tenants_query returned rows without a schema name, or with invalid database keys"
+            f" or size hints: {shorten(bad)}"
         )
     return sorted(found.values())
+
+
+def _one_select(query: str) -> None:
+    """``ConfigError`` unless ``query`` is exactly one ``SELECT`` that writes nothing: the
+    read-only transaction it runs in must be one it cannot end."""
+    try:
+        statements = sqltree.parse(query)
+    except sqltree.ParseError as exc:
+        raise ConfigError(f"tenants_query does not parse: {exc}") from None
+    if (
+        len(statements) != 1
+        or statements[0].kind != "SelectStmt"
+        or sqltree.writes(statements[0].tree)
+    ):
+        raise ConfigError(
+            "tenants_query must be exactly one SELECT that writes nothing"
+            f" ({len(statements)} statements given)"
+        )
 
 
 def _size_hint(value: object) -> int | None:
@@ -141,12 +163,20 @@ def discover_all(
 def discover(connection: Connection) -> list[str]:
     """Every schema with a tenant version table whose name tenantfleet accepts."""
     found = connection.execute(_DISCOVER, {"table": VERSION_TABLE}).scalars()
-    return [name for name in found if _acceptable(name)]
+    return [name for name in found if refusal(name) is None]
 
 
-def _acceptable(name: str) -> bool:
-    try:
-        validate_schema_name(name)
-    except InvalidSchemaName:
-        return False
-    return True
+def split_refused(placed: Sequence[Placed]) -> tuple[list[Placed], list[tuple[Placed, str]]]:
+    """(the tenants whose schema names tenantfleet accepts, the others with why): a name the
+    source lists that tenantfleet will not touch (``Acme``, ``public``, ``c_eu-berlin``) is
+    recorded skipped with the reason like any tenant that cannot be migrated; it stops no
+    deploy."""
+    accepted: list[Placed] = []
+    refused: list[tuple[Placed, str]] = []
+    for tenant in placed:
+        why = refusal(tenant.schema)
+        if why is None:
+            accepted.append(tenant)
+        else:
+            refused.append((tenant, why))
+    return accepted, refused

@@ -79,6 +79,32 @@ def test_tenants_that_cannot_be_migrated_are_skipped_with_a_reason_and_the_rest_
     assert stack.cli("tenant", "deactivate", "nobody_here").code == 2
 
 
+def test_a_name_tenantfleet_refuses_is_skipped_with_the_reason_and_stops_no_deploy(
+    stack: Stack,
+) -> None:
+    """An app wrote names into the registry that tenantfleet will not touch: every deploy
+    exited 2 before, and only SQL could remove them."""
+    schemas = stack.provision("un", 2)
+    with stack.engine.begin() as connection:
+        for odd in ("Acme", "c_eu_berlin-mitte", "public"):
+            connection.execute(
+                sa.text("INSERT INTO public.tenant_registry (tenant_name, schema_name)"
+                        " VALUES (:n, :n)"),
+                {"n": odd},
+            )  # fmt: skip
+    result = migrate(stack, "--wait", "--json", "--revision", R2)
+    assert result.code == 1, result.err
+    by_schema = {t["schema"]: t for t in json.loads(result.out)["tenants"]}
+    for odd in ("Acme", "c_eu_berlin-mitte", "public"):
+        assert by_schema[odd]["status"] == "skipped", by_schema[odd]
+        assert by_schema[odd]["error"].startswith("InvalidSchemaName: invalid schema name")
+    assert {by_schema[s]["status"] for s in schemas} == {"succeeded"}
+    assert "'Acme'" in stack.cli("fleet").out
+    for odd in ("Acme", "c_eu_berlin-mitte", "public"):
+        assert stack.cli("tenant", "deactivate", odd, "--reason", "not ours").code == 0
+    assert migrate(stack, "--wait", "--revision", R2).code == 0
+
+
 # -- C: exit codes and machine output ----------------------------------------------------
 
 

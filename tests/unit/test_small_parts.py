@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tenantfleet import alembic_runtime, databases, locks, retries, runs, sql
+from tenantfleet import alembic_runtime, config, databases, db, locks, retries, runs, sql
 from tenantfleet.config import Settings
-from tenantfleet.errors import UsageError
+from tenantfleet.errors import ConnectionFailed, UsageError
 
 
 def test_the_backoff_doubles_up_to_its_cap_with_jitter() -> None:
@@ -72,3 +72,34 @@ def test_the_statements_use_the_lock_key_and_version_table_the_code_uses() -> No
     assert locks.key_sql(":label") in sql.query("take_mark_lock")
     for name in ("read_under_lock", "expect_planned", "expect_planned_and_pending"):
         assert f" {alembic_runtime.VERSION_TABLE}" in sql.query(name)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db?password=secret", "postgresql://u@h/db?password=***"),
+        (
+            "postgresql://u@h/db?sslmode=require&sslpassword=secret&application_name=x",
+            "postgresql://u@h/db?sslmode=require&sslpassword=***&application_name=x",
+        ),
+        ("postgresql://u:a@h/db?PASSWORD=b", "postgresql://u:***@h/db?PASSWORD=***"),
+        ("postgresql://h/db", "postgresql://h/db"),
+    ],
+)
+def test_every_credential_form_of_a_url_is_masked(url: str, shown: str) -> None:
+    assert config.mask_password(url) == shown
+
+
+def test_a_failed_connect_names_where_and_why_never_who_or_a_credential() -> None:
+    engine = db.make_engine("postgresql://u@127.0.0.1:1/shop?password=s3cret")
+    try:
+        with pytest.raises(ConnectionFailed) as caught, db.connect(engine):
+            pass
+    finally:
+        engine.dispose()
+    said = str(caught.value)
+    assert said.startswith("cannot connect to the database at 127.0.0.1:1/shop: ")
+    assert "s3cret" not in said and "u@" not in said and "postgresql://" not in said
+    kind, recorded = db.describe_error(caught.value)  # what a run row keeps
+    assert kind == "ConnectionFailed" and "shop" not in recorded and "s3cret" not in recorded
