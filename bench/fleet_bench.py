@@ -502,7 +502,7 @@ class Bench:
         pools of the floor hang in Kombu's after-fork hook."""
         ready = self.log.read_text().count(" ready.")
         self._worker = processes.spawn(
-            processes.worker_argv(self.workers), env or self.env, self.log
+            processes.worker_argv(self.workers, hostname="bench@%h"), env or self.env, self.log
         )
         deadline = time.monotonic() + 60
         while self.log.read_text().count(" ready.") <= ready:

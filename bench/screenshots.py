@@ -89,7 +89,9 @@ def main() -> int:
                 work / "flower.log",
             )
         )
-        started.append(processes.spawn(processes.worker_argv(2), env, work / "worker.log"))
+        started.append(
+            processes.spawn(processes.worker_argv(2, hostname="shots@%h"), env, work / "worker.log")
+        )
         wait_for_http(f"http://127.0.0.1:{port}/api/tasks")
         blocker = engine.connect()
         blocker.begin()

@@ -43,6 +43,7 @@ from tenantfleet import (
 )
 from tenantfleet import retries as retries_policy
 from tenantfleet.attempt import ms_since
+from tenantfleet.errors import LoginRefused
 from tenantfleet.workers import app, resources
 
 logger = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ def _record_drained_error(
     """What ``_fail_or_retry`` does for a task, for a tenant taken while waiting: a transient
     error sends it again in a message of its own, any other fails it. True when its database
     cannot be reached: stop taking its tenants (the message sent takes them later)."""
-    error = db.interruption(exc)
+    error = _explained(db.interruption(exc), task, seen)
     if not db.is_transient(error):
         marked = _record(lambda c: runs.mark_failed(c, task, error, ms_since(started)))
         _ended_in_error(task, seen, "failed", started, error, marked, ", taken while waiting")
@@ -501,6 +502,16 @@ def _hand_back(task: runs.TenantTask, worker: str, needs: str) -> NoReturn:
     raise Reject(f"{task.label} needs a worker that {needs}", requeue=True)
 
 
+def _explained(error: BaseException, task: runs.TenantTask, seen: _Seen) -> BaseException:
+    """``error``, or for a refused login (a configuration to fix: failed at once, never retried
+    as an outage) the same saying which worker cannot log in to which database."""
+    if not isinstance(error, LoginRefused):
+        return error
+    reason = error.details.get("reason", str(error))
+    said = f"worker {seen.worker} cannot log in to database {databases.shown(task.database)}"
+    return LoginRefused(f"{said}: {reason}", {"reason": f"{said}: {reason}"})
+
+
 def _fail_or_retry(
     celery_task: Task, task: runs.TenantTask, error: Exception, started: float, seen: _Seen
 ) -> BaseException:
@@ -510,7 +521,7 @@ def _fail_or_retry(
     keeps its task); other transient errors (lock timeout, deadlock, ...) up to
     ``TENANTFLEET_MAX_RETRIES`` times.
     """
-    exc = db.interruption(error)  # a soft time limit shows as the QueryCanceled it caused
+    exc = _explained(db.interruption(error), task, seen)  # a soft time limit: QueryCanceled
     retries = celery_task.request.retries
     if db.is_unreachable(exc) or (
         db.is_transient(exc) and retries < resources.settings().max_retries

@@ -213,9 +213,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.dry_run:
         planned = commands.dry_run(manager, options, sql=args.sql)
         if args.json:
-            _print_json(output.plan_dict(planned.plan, planned.waves, planned.sql, planned.replay))
+            shown = output.plan_dict(
+                planned.plan, planned.waves, planned.sql, planned.replay, planned.refused_by
+            )
+            _print_json(shown)
         else:
-            print(output.plan_text(planned.plan, planned.waves, planned.replay))
+            print(output.plan_text(planned.plan, planned.waves, planned.replay, planned.refused_by))
             if planned.sql:
                 print(f"\n-- SQL of {planned.plan.behind[0][0]}'s upgrade:\n{planned.sql}")
         return EXIT_OK
@@ -392,7 +395,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> NoReturn:
     settings = config.load_settings()
     argv = processes.worker_argv(
-        args.concurrency, loglevel=args.loglevel, quiet=settings.log_format == "json"
+        args.concurrency,
+        hostname=args.hostname or f"tenantfleet-{os.getpid()}@%h",  # exec keeps this pid
+        loglevel=args.loglevel,
+        quiet=settings.log_format == "json",
     )
     os.execve(sys.executable, argv, processes.child_env(settings))
 
@@ -727,6 +733,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--concurrency", "-c", type=COUNT, default=os.cpu_count() or 2)
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--hostname",
+        "-n",
+        metavar="NAME",
+        help="the worker's name in Flower and the logs, Celery's templates allowed (%%h: the"
+        " host); default tenantfleet-PID@%%h, unique for every worker on a host",
+    )
     flower = _command(
         commands,
         "flower",

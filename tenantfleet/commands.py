@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from tenantfleet import (
+    alembic_runtime,
     db,
     dispatch,
     follow,
@@ -27,7 +28,7 @@ from tenantfleet import (
     survey,
     views,
 )
-from tenantfleet.errors import EXIT_OK, EXIT_TENANT_FAILURES, EXIT_TIMEOUT
+from tenantfleet.errors import EXIT_OK, EXIT_TENANT_FAILURES, EXIT_TIMEOUT, RunActive
 from tenantfleet.follow import Say
 from tenantfleet.manager import MigrationManager
 from tenantfleet.planning import MigrateOptions, Plan
@@ -70,6 +71,8 @@ class DryRun:
     """The first behind tenant's upgrade as SQL (``--sql``), else empty."""
     replay: dict[str, list[str]]
     """Which pending revisions the workers would replay, which they would run online."""
+    refused_by: str | None
+    """Why ``migrate`` would be refused right now (another run is active), if it would."""
 
 
 def dry_run(manager: MigrationManager, options: MigrateOptions, *, sql: bool) -> DryRun:
@@ -80,7 +83,15 @@ def dry_run(manager: MigrationManager, options: MigrateOptions, *, sql: bool) ->
         schema, from_revision = chosen.behind[0]
         statement = planning.dry_run_sql(schema, from_revision, chosen.target)
     replay = planning.replay_paths(chosen)
-    return DryRun(chosen, planning.choose_waves(chosen, options), statement, replay)
+    refused_by = None
+    head = alembic_runtime.public_script().get_current_head()
+    with db.begin(manager.engine) as connection:
+        if alembic_runtime.public_revision(connection) == head:  # the run tables are there
+            try:
+                guard.refuse_if_active(connection, manager.settings.stale_run_after)
+            except RunActive as exc:
+                refused_by = str(exc)
+    return DryRun(chosen, planning.choose_waves(chosen, options), statement, replay, refused_by)
 
 
 def lint_revisions(
@@ -127,6 +138,9 @@ def follow_run(
     the_watch.on_progress = on_progress
     run = follow.until_closed(manager.engine, run_id, the_watch)
     view = follow.patiently(the_watch, lambda: views.run_view(manager.engine, run_id))
+    if on_progress is not None:  # the last line shows the final count, not the one before
+        final = {k: v for k, v in view["counts"].items() if k in runs.Counts.__dataclass_fields__}
+        on_progress(runs.Counts(**final), the_watch.elapsed())
     if run is None:
         return Followed(view, False, True, EXIT_TIMEOUT)
     return Followed(view, True, False, run_exit_code(run.status))

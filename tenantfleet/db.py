@@ -4,6 +4,7 @@ The rest of the code never inspects psycopg2 exceptions; it asks ``is_transient`
 ``tenantfleet.errors`` classes raised here.
 """
 
+import re
 import select
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from tenantfleet.errors import ConfigError, ConnectionFailed
+from tenantfleet.errors import ConfigError, ConnectionFailed, LoginRefused
 
 CONNECT_TIMEOUT_S = 5
 DRIVER = "postgresql+psycopg2"
@@ -64,15 +65,27 @@ def where(engine: Engine) -> str:
     return f"{host}{f':{url.port}' if url.port else ''}/{url.database or ''}"
 
 
-def connection_error(engine: Engine, exc: DBAPIError) -> ConnectionFailed:
-    """A one-line ``ConnectionFailed`` for a failed connect, naming the server, never a
-    credential; its ``reason`` (the driver's first line alone) is what run records keep."""
+REFUSED_LOGIN = re.compile(
+    r"FATAL:\s+(password authentication failed|role \".*\" does not exist"
+    r"|database \".*\" does not exist|no pg_hba\.conf entry|permission denied for database)"
+)
+"""What libpq says when the server answers and refuses the login (no SQLSTATE comes with it)."""
+
+
+def connection_error(engine: Engine, exc: DBAPIError) -> ConnectionFailed | LoginRefused:
+    """A one-line ``ConnectionFailed`` for a failed connect (``LoginRefused`` when the server
+    refused the login), naming the server, never a credential; its ``reason`` (the driver's
+    first line alone) is what run records keep."""
     reason = first_line(exc)
     secrets = [engine.url.password, *(v for k, v in engine.url.query.items() if "password" in k)]
     for secret in secrets:
         for value in secret if isinstance(secret, tuple) else (secret,):
             if value:
                 reason = reason.replace(str(value), "***")
+    if REFUSED_LOGIN.search(str(exc.orig or exc)):
+        return LoginRefused(
+            f"the database at {where(engine)} refuses the login: {reason}", {"reason": reason}
+        )
     return ConnectionFailed(
         f"cannot connect to the database at {where(engine)}: {reason}", {"reason": reason}
     )
@@ -114,7 +127,8 @@ def is_unreachable(exc: BaseException) -> bool:
         return True
     code = sqlstate(exc)
     if code is None:
-        return isinstance(exc, OperationalError)
+        refused = REFUSED_LOGIN.search(str(exc.orig if isinstance(exc, DBAPIError) else exc))
+        return isinstance(exc, OperationalError) and refused is None
     return code in UNREACHABLE_SQLSTATES or code.startswith("08")
 
 
@@ -132,7 +146,7 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     """(class, message) of an error as people want to read it and run records keep it: the
     driver's, not the wrapper's; for a failed connect, the driver's reason without where the
     database is (records name databases by key)."""
-    if isinstance(exc, ConnectionFailed) and "reason" in exc.details:
+    if isinstance(exc, ConnectionFailed | LoginRefused) and "reason" in exc.details:
         return type(exc).__name__, str(exc.details["reason"])
     orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     message = str(orig).strip() or type(orig).__name__

@@ -34,7 +34,9 @@ def provision(manager: MigrationManager, tenants: int, say: Say) -> list[str]:
 def start_workers(settings: config.Settings, workers: int, say: Say) -> subprocess.Popen[bytes]:
     log = settings.state_dir / "worker.log"
     say(f"starting {workers} worker processes (log: {log})")
-    proc = processes.spawn(processes.worker_argv(workers), processes.child_env(settings), log)
+    proc = processes.spawn(
+        processes.worker_argv(workers, hostname="demo@%h"), processes.child_env(settings), log
+    )
     from tenantfleet.workers import app
 
     processes.wait_for_workers(app)

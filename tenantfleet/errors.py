@@ -36,6 +36,11 @@ class ConnectionFailed(TenantfleetError):
     """The database or the broker cannot be reached."""
 
 
+class LoginRefused(ConfigError):
+    """The database answers but refuses the login (a wrong password, an unknown role or
+    database, no pg_hba.conf entry): a configuration to fix, not an outage to wait out."""
+
+
 class InvalidSchemaName(UsageError):
     """A schema name that tenantfleet refuses to touch."""
 

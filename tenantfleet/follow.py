@@ -102,7 +102,8 @@ def waiting_for(app: Any, queues: Queues, target: str) -> tuple[list[str], str |
         message = f"no worker consumes this database's tenant queue ({queues.tenants})"
         if others:
             return ours, message + (
-                f"; {len(others)} workers answer but consume other databases' queues"
+                f"; {len(others)} {'worker answers' if len(others) == 1 else 'workers answer'}"
+                " for other databases' queues"
                 f" ({', '.join(others[:3])}): are they pointed at another database?"
             )
         return ours, message + (
@@ -110,11 +111,15 @@ def waiting_for(app: Any, queues: Queues, target: str) -> tuple[list[str], str |
         )
     if not knowing(app, ours, target):
         return ours, (
-            f"no live worker knows revision {target}: the {len(ours)} workers consuming this"
-            " database's queue run older tenant scripts (a deploy not finished?); their tasks"
-            " are handed back and wait, untouched"
+            f"no live worker knows revision {target}: the {_workers(len(ours))} consuming"
+            " this database's queue run older tenant scripts (a deploy not finished?); their"
+            " tasks are handed back and wait, untouched"
         )
     return ours, None
+
+
+def _workers(count: int) -> str:
+    return "worker" if count == 1 else f"{count} workers"
 
 
 class _Outage:

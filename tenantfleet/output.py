@@ -107,8 +107,13 @@ def run_summary(report: dict[str, Any]) -> str:
 
 
 def _clip(text: str) -> str:
-    first = text.splitlines()[0] if text else ""
-    return first if len(first) <= ERROR_WIDTH else first[: ERROR_WIDTH - 3] + "..."
+    """An error in one cell: its first line, and the line PostgreSQL adds that says which row
+    (``DETAIL: Key (email)=(a@b) already exists.``), cut to fit."""
+    lines = text.splitlines() if text else [""]
+    detail = next((line.strip() for line in lines[1:] if line.strip().startswith("DETAIL:")), "")
+    shown = f"{lines[0]} {detail}".strip()
+    width = ERROR_WIDTH * 2 if detail else ERROR_WIDTH
+    return shown if len(shown) <= width else shown[: width - 3] + "..."
 
 
 def status_report(report: dict[str, Any]) -> str:
@@ -284,8 +289,13 @@ def _when(moment: Any) -> str:
 
 
 def plan_dict(
-    plan: Plan, waves: list[list[str]], sql: str, replay: dict[str, list[str]]
+    plan: Plan,
+    waves: list[list[str]],
+    sql: str,
+    replay: dict[str, list[str]],
+    refused_by: str | None = None,
 ) -> dict[str, Any]:
+    """A dry run as ``--json`` prints it: what ``migrate`` would do, skip, or refuse."""
     return {
         "target_revision": plan.target,
         "tenants": [
@@ -302,6 +312,11 @@ def plan_dict(
         "waves": [len(wave) for wave in waves] if len(waves) > 1 else [],
         "sql": sql or None,
         "replay": replay,
+        "skipped": [
+            {"schema": schema, "error": f"{error_class}: {reason}"}
+            for schema, _, error_class, reason in plan.not_migratable
+        ],
+        "refused_by": refused_by,
     }
 
 
@@ -313,11 +328,24 @@ def replay_text(replay: dict[str, list[str]]) -> str:
     )
 
 
-def plan_text(plan: Plan, waves: list[list[str]], replay: dict[str, list[str]]) -> str:
+def plan_text(
+    plan: Plan,
+    waves: list[list[str]],
+    replay: dict[str, list[str]],
+    refused_by: str | None = None,
+) -> str:
     head = (
         f"dry run: {len(plan.behind)} tenants would be migrated to {plan.target}"
         f" ({len(plan.up_to_date)} already there); nothing was changed"
     )
+    if refused_by:
+        head += f"\nmigrate would be refused now: {refused_by}"
+    if plan.not_migratable:
+        skipped = [f"{schema} ({reason})" for schema, _, _, reason in plan.not_migratable]
+        head += (
+            f"\n{len(plan.not_migratable)} tenants cannot be migrated and would be recorded"
+            f" skipped (migrate exits 1; --strict refuses): {shorten(skipped, 10)}"
+        )
     if not plan.behind:
         return head
     wave_of = {s: n for n, wave in enumerate(waves, 1) for s in wave} if len(waves) > 1 else {}

@@ -31,7 +31,7 @@ CELERY = [sys.executable, "-m", "celery", "-A", "tenantfleet.workers"]
 
 
 def worker_argv(
-    concurrency: int, hostname: str = "tenantfleet@%h", loglevel: str = "INFO", quiet: bool = False
+    concurrency: int, hostname: str, loglevel: str = "INFO", quiet: bool = False
 ) -> list[str]:
     """``quiet``: no start-up banner (with JSON logs, every line is an object)."""
     return [

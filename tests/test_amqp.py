@@ -76,7 +76,7 @@ class Amqp:
     def start_worker(self) -> "subprocess.Popen[bytes]":
         log = self.logs / "worker.log"
         ready = log.read_text().count(" ready.") if log.exists() else 0
-        worker = processes.spawn(processes.worker_argv(2), self.env, log)
+        worker = processes.spawn(processes.worker_argv(2, hostname="amqp@%h"), self.env, log)
         self.processes.append(worker)
         deadline = time.monotonic() + 60
         while not log.exists() or log.read_text().count(" ready.") <= ready:

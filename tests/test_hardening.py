@@ -46,6 +46,9 @@ def test_tenants_that_cannot_be_migrated_are_skipped_with_a_reason_and_the_rest_
     with stack.engine.begin() as connection:
         registry.register(connection, "bt_gone", "registered, no schema")
         connection.execute(sa.text("UPDATE bt00004.alembic_version SET version_num = 'zzz999'"))
+    dry = json.loads(stack.cli("migrate", "--dry-run", "--json", "--revision", R2).out)
+    assert {t["schema"] for t in dry["skipped"]} == {"bt_gone", "bt00004"}  # says it, exit 1
+    assert dry["refused_by"] is None
     result = migrate(stack, "--wait", "--json", "--revision", R2)
     assert result.code == 1, result.err
     report = json.loads(result.out)

@@ -376,6 +376,8 @@ def test_a_held_run_stays_held_without_its_producer_and_moves_no_tenant_twice(
     assert f"`tenantfleet continue {run_id}`" in overtake.err
     resumed = stack.cli("resume", str(run_id))
     assert resumed.code == 2 and f"`tenantfleet continue {run_id}`" in resumed.err
+    dry = stack.cli("migrate", "--dry-run")
+    assert f"migrate would be refused now: run {run_id} is held at wave 1" in dry.out, dry.out
 
     # while held, an operator takes a wave-2 tenant past the run's target by hand
     assert stack.cli("tenant", "upgrade", "hk00005", "--revision", R3).code == 0

@@ -19,7 +19,7 @@ def view(**overrides: Any) -> dict[str, Any]:
          "error": "MovedSince: moved to r3 since the plan saw it at r1; moved by run 4"},
         {"schema": "c", "tenant": "c", "status": "succeeded", "attempts": 1, "error": None},
         {"schema": "a", "tenant": "a", "status": "failed", "attempts": 2,
-         "error": "ProgrammingError: boom\nDETAIL: more"},
+         "error": "ProgrammingError: boom\nDETAIL: more\nHINT: ignored"},
     ]  # fmt: skip
     found = {
         "run_id": 7, "status": "partial", "target_revision": "r2", "counts": counts,
@@ -36,12 +36,12 @@ def run(status: RunState, *, finished: bool, wave: int | None = None) -> runs.Ru
     )  # fmt: skip
 
 
-def test_the_summary_lists_failed_then_skipped_tenants_with_their_first_error_line() -> None:
+def test_the_summary_lists_failed_then_skipped_tenants_with_the_lines_that_say_why() -> None:
     text = output.run_summary(view())
     assert text.splitlines()[0].startswith("run 7: partial - 1 succeeded, 1 failed, 1 skipped")
     rows = text.splitlines()[2:]
     assert [r.split()[0] for r in rows[2:]] == ["a", "b"]
-    assert "DETAIL" not in text and "moved by run 4" in text
+    assert "ProgrammingError: boom DETAIL: more" in text and "moved by run 4" in text
 
 
 def test_status_says_how_a_held_run_goes_on() -> None:
