@@ -504,6 +504,20 @@ def render_sql(schema: str, from_revision: str | None, target: str) -> str:
     return buffer.getvalue()
 
 
+def render_downgrade_sql(schema: str, current: str, target: str) -> str:
+    """The SQL Alembic's offline mode renders for ``schema`` going down from ``current`` to
+    ``target`` (``base``: before the first revision), as ``alembic downgrade --sql`` prints it;
+    ``NotRendered`` when it cannot."""
+    buffer = io.StringIO()
+    cfg = tenant_config(schema)
+    cfg.output_buffer = buffer
+    try:
+        command.downgrade(cfg, f"{current}:{target}", sql=True)
+    except Exception as exc:
+        raise NotRendered(f"{type(exc).__name__}: {exc}", buffer.getvalue()) from None
+    return buffer.getvalue()
+
+
 def _render_config(buffer: io.StringIO, schema: str) -> Config:
     return as_one_tenant(Config(str(tenant_ini()), output_buffer=buffer), schema)
 

@@ -40,6 +40,7 @@ from tenantfleet.errors import (
     UsageError,
 )
 from tenantfleet.manager import MigrationManager, Status
+from tenantfleet.names import shorten
 from tenantfleet.planning import MigrateOptions
 from tenantfleet.progress import Progress
 from tenantfleet.registry import PROFILE_FIELDS
@@ -316,8 +317,24 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         raise UsageError("--timeout goes with --wait")
     manager = MigrationManager()
     options = MigrateOptions(**_rollout_options(args))
+    planned = commands.plan_rollback(manager, args.run_id, options)
+    if args.dry_run:
+        if args.json:
+            _print_json(output.rollback_dict(planned))
+        else:
+            print(output.rollback_text(planned))
+        return EXIT_OK
+    if planned.drops and not args.yes:
+        said = (
+            f"rolling back run {args.run_id} drops tables {shorten(planned.drops)} in each of"
+            f" its {len(planned.plan.behind)} tenants, with their data"
+        )
+        if not sys.stdin.isatty():
+            raise UsageError(f"{said}: pass --yes to go on (--dry-run shows it all)")
+        if input(f"{said}. Type yes to go on: ").strip() != "yes":
+            raise UsageError("not confirmed: nothing was changed")
     watch = commands.watch(manager, args.timeout, _say)
-    run_id = commands.rollback(manager, args.run_id, options, _say, watch)
+    run_id = commands.rollback(manager, planned, options, _say, watch)
     _say(f"run {run_id} rolls back run {args.run_id}")
     return _follow(manager, run_id, args, watch)
 
@@ -669,6 +686,12 @@ def build_parser() -> argparse.ArgumentParser:
         "a new run that brings every tenant a run upgraded back to where it came from",
     )
     back.add_argument("run_id", type=int)
+    back.add_argument(
+        "--dry-run", action="store_true", help="show what it would undo; change nothing"
+    )
+    back.add_argument(
+        "--yes", action="store_true", help="go on when its downgrades drop tables (asked on a TTY)"
+    )
     _rollout_arguments(back)
     for follower in (retry, resume, back):
         follower.add_argument("--wait", action="store_true", help="follow the run to its end")

@@ -106,6 +106,7 @@ def lint_revisions(
 
 migrate = producer.start
 retry = producer.retry
+plan_rollback = producer.plan_rollback
 rollback = producer.rollback
 continue_run = producer.continue_run
 

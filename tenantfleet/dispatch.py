@@ -104,6 +104,7 @@ def _record(
                 "wave_hold": options.wave_hold,
                 **({"rollback_of": rollback.run_id} if rollback else {}),
                 **({"replay": replay_paths(chosen)} if chosen.behind and not rollback else {}),
+                **({"ahead": len(chosen.ahead)} if chosen.ahead else {}),
             },
             producer=f"{socket.gethostname()}:{os.getpid()}",
             parent_run_id=options.parent_run_id,

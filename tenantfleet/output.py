@@ -10,6 +10,7 @@ from tenantfleet.databases import shown
 from tenantfleet.manager import Status
 from tenantfleet.names import shorten
 from tenantfleet.planning import Plan
+from tenantfleet.producer import RollbackPlan
 from tenantfleet.registry import Tenant
 from tenantfleet.runs import Counts, Run
 from tenantfleet.states import TENANT_STATES as STATES
@@ -87,7 +88,9 @@ def run_summary(report: dict[str, Any]) -> str:
         f"{counts['failed']} failed, {counts['skipped']} skipped, "
         + (f"{counts['cancelled']} cancelled, " if counts["cancelled"] else "")
         + f"{counts['pending']} pending "
-        f"of {counts['total']} (already at target: {counts['up_to_date']}); "
+        f"of {counts['total']} (already at target: {counts['up_to_date']}"
+        + (f", ahead of it and left alone: {report['ahead']}" if report.get("ahead") else "")
+        + "); "
         f"target {report['target_revision']}"
     ]
     failed = [t for t in report["tenants"] if t["status"] in (FAILED, SKIPPED)]
@@ -308,6 +311,7 @@ def plan_dict(
             for schema, rev in plan.behind
         ],
         "up_to_date": len(plan.up_to_date),
+        "ahead": plan.ahead,
         "canaries": waves[0] if len(waves) > 1 else [],
         "waves": [len(wave) for wave in waves] if len(waves) > 1 else [],
         "sql": sql or None,
@@ -336,7 +340,9 @@ def plan_text(
 ) -> str:
     head = (
         f"dry run: {len(plan.behind)} tenants would be migrated to {plan.target}"
-        f" ({len(plan.up_to_date)} already there); nothing was changed"
+        f" ({len(plan.up_to_date)} already there"
+        + (f", {len(plan.ahead)} ahead of it: left alone" if plan.ahead else "")
+        + "); nothing was changed"
     )
     if refused_by:
         head += f"\nmigrate would be refused now: {refused_by}"
@@ -355,6 +361,46 @@ def plan_text(
     ]
     listed = table(["tenant", "from", "to", "wave"], rows)
     return f"{head}\n{replay_text(replay)}\n\n{listed}"
+
+
+def rollback_dict(planned: RollbackPlan) -> dict[str, Any]:
+    """``rollback --dry-run --json``: each tenant's move back, the tenants left alone, and the
+    tables the downgrades drop."""
+    plan, targets = planned.plan, planned.rollback.targets
+    return {
+        "rollback_of": planned.rollback.run_id,
+        "tenants": [
+            {
+                "schema": schema,
+                "database": shown(plan.placement.get(schema)),
+                "from_revision": now,
+                "to_revision": targets[schema],
+            }
+            for schema, now in plan.behind
+        ],  # fmt: skip
+        "skipped": [
+            {"schema": schema, "error": f"{error_class}: {reason}"}
+            for schema, _, error_class, reason in plan.not_migratable
+        ],
+        "drops_tables": planned.drops,
+    }
+
+
+def rollback_text(planned: RollbackPlan) -> str:
+    plan, targets = planned.plan, planned.rollback.targets
+    lines = [
+        f"dry run: rolling back run {planned.rollback.run_id} would take {len(plan.behind)}"
+        f" tenants back where they came from ({len(plan.not_migratable)} left alone);"
+        " nothing was changed"
+    ]
+    if planned.drops:
+        lines.append(
+            f"its downgrades drop tables {shorten(planned.drops, 20)}, with their data, in"
+            " every tenant rolled back: rollback asks for --yes"
+        )
+    rows = [[plan.label(s), now or "base", targets[s]] for s, now in plan.behind]
+    rows += [[s, "", f"left alone: {reason}"] for s, _, _, reason in plan.not_migratable]
+    return "\n".join([*lines, "", table(["tenant", "from", "to"], rows)])
 
 
 def fleet_dict(report: Survey) -> dict[str, Any]:

@@ -61,6 +61,8 @@ class Plan:
     placement: dict[str, str] = field(default_factory=dict)
     """The schemas that live in another database than the control one, and its key."""
     sizes: dict[str, int] = field(default_factory=dict)
+    ahead: list[str] = field(default_factory=list)
+    """Selected tenants past the target (a later revision): left alone, never taken down."""
     """The behind tenants' sizes in bytes (``schedule_by_size``): the tenant source's hint, else
     the catalog's estimate (``databases.sizes``); the largest are sent first."""
 
@@ -172,6 +174,7 @@ def plan(
     if manager.settings.wave_order and behind:
         behind = _ordered(manager, behind, manager.settings.wave_order)
     at_or_past = [s for s in schemas if s not in skip and versions[s] not in below]
+    ahead = [s for s in at_or_past if versions[s] != target]
     placement = {
         t.schema[:NAME_MAX]: t.database for t in [*placed, *(r for r, _ in refused)] if t.database
     }
@@ -181,7 +184,8 @@ def plan(
         if manager.settings.schedule_by_size and len(behind) > 1 and not dry_run
         else {}
     )
-    return Plan(target, behind, at_or_past, not_migratable, placement, sizes)
+    up_to_date = [s for s in at_or_past if versions[s] == target]
+    return Plan(target, behind, up_to_date, not_migratable, placement, sizes, ahead)
 
 
 def _sizes(manager: MigrationManager, behind: list[Placed]) -> dict[str, int]:

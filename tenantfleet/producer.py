@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
@@ -24,6 +25,7 @@ from tenantfleet import (
     locks,
     planning,
     runs,
+    sqltree,
     states,
 )
 from tenantfleet.databases import Placed
@@ -154,25 +156,31 @@ def _resend(
         return dispatch.send(manager, run_id, idle, say, watch, leave_at_hold=True)
 
 
-def rollback(
-    manager: MigrationManager,
-    run_id: int,
-    options: MigrateOptions,
-    say: Say = quiet,
-    watch: follow.Watch | None = None,
-) -> int:
-    """A new run, linked to ``run_id``, that downgrades every tenant ``run_id`` upgraded to the
-    revision it came from: one transaction per tenant, with the same locks, retries, records,
-    waves and failure budget as ``migrate``. Refused, before anything changes, when a revision
-    to undo has no ``downgrade()``; a tenant that has moved since (or whose database cannot be
-    reached) is recorded ``skipped``, not touched. The new run's id."""
+@dataclass(frozen=True)
+class RollbackPlan:
+    """What ``rollback`` of a run would do: its plan (each tenant from where the run left it
+    to where it came from), the targets, and the tables its downgrades drop."""
+
+    plan: Plan
+    rollback: Rollback
+    drops: list[str]
+    """Tables (``table`` or ``schema-less revision SQL`` names) the downgrades drop: data that
+    goes with them in every tenant rolled back."""
+
+
+def plan_rollback(manager: MigrationManager, run_id: int, options: MigrateOptions) -> RollbackPlan:
+    """Plan the rollback of ``run_id``; nothing is written. Refused, before anything changes,
+    when the run is open or is itself a rollback, or a revision to undo has no
+    ``downgrade()``; a tenant that has moved since (or whose database cannot be reached) is
+    planned ``skipped``, not touched."""
     planning.validate(options)
     with db.connect(manager.engine) as connection:
         manager.require_public(connection)
         run = runs.get_run(connection, run_id)
         done = runs.tenants_of(connection, run_id, ["succeeded"])
-    if run.finished_at is None:
-        raise UsageError(f"run {run_id} is still open: let it finish, or cancel it, first")
+    refused = states.refusal("rollback", run.status, run_id)
+    if refused is not None:
+        raise UsageError(refused)
     if run.options.get("rollback_of"):
         raise UsageError(f"run {run_id} is itself a rollback: migrate forward again instead")
     if not done:
@@ -195,7 +203,7 @@ def rollback(
             reason = (
                 f"{found} now, not at {tenant.to_revision} where run {run_id} left it: not touched"
             )
-            moved.append((schema, now, "MovedSince", reason))
+            moved.append((schema, now, runs.MOVED_SINCE, reason))
         else:
             behind.append((schema, now))
     targets = {t.schema_name: t.from_revision or alembic_runtime.BASE for t in done}
@@ -206,9 +214,43 @@ def rollback(
         not_migratable=moved,
         placement={t.schema_name: t.database for t in done if t.database is not None},
     )
+    spans = {(now, targets[schema]) for schema, now in behind if now is not None}
+    return RollbackPlan(chosen, Rollback(run_id, targets), _dropped_tables(spans))
+
+
+def _dropped_tables(spans: set[tuple[str, str]]) -> list[str]:
+    """The tables the downgrades of ``spans`` (from, to) drop, read from their SQL (Alembic's
+    offline mode, PostgreSQL's parser); a span that cannot be rendered is said so."""
+    dropped: set[str] = set()
+    for current, target in sorted(spans):
+        try:
+            sql = alembic_runtime.render_downgrade_sql(lint.PROBE, current, target)
+            statements = lint.statements_of(sql)
+        except (alembic_runtime.NotRendered, sqltree.ParseError):
+            dropped.add(f"(unknown: {current} -> {target} cannot be rendered offline)")
+            continue
+        for statement in statements:
+            tree = statement.tree
+            if statement.kind == "DropStmt" and tree["removeType"]["name"] == "OBJECT_TABLE":
+                dropped.update(sqltree.names(obj)[-1] for obj in tree.get("objects") or [])
+    return sorted(dropped)
+
+
+def rollback(
+    manager: MigrationManager,
+    planned: RollbackPlan,
+    options: MigrateOptions,
+    say: Say = quiet,
+    watch: follow.Watch | None = None,
+) -> int:
+    """Launch the rollback ``plan_rollback`` planned: a new run, linked to the run rolled back,
+    that downgrades every tenant of the plan to the revision it came from, one transaction per
+    tenant, with the same locks, retries, records, waves and failure budget as ``migrate``.
+    The new run's id."""
+    run_id = planned.rollback.run_id
     rolled = dataclasses.replace(options, parent_run_id=run_id)
     return dispatch.launch(
-        manager, chosen, rolled, say, watch or follow.Watch(), Rollback(run_id, targets)
+        manager, planned.plan, rolled, say, watch or follow.Watch(), planned.rollback
     )
 
 

@@ -33,6 +33,7 @@ def run_view(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]
         "wave": run.wave,
         "rollback_of": run.options.get("rollback_of"),
         "replay": run.options.get("replay"),
+        "ahead": run.options.get("ahead", 0),
         "tenants": [tenant_view(t) for t in tenants],
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,

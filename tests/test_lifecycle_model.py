@@ -218,7 +218,7 @@ class Operators(RuleBasedStateMachine):
         ]
         if not done:
             return
-        result = self.cli("rollback", str(done[0].id), "--wait", "--timeout", WAIT)
+        result = self.cli("rollback", str(done[0].id), "--yes", "--wait", "--timeout", WAIT)
         assert result.code in (0, 1, 2), result.err
         assert "Traceback" not in result.err
         self.settle_open()

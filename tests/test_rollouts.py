@@ -130,7 +130,13 @@ def test_rollback_brings_every_tenant_back_to_its_own_revision(stack: Stack) -> 
     # one tenant moved since: it is listed, not touched
     assert stack.cli("tenant", "downgrade", "rb00006", "--revision", R2).code == 0
 
-    result = stack.cli("rollback", str(first["run_id"]), "--wave", "3", "--wait", "--json")
+    dry = _json(stack.cli("rollback", str(first["run_id"]), "--dry-run", "--json"))
+    assert dry["drops_tables"] == ["audit_log"]  # r2's downgrade, with its rows
+    assert {t["schema"] for t in dry["skipped"]} == {"rb00006"}
+    unasked = stack.cli("rollback", str(first["run_id"]), "--wait")  # no TTY, no --yes
+    assert unasked.code == 2 and "drops tables audit_log" in unasked.err
+    assert set(stack.revisions(at_r1[:5] + at_r2).values()) == {R3}  # nothing changed
+    result = stack.cli("rollback", str(first["run_id"]), "--wave", "3", "--yes", "--wait", "--json")
     assert result.code == 1, result.err  # the moved tenant is skipped
     report = _json(result)
     assert report["rollback_of"] == first["run_id"]
@@ -348,7 +354,7 @@ def test_a_concurrent_index_revision_runs_outside_one_transaction_with_honest_re
             ).scalar()
             assert valid == 100
 
-        back = stack.cli("rollback", str(report["run_id"]), "--wait", "--json")
+        back = stack.cli("rollback", str(report["run_id"]), "--yes", "--wait", "--json")
         assert back.code == 0, back.err  # the 99 it upgraded; the retry's run is its own
         assert {v for s, v in stack.revisions(schemas).items() if s != "ci00042"} == {R3}
 

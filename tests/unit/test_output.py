@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tenantfleet import output, runs
+from tenantfleet.planning import Plan
 from tenantfleet.states import RunState
 
 WHEN = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -81,3 +82,21 @@ def test_runs_shows_a_closed_runs_counts_from_its_row() -> None:
 
 def test_no_runs_yet() -> None:
     assert output.runs_table([], {}) == "no runs yet"
+
+
+def test_a_dry_run_says_who_is_ahead_who_would_be_skipped_and_what_would_refuse_it() -> None:
+    plan = Plan(
+        "r2",
+        [("a", "r1")],
+        up_to_date=["b"],
+        not_migratable=[("gone", None, "SchemaMissing", "registered, but the schema does not")],
+        ahead=["c"],
+    )
+    replay = {"replayed": ["r2"], "online": []}
+    text = output.plan_text(plan, [["a"]], replay, "run 3 is held at wave 1")
+    assert "1 tenants would be migrated to r2 (1 already there, 1 ahead of it: left alone)" in text
+    assert "migrate would be refused now: run 3 is held at wave 1" in text
+    assert "1 tenants cannot be migrated and would be recorded skipped" in text
+    assert "replayed (rendered once): r2; online (as alembic upgrade): -" in text
+    shown = output.plan_dict(plan, [["a"]], "", replay)
+    assert shown["ahead"] == ["c"] and shown["skipped"][0]["schema"] == "gone"
