@@ -14,12 +14,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tenantfleet import alembic_runtime as runtime
-from tenantfleet import config, databases, db, registry
+from tenantfleet import config, databases, db, registry, tenants
 from tenantfleet.errors import (
     ConfigError,
     DuplicateTenant,
     MigrationFailed,
     TenantStateError,
+    UsageError,
 )
 from tenantfleet.names import validate_schema_name
 
@@ -135,8 +136,8 @@ class MigrationManager:
         head = script.get_current_head()
         with db.connect(self.engine) as control:
             self.require_public(control)
-            tenant = registry.get(control, schema)
-        with db.connect(self.engine_for(tenant.database)) as connection:
+            database = self._database_of(control, schema)
+        with db.connect(self.engine_for(database)) as connection:
             current = _tenant_revision(connection, schema)
         try:
             return Status(schema, current, head, runtime.pending(script, current, head))
@@ -144,24 +145,52 @@ class MigrationManager:
             return Status(schema, current, head, [], known=False)
 
     def set_active(self, schema: str, active: bool, reason: str | None = None) -> registry.Tenant:
-        """Take a tenant out of fleet runs (``active=False``, with a reason), or back in."""
+        """Take a tenant out of fleet runs (``active=False``, with a reason), or back in: a
+        registry flag, so with another tenant source it is refused in one line."""
+        self._needs_registry("tenant activate/deactivate", schema)
         with db.begin(self.engine) as connection:
             self.require_public(connection)
             return registry.set_active(connection, schema, active, reason)
 
     def list_tenants(self) -> list[registry.Tenant]:
+        self._needs_registry("tenants list")
         with db.connect(self.engine) as connection:
             self.require_public(connection)
             return registry.list_tenants(connection)
 
     # -- internals -----------------------------------------------------------------------
 
+    def _needs_registry(self, command: str, schema: str = "S") -> None:
+        """``UsageError`` saying why ``command`` does not apply to the configured source."""
+        source = self.settings.tenants
+        if source == "registry":
+            return
+        raise UsageError(
+            f"`{command}` works on public.tenant_registry, and tenants = {source}: your"
+            f" {'query' if source == 'query' else 'schemas'} decide which tenants exist and are"
+            f" active (leave {schema} out of it, or `migrate --exclude {schema}`);"
+            " `tenantfleet fleet` lists them by revision"
+        )
+
+    def _database_of(self, control: Connection, schema: str) -> str | None:
+        """The key of the database holding ``schema``, from the configured tenant source
+        (``UnknownTenant`` when the source does not list it)."""
+        if self.settings.tenants == "registry":
+            return registry.get(control, schema).database
+
+        def elsewhere(database: str) -> list[str]:
+            with db.connect(self.engine_for(database)) as other:
+                return tenants.discover(other)
+
+        (found,) = tenants.select(control, self.settings, include=[schema], elsewhere=elsewhere)
+        return found.database
+
     def _move(self, schema: str, target: str | None, *, downgrade: bool) -> runtime.Step:
         validate_schema_name(schema)
         with db.begin(self.engine) as control:
             self.require_public(control)
-            tenant = registry.get(control, schema)
-            with self._tenant_transaction(control, tenant.database) as connection:
+            database = self._database_of(control, schema)
+            with self._tenant_transaction(control, database) as connection:
                 _tenant_revision(connection, schema)
                 step = self._migrate(connection, schema, target, downgrade=downgrade)
                 registry.record_revision(control, schema, target)

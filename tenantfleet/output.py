@@ -409,7 +409,13 @@ def fleet_dict(report: Survey) -> dict[str, Any]:
 
 def fleet_text(report: Survey) -> str:
     lines = [
-        f"{report.tenants} active tenants ({report.inactive} inactive); head {report.head}",
+        f"{report.tenants} active tenants"
+        + (
+            f" ({report.inactive} inactive)"
+            if report.inactive is not None
+            else " (the tenant source says which are active)"
+        )
+        + f"; head {report.head}",
         "",
         table(
             ["revision", "tenants", ""],

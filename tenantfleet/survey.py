@@ -27,7 +27,8 @@ class DatabaseSurvey:
 class Survey:
     head: str | None
     tenants: int
-    inactive: int
+    inactive: int | None
+    """Deactivated tenants (None: the source, a query or discovery, does not say)."""
     by_revision: dict[str, int]
     behind: list[str] = field(default_factory=list)
     unknown: dict[str, str] = field(default_factory=dict)
@@ -85,7 +86,7 @@ def survey(connection: Connection, settings: Settings, engine_for: EngineFor) ->
     return Survey(
         head=head,
         tenants=len(active),
-        inactive=len(inactive),
+        inactive=len(inactive) if settings.tenants == "registry" else None,
         by_revision=dict(sorted(counted.items())),
         behind=behind,
         unknown=dict(sorted(unknown.items())),

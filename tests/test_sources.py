@@ -10,10 +10,12 @@ from sqlalchemy.engine import Engine
 
 from tenantfleet import config, fleet_setup, scaffold, tenants
 from tenantfleet.databases import Placed
-from tenantfleet.errors import ConfigError, UnknownTenant
+from tenantfleet.errors import ConfigError, UnknownTenant, UsageError
+from tenantfleet.manager import MigrationManager
 from tests import helpers
 
 R1 = fleet_setup.R1
+R3 = helpers.SEED_HEAD
 
 
 def settings(**values: str) -> config.Settings:
@@ -118,3 +120,24 @@ def test_plain_alembic_on_an_environment_written_by_init(
     assert helpers.revision_of(engine, "acme") is not None
     refused = alembic("upgrade", "head")
     assert refused.returncode != 0 and "-x schema=NAME" in refused.stdout + refused.stderr
+
+
+def test_single_tenant_commands_work_with_the_query_source_or_say_why_not(
+    engine: Engine,
+) -> None:
+    """``tenant status`` and ``tenant upgrade`` find the tenant through the query; activation
+    and ``tenants list`` are the registry's, and say so in one line."""
+    fleet_setup.provision(engine, ["qs1"], R1)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM public.tenant_registry"))  # the query decides
+    query = "SELECT 'qs1' AS schema_name"
+    manager = MigrationManager(settings(tenants="query", tenants_query=query), engine=engine)
+    assert manager.status_tenant("qs1").current == R1
+    manager.upgrade_tenant("qs1", R3)
+    assert manager.status_tenant("qs1").current == R3
+    with pytest.raises(UnknownTenant, match="not listed by the tenant source"):
+        manager.status_tenant("qs2")
+    with pytest.raises(UsageError, match="tenants = query: your query decide"):
+        manager.set_active("qs1", False, "gone")
+    with pytest.raises(UsageError, match="`tenants list` works on public.tenant_registry"):
+        manager.list_tenants()
