@@ -4,19 +4,22 @@ Everything comes from the run tables (the run, its tenants, every attempt), so t
 written at any time, for any run, long after Flower forgot it. The pictures are drawn by
 matplotlib as inline SVG: the page works offline, with no server, no script from anywhere.
 
-- the counts and the outcome;
+- the outcome, the run's duration, its throughput and the p50/p95/p99 of the tenants' times;
 - a **timeline**: every attempt a bar on the lane of the worker process that made it, coloured
-  by how it ended (retries show as the earlier bars of a tenant);
-- a **histogram** of the tenants' durations, and the slowest tenants by name;
-- the failures grouped by error class, with a message and the tenants;
+  by how it ended (retries show as the earlier bars of a tenant), each named in its tooltip;
+- a **histogram** of the tenants' times in the run, and the slowest tenants by name: each
+  tenant's time runs from its first attempt's start to its end, so a tenant that waited for a
+  lock over four attempts ranks by the whole wait, with its attempts and the time between them;
+- the tenants that were retried, and the failures grouped by error class;
 - the run's waves and databases when it has several.
 """
 
 import html
 import io
+import re
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from tenantfleet import runs, states
@@ -32,6 +35,9 @@ COLOURS = {
 }
 MAX_LANES = 64
 SLOWEST = 10
+MAX_TITLED = 5000
+"""Attempts whose timeline bars are named in a tooltip (past that the page would grow large)."""
+RETRIED = 50
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,77 @@ class RunData:
     """``views.run_view`` of the run."""
     attempts: list[tuple[str, runs.Attempt]]
     """(tenant label, attempt) for every attempt of the run."""
+
+
+@dataclass(frozen=True)
+class TenantTime:
+    """A tenant's time in the run, from its attempts."""
+
+    label: str
+    attempts: list[runs.Attempt]
+
+    @property
+    def whole(self) -> float:
+        """Seconds from its first attempt's start to its last attempt's end."""
+        ends = [a.finished_at or a.started_at for a in self.attempts]
+        return (max(ends) - min(a.started_at for a in self.attempts)).total_seconds()
+
+    @property
+    def in_attempts(self) -> float:
+        return sum(
+            ((a.finished_at or a.started_at) - a.started_at).total_seconds() for a in self.attempts
+        )
+
+    @property
+    def between(self) -> float:
+        """Seconds between its attempts: waiting for a retry (a lock wait is in an attempt)."""
+        return max(self.whole - self.in_attempts, 0.0)
+
+
+def tenant_times(data: RunData) -> list[TenantTime]:
+    """Every tenant with an attempt, slowest first."""
+    by_tenant: dict[str, list[runs.Attempt]] = defaultdict(list)
+    for label, found in data.attempts:
+        if found.started_at is not None:
+            by_tenant[label].append(found)
+    times = [
+        TenantTime(label, sorted(a, key=lambda x: x.attempt)) for label, a in by_tenant.items()
+    ]
+    return sorted(times, key=lambda t: -t.whole)
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+def _when(moment: str | None) -> str:
+    """An ISO timestamp as people read it: ``2026-12-06 21:45:03 UTC``."""
+    if moment is None:
+        return "not yet"
+    return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def summary(data: RunData, times: list[TenantTime], generated: datetime) -> str:
+    """Duration, throughput and the tenants' times, in one table."""
+    report = data.report
+    begun = datetime.fromisoformat(report["created_at"])
+    ended = datetime.fromisoformat(report["finished_at"]) if report["finished_at"] else generated
+    seconds = max((ended - begun).total_seconds(), 1e-3)
+    done = report["counts"]["total"] - report["counts"]["pending"]
+    wholes = [t.whole for t in times]
+    return _table(
+        ["run took", "tenants done", "per second", "p50", "p95", "p99", "slowest"],
+        [
+            [
+                f"{seconds:.1f} s",
+                done,
+                f"{done / seconds:.1f}",
+                *(f"{_percentile(wholes, q):.3f} s" for q in (0.50, 0.95, 0.99)),
+                f"{max(wholes, default=0.0):.3f} s",
+            ]
+        ],
+    )
 
 
 def _svg(figure: Any) -> str:
@@ -76,19 +153,26 @@ def timeline(data: RunData) -> str:
         lambda: defaultdict(list)
     )
     visible = max((end - start).total_seconds(), 1e-3) / 1500  # a bar at least a pixel wide
-    for _, found in spans:
+    names: dict[str | None, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for label, found in spans:
         lane = (found.worker or "?") if (found.worker or "?") in lanes else None
         if lane is None:
             continue
         begin = (found.started_at - start).total_seconds()
         finish = ((found.finished_at or end) - start).total_seconds()
-        by_outcome[found.outcome][lanes.index(lane)].append((begin, max(finish - begin, visible)))
+        index = lanes.index(lane)
+        by_outcome[found.outcome][index].append((begin, max(finish - begin, visible)))
+        names[found.outcome][index].append(
+            f"{label}: attempt {found.attempt}, {found.outcome or 'no end'}, {finish - begin:.3f} s"
+        )
+    titles: list[list[str]] = []
     for outcome, per_lane in by_outcome.items():
         colour = COLOURS.get(outcome, COLOURS[None])
         for lane_index, bars in per_lane.items():
             axes.broken_barh(
                 bars, (lane_index - 0.4, 0.8), facecolors=colour, gid=f"bars-{outcome}"
             )
+            titles.append(names[outcome][lane_index])
     axes.set_yticks(range(len(lanes)), [_short(lane) for lane in lanes], fontsize=7)
     axes.set_xlabel("seconds since the first attempt began")
     axes.set_xlim(0, max((end - start).total_seconds(), 1e-3))
@@ -98,7 +182,29 @@ def timeline(data: RunData) -> str:
     ]
     axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     axes.set_title(f"Timeline: {len(spans)} attempts on {len(lanes)} worker processes")
-    return _svg(figure)
+    drawn = _svg(figure)
+    return _with_titles(drawn, titles) if len(spans) <= MAX_TITLED else drawn
+
+
+_BAR_GROUP = re.compile(r'<g id="bars-[^"]*">.*?</g>', re.DOTALL)
+_BAR = re.compile(r"<path ([^>]*?)/>")
+
+
+def _with_titles(svg: str, titles: list[list[str]]) -> str:
+    """Each bar of the timeline named in a ``<title>`` (a browser shows it as a tooltip): the
+    groups and their bars come out of matplotlib in the order they were drawn."""
+    groups = iter(titles)
+
+    def name_bars(group: re.Match[str]) -> str:
+        names = iter(next(groups, []))
+        return _BAR.sub(
+            lambda bar: (
+                f"<path {bar.group(1)}><title>{html.escape(next(names, ''))}</title></path>"
+            ),
+            group.group(0),
+        )
+
+    return _BAR_GROUP.sub(name_bars, svg)
 
 
 def _patch(colour: str, label: str) -> Any:
@@ -111,11 +217,9 @@ def _short(worker: str) -> str:
     return worker if len(worker) <= 32 else "..." + worker[-29:]
 
 
-def histogram(data: RunData) -> str:
-    """The tenants' durations (their last attempt), logarithmic bins."""
-    durations = [
-        t["duration_ms"] / 1000 for t in data.report["tenants"] if t["duration_ms"] is not None
-    ]
+def histogram(times: list[TenantTime]) -> str:
+    """The tenants' times in the run (first attempt's start to the end), logarithmic bins."""
+    durations = [t.whole for t in times]
     if not durations:
         return "<p>No tenant has a duration.</p>"
     import numpy
@@ -127,7 +231,7 @@ def histogram(data: RunData) -> str:
     axes = figure.subplots()
     axes.hist(durations, bins=bins, color="#1565c0", gid="duration-bars")
     axes.set_xscale("log")
-    axes.set_xlabel("seconds per tenant (its attempt that ended it)")
+    axes.set_xlabel("seconds per tenant, from its first attempt's start to its end")
     axes.set_ylabel("tenants")
     axes.set_title(f"Durations of {len(durations)} tenants")
     return _svg(figure)
@@ -163,14 +267,32 @@ def failures(data: RunData) -> str:
     return "".join(parts)
 
 
+def retried(times: list[TenantTime]) -> str:
+    """The tenants that took more than one attempt: how each attempt ended, the last error."""
+    again = sorted((t for t in times if len(t.attempts) > 1), key=lambda t: -len(t.attempts))
+    if not again:
+        return "<p>No tenant was retried.</p>"
+    rows = [
+        [
+            t.label,
+            len(t.attempts),
+            ", ".join(a.outcome or "no end" for a in t.attempts),
+            f"{t.between:.3f}",
+            next((a.error_message for a in reversed(t.attempts) if a.error_message), "") or "",
+        ]
+        for t in again[:RETRIED]
+    ]
+    more = f"<p class=names>and {len(again) - RETRIED} more</p>" if len(again) > RETRIED else ""
+    header = ["tenant", "attempts", "how they ended", "s between them", "last error"]
+    return f"<p>{len(again)} tenants were retried.</p>" + _table(header, rows) + more
+
+
 def page(data: RunData, generated: datetime) -> str:
     """The whole page."""
     report = data.report
     counts = report["counts"]
-    slowest = sorted(
-        (t for t in report["tenants"] if t["duration_ms"] is not None),
-        key=lambda t: -t["duration_ms"],
-    )[:SLOWEST]
+    times = tenant_times(data)
+    statuses = {t["tenant"]: t for t in report["tenants"]}
     sections = [
         f"<h1>Run {report['run_id']}: {html.escape(report['status'])}</h1>",
         (
@@ -180,26 +302,45 @@ def page(data: RunData, generated: datetime) -> str:
             else ""
         ),
         f"<p>target {html.escape(str(report['target_revision']))}; created"
-        f" {html.escape(report['created_at'])}; finished {html.escape(str(report['finished_at']))}"
+        f" {_when(report['created_at'])}; finished {_when(report['finished_at'])}"
         + (f"; retry of run {report['parent_run_id']}" if report["parent_run_id"] else "")
         + (f"; rollback of run {report['rollback_of']}" if report.get("rollback_of") else "")
         + "</p>",
+        summary(data, times, generated),
         _table(
             ["total", *states.TENANT_STATES, "up to date"],
             [[counts["total"], *(counts[s] for s in states.TENANT_STATES), counts["up_to_date"]]],
         ),
         "<h2>Timeline</h2>",
         f"<div class=chart id=timeline>{timeline(data)}</div>",
-        "<h2>Durations</h2>",
-        f"<div class=chart id=durations>{histogram(data)}</div>",
+        "<h2>Time in the run</h2>",
+        f"<div class=chart id=durations>{histogram(times)}</div>",
         "<h3>Slowest tenants</h3>",
         _table(
-            ["tenant", "ms", "status", "attempts", "worker"],
             [
-                [t["tenant"], t["duration_ms"], t["status"], t["attempts"], t["worker"]]
-                for t in slowest
+                "tenant",
+                "s in the run",
+                "attempts",
+                "s in attempts",
+                "s between",
+                "status",
+                "worker",
+            ],
+            [
+                [
+                    t.label,
+                    f"{t.whole:.3f}",
+                    len(t.attempts),
+                    f"{t.in_attempts:.3f}",
+                    f"{t.between:.3f}",
+                    statuses.get(t.label, {}).get("status", ""),
+                    t.attempts[-1].worker,
+                ]
+                for t in times[:SLOWEST]
             ],
         ),
+        "<h2>Retried</h2>",
+        retried(times),
         "<h2>Failures</h2>",
         failures(data),
     ]

@@ -1,0 +1,73 @@
+"""The HTML run report from given run data (matplotlib draws it; no server)."""
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tenantfleet import report, runs
+
+T0 = datetime(2026, 12, 6, 21, 0, tzinfo=UTC)
+
+
+def attempt(n: int, start: float, seconds: float, outcome: str, error: str | None = None) -> Any:
+    begun = T0 + timedelta(seconds=start)
+    return runs.Attempt(
+        n, "w1@host:1", begun, begun + timedelta(seconds=seconds), outcome, None, error
+    )
+
+
+def data() -> report.RunData:
+    """``locked`` waited for a lock over four attempts (each short, long waits between them);
+    ``quick`` took one 9 ms attempt; ``slow`` one attempt of 2 s."""
+    attempts = [
+        ("locked", attempt(1, 0.0, 1.0, "retrying", "LockNotAvailable: lock timeout")),
+        ("locked", attempt(2, 3.0, 1.0, "retrying", "LockNotAvailable: lock timeout")),
+        ("locked", attempt(3, 8.0, 1.0, "retrying", "LockNotAvailable: lock timeout")),
+        ("locked", attempt(4, 20.0, 0.009, "succeeded")),
+        ("quick", attempt(1, 0.5, 0.009, "succeeded")),
+        ("slow", attempt(1, 0.6, 2.0, "succeeded")),
+    ]
+    counts = dict.fromkeys(
+        ("succeeded", "failed", "skipped", "cancelled", "pending", "queued", "running",
+         "retrying", "waiting"), 0,
+    )  # fmt: skip
+    counts.update(total=3, succeeded=3, up_to_date=0)
+    tenants = [
+        {"tenant": name, "schema": name, "status": "succeeded", "error": None}
+        for name in ("locked", "quick", "slow")
+    ]
+    view = {
+        "run_id": 5, "status": "succeeded", "target_revision": "r2", "counts": counts,
+        "tenants": tenants, "waves": [], "databases": {"default": counts}, "wave": None,
+        "parent_run_id": None, "rollback_of": None,
+        "created_at": T0.isoformat(), "finished_at": (T0 + timedelta(seconds=21)).isoformat(),
+    }  # fmt: skip
+    return report.RunData(view, attempts)
+
+
+def test_a_tenant_ranks_by_its_whole_time_in_the_run_not_its_last_attempt() -> None:
+    times = report.tenant_times(data())
+    assert [t.label for t in times] == ["locked", "slow", "quick"]
+    locked = times[0]
+    assert round(locked.whole, 3) == 20.009 and len(locked.attempts) == 4
+    assert round(locked.in_attempts, 3) == 3.009 and round(locked.between, 3) == 17.0
+
+
+def test_the_page_says_how_long_how_fast_who_was_slowest_and_who_was_retried() -> None:
+    page = report.page(data(), T0 + timedelta(minutes=5))
+    assert "2026-12-06 21:00:00 UTC" in page and "2026-12-06 21:00:21 UTC" in page
+    top = re.search(r"<tr><td>21\.0 s</td><td>3</td><td>0\.1</td>", page)
+    assert top is not None  # run took, tenants done, per second
+    assert "<h2>Retried</h2>" in page and "1 tenants were retried." in page
+    assert "retrying, retrying, retrying, succeeded" in page
+    slowest = page.index("<h3>Slowest tenants</h3>")
+    assert page.index("<td>locked</td>", slowest) < page.index("<td>slow</td>", slowest)
+
+
+def test_every_timeline_bar_is_named_in_its_tooltip() -> None:
+    svg = report.timeline(data())
+    titles = re.findall(r"<title>([^<]*)</title>", svg)
+    bars = [t for t in titles if ": attempt " in t]
+    assert len(bars) == 6
+    assert "locked: attempt 4, succeeded, 0.009 s" in bars
+    assert 'id="bars-retrying"' in svg and 'id="bars-succeeded"' in svg
