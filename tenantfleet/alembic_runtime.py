@@ -96,6 +96,7 @@ def as_one_tenant(cfg: Config, schema: str) -> Config:
     usual multi-tenant idiom) and as ``cfg.attributes["schema"]``. A worker, the offline
     rendering and a tenant command show a revision exactly what plain Alembic shows it."""
     cfg.attributes["schema"] = schema
+    cfg.attributes["configure_logger"] = False  # tenantfleet's own process keeps its logging
     cfg.cmd_opts = argparse.Namespace(x=[f"schema={schema}"])
     return cfg
 

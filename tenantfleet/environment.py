@@ -15,6 +15,7 @@ search_path, inside one transaction that holds the schema's advisory lock, under
 ``TENANTFLEET_LOCK_TIMEOUT`` and ``TENANTFLEET_STATEMENT_TIMEOUT``: exactly what a worker does.
 """
 
+from logging.config import fileConfig
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +32,9 @@ def run_tenant_migrations(target_metadata: Any = None, **configure: Any) -> None
     ``config.attributes["schema"]``). ``target_metadata`` (a ``MetaData`` or a list of them)
     serves autogenerate; ``configure`` adds or overrides ``context.configure`` options."""
     config = context.config
+    if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+        # plain `alembic ... upgrade` says what it runs, as Alembic's own env.py makes it
+        fileConfig(config.config_file_name, disable_existing_loggers=False)
     schema = runtime.schema_from_config(config)
     options = {**runtime.tenant_context_options(), "target_metadata": target_metadata, **configure}
     if context.is_offline_mode():

@@ -117,6 +117,7 @@ def test_plain_alembic_on_an_environment_written_by_init(
     assert made.returncode == 0, made.stderr
     upgraded = alembic("-x", "schema=acme", "upgrade", "head")
     assert upgraded.returncode == 0, upgraded.stderr
+    assert "Running upgrade" in upgraded.stderr  # env.py sets up the ini's logging
     assert helpers.revision_of(engine, "acme") is not None
     refused = alembic("upgrade", "head")
     assert refused.returncode != 0 and "-x schema=NAME" in refused.stdout + refused.stderr
