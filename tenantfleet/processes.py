@@ -43,8 +43,15 @@ def worker_argv(
     ]  # fmt: skip
 
 
+TASKS_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
+"""Flower's task list with the arguments shown: a task's second argument names its tenant."""
+
+
 def flower_argv(address: str, port: int) -> list[str]:
-    return [*CELERY, "flower", f"--address={address}", f"--port={port}"]
+    return [
+        *CELERY, "flower", f"--address={address}", f"--port={port}",
+        f"--tasks_columns={TASKS_COLUMNS}",
+    ]  # fmt: skip
 
 
 def spawn(

@@ -2,6 +2,7 @@
 
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -90,6 +91,8 @@ def test_broken_tenants_fail_alone_are_recorded_and_show_in_flower(stack: Stack)
     in_flower = stack.failed_in_flower(report["run_id"], expected=len(broken))
     assert set(in_flower) == set(broken)
     assert all("DuplicateTable" in exception for exception in in_flower.values())
+    with urllib.request.urlopen(stack.flower_url + "/tasks", timeout=10) as listed:
+        assert 'data-column="args"' in listed.read().decode()  # the list names each tenant
 
     repair_tenants(stack, broken)
     again = migrate(stack, "--wait", "--json")
