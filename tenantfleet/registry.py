@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tenantfleet.databases import Placed
 from tenantfleet.errors import ConfigError, DuplicateTenant, UnknownTenant
-from tenantfleet.names import validate_schema_name
+from tenantfleet.names import shorten, validate_schema_name
 from tenantfleet.public_tables import migration_run_tenants, tenant_registry
 from tenantfleet.states import TENANT_FINAL
 
@@ -115,6 +115,17 @@ def select_for_migration(
     if include:
         query = query.where(tenant_registry.c.schema_name.in_(list(include)))
     rows = connection.execute(query).all()
+    if exclude:
+        known = set(
+            connection.execute(
+                sa.select(tenant_registry.c.schema_name).where(
+                    tenant_registry.c.schema_name.in_(list(exclude))
+                )
+            ).scalars()
+        )
+        unknown = [s for s in exclude if s not in known]
+        if unknown:
+            raise UnknownTenant(f"--exclude: not in public.tenant_registry: {shorten(unknown)}")
     if include:
         found = {name: active for name, active, _, _ in rows}
         missing = [s for s in include if s not in found]

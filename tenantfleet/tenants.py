@@ -67,6 +67,12 @@ def select(
                 )
             listed = [p for p in listed if p.schema in include]
         excluded = set(exclude)
+        unlisted = [s for s in exclude if s not in names]
+        if unlisted:
+            raise UnknownTenant(
+                f"--exclude: not listed by the tenant source ({settings.tenants}):"
+                f" {shorten(unlisted)}"
+            )
         chosen = [p for p in listed if p.schema not in excluded]
     databases.check_known(settings, (p.database for p in chosen))
     return chosen
