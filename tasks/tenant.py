@@ -32,8 +32,10 @@ from sqlalchemy.exc import DBAPIError
 from tenantfleet import (
     alembic_runtime,
     attempt,
+    batches,
     databases,
     db,
+    ledger,
     locks,
     logs,
     metrics,
@@ -108,6 +110,7 @@ def migrate_tenant(
             outcome = _with_a_slot(task, worker, max_failures)
             number, from_revision = attempt.last_attempt()
             _ended(task, seen, outcome, started, attempt=number, from_revision=from_revision)
+            _backfill_after(task, outcome, from_revision)
             return outcome
         except (Retry, UnknownRunTenant):
             raise
@@ -116,6 +119,66 @@ def migrate_tenant(
         finally:
             if outcome != "waiting":  # whatever became of this tenant, its slot is free again
                 _take_waiting(task, seen, max_failures)
+
+
+@app.task(name="tenantfleet.backfill_tenant", ignore_result=True)
+def backfill_tenant(
+    run_id: int, tenant: str, from_revision: str, target: str, run_uid: str
+) -> None:
+    """Go on with the backfills of ``tenant``'s upgrade from ``from_revision`` (``base``: none)
+    to ``target`` in run ``run_id``, from where the ledger says they are (a worker handed them
+    on past its time budget, or ``retry`` resumes a failed one)."""
+    placed = databases.parse_label(tenant)
+    task = runs.TenantTask(run_id, run_uid, placed.schema, target, placed.database, from_revision)
+    _backfill(task, task.planned_revision)
+
+
+def _backfill_after(task: runs.TenantTask, outcome: str, from_revision: str | None) -> None:
+    """The tenant's backfills, once its upgrade committed: after this attempt's success, or
+    after a duplicate delivery (the worker that committed it died before, or during, them)."""
+    if task.planned is not None and outcome in ("succeeded", "duplicate"):
+        _backfill(task, task.planned_revision)
+    elif outcome == "succeeded":  # a message that did not say: where this attempt began
+        _backfill(task, from_revision)
+
+
+def _backfill(task: runs.TenantTask, from_revision: str | None) -> None:
+    """The backfills the tenant's upgrade declares, batch after batch (``tenantfleet.batches``),
+    after its DDL committed. Past the time share of the task the rest goes on in a new message;
+    a backfill that fails is recorded failed in the ledger (``retry`` goes on with it), and the
+    tenant, whose upgrade committed, stays succeeded."""
+    declared = alembic_runtime.span_backfills(from_revision, task.target)
+    if not declared:
+        return
+    settings = resources.settings()
+    deadline = time.monotonic() + settings.task_time_limit * DRAIN_SHARE
+    for revision, bf in declared:
+        target = batches.Target(task.run_id, task.schema, task.database, revision, bf)
+        try:
+            entry = batches.run(
+                target, resources.engine(), resources.steps_engine(task.database), settings,
+                deadline,
+            )  # fmt: skip
+        except batches.Handed as handed:
+            logger.info("%s", handed)
+            backfill_tenant.apply_async(
+                (task.run_id, task.label, runs.planned_in_message(from_revision), task.target),
+                {"run_uid": task.run_uid},
+                queue=resources.queues().tenants,
+                time_limit=None,
+                soft_time_limit=None,
+            )
+            return
+        except Exception as exc:
+            logger.warning(
+                "%s: backfill %s failed (run %s): %s: %s", task.label, bf.name, task.run_id,
+                db.describe_error(exc)[0], db.first_line(exc),
+            )  # fmt: skip
+            return
+        logger.info(
+            "%s: backfill %s done: %d rows in %d batches (run %s)",
+            task.label, bf.name, entry.rows_done, entry.batches, task.run_id,
+        )  # fmt: skip
 
 
 @dataclass
@@ -249,6 +312,7 @@ def _take_waiting(done: runs.TenantTask, seen: _Seen, max_failures: int | None) 
             from_revision=from_revision,
             note=", taken while waiting",
         )
+        _backfill_after(task, outcome, from_revision)
         if outcome == "waiting":
             break
     if taken:
@@ -361,6 +425,9 @@ def _migrate(task: runs.TenantTask, worker: str, max_failures: int | None) -> st
             _skip_moved(task, runs.mark_moved(connection, task, found.from_revision))
             attempt.end(connection, commit=True)
             return "skipped"
+        if _gated(connection, task, found):
+            attempt.end(connection, commit=True)
+            return "skipped"
         if alembic_runtime.commits_part_way(found.from_revision, task.target):
             connection.exec_driver_sql("ROLLBACK")  # the slot stays; stepwise locks again
             return _in_steps(
@@ -415,6 +482,9 @@ def _migrate_elsewhere(
                 _skip_moved(task, runs.mark_moved(control, task, found.from_revision))
                 attempt.remote_end(pair, task, commit=True)
                 return "skipped"
+            if _gated(control, task, found):
+                attempt.remote_end(pair, task, commit=True)
+                return "skipped"
             if alembic_runtime.commits_part_way(found.from_revision, task.target):
                 tenant.exec_driver_sql("ROLLBACK")  # slot and mark lock stay in the control one
                 return _in_steps(
@@ -461,6 +531,25 @@ def _in_steps(
         _record(lambda c: runs.note_reached(c, task, outcome.reached))
         raise outcome.error
     return "succeeded" if mark(ms_since(started)) else "duplicate"
+
+
+def _gated(control: Connection, task: runs.TenantTask, found: attempt.Started) -> bool:
+    """Whether a revision of the span needs backfills not done on this tenant yet: then it is
+    skipped, untouched, with the reason (``control``: where the run rows and the ledger are)."""
+    needed = alembic_runtime.span_requires(found.from_revision, task.target)
+    if not needed:
+        return False
+    done = ledger.done_names(control, task.schema, task.database, list(needed))
+    missing = [name for name in needed if name not in done]
+    if not missing:
+        return False
+    reason = (
+        f"needs backfill {', '.join(missing)} done first: not touched; a later migrate (or"
+        " retry) applies it once the backfill is done"
+    )
+    runs.mark_skipped(control, task, runs.BACKFILL_PENDING, reason)
+    logger.warning("%s (run %s): %s", task.label, task.run_id, reason)
+    return True
 
 
 def _skip_moved(task: runs.TenantTask, reason: str | None) -> None:

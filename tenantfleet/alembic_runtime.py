@@ -27,8 +27,9 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
+from tenantfleet import backfill, db, locks, models, replay, sql
 from tenantfleet import config as tf_config
-from tenantfleet import db, locks, models, replay, sql
+from tenantfleet.backfill import Backfill
 from tenantfleet.errors import (
     InvalidSchemaName,
     TenantStateError,
@@ -204,6 +205,40 @@ def commits_part_way(current: str | None, target: str) -> bool:
         return False
     span, lower = found
     return any(r.revision != lower and AUTOCOMMIT_MARKER in _source(r.path) for r in span)
+
+
+@cache
+def span_backfills(current: str | None, target: str) -> tuple[tuple[str, Backfill], ...]:
+    """(revision, backfill) for every backfill an upgrade from ``current`` to ``target``
+    declares (``tenantfleet.backfill``), oldest revision first; none for a downgrade."""
+    if current == target or goes_down(current, target):
+        return ()
+    found = _span(current, target)
+    if found is None:
+        return ()
+    span, lower = found
+    revisions = [r for r in reversed(span) if r.revision != lower]
+    return tuple((r.revision, b) for r in revisions for b in backfill.declared(r.module))
+
+
+@cache
+def span_requires(current: str | None, target: str) -> tuple[str, ...]:
+    """The backfills the revisions of an upgrade from ``current`` to ``target`` need done first
+    (``requires_backfills``). One the span itself declares counts too: its batches run after
+    the span, so the revision that needs it cannot be in the same upgrade."""
+    if current == target or goes_down(current, target):
+        return ()
+    found = _span(current, target)
+    if found is None:
+        return ()
+    span, lower = found
+    revisions = [r for r in reversed(span) if r.revision != lower]
+    return tuple(dict.fromkeys(n for r in revisions for n in backfill.required(r.module)))
+
+
+def backfill_triggers_sql(current: str | None, target: str) -> str:
+    """The triggers of the span's backfills, for the DDL transaction ("" when none)."""
+    return ";\n".join(b.trigger_sql() for _, b in span_backfills(current, target))
 
 
 @cache
@@ -442,7 +477,12 @@ def migrate_online(
             " CONCURRENTLY), which cannot run inside the tenant's one transaction; the tenant"
             f" was rolled back (the fleet runs it: tenantfleet migrate --tenant {schema})"
         ) from None
-    return Step(schema, ",".join(seen.get("from", ())) or None, destination)
+    started = ",".join(seen.get("from", ())) or None
+    if not downgrade and destination not in (None, BASE):
+        triggers = backfill_triggers_sql(started, destination)
+        if triggers:  # in the same transaction as the DDL: every row written from now on
+            connection.exec_driver_sql(triggers)
+    return Step(schema, started, destination)
 
 
 def _raised_in(exc: BaseException, function: str) -> bool:
@@ -477,9 +517,11 @@ def replayable_sql(current: str | None, destination: str) -> str | None:
         span = replay.Span(
             tenant_script(), _render_config, tenant_context_options(), current, destination
         )
-        return span.render()
+        rendered = span.render()
     except Exception:  # NotReplayable, or anything offline mode cannot do: run online
         return None
+    triggers = backfill_triggers_sql(current, destination)
+    return f"{rendered};\n{triggers}" if triggers else rendered
 
 
 class NotRendered(Exception):

@@ -174,8 +174,10 @@ def _planned(task: runs.TenantTask) -> tuple[str, str] | None:
     there), when the message says it, the schema had a revision and the span can be
     replayed."""
     revision = task.planned_revision
-    sql = alembic_runtime.replayable_sql(revision, task.target) if revision else None
-    return (revision, sql) if revision and sql else None
+    if not revision or alembic_runtime.span_requires(revision, task.target):
+        return None  # the long way: it checks the backfills the span needs, under the lock
+    sql = alembic_runtime.replayable_sql(revision, task.target)
+    return (revision, sql) if sql else None
 
 
 def at_once(

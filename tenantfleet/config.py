@@ -66,6 +66,10 @@ class Settings:
     stale_run_after: float = 600.0
     replay_sql: bool = True
     stall_resume: float = 30.0
+    backfill_max_lock_waits: int = 10
+    """A backfill pauses while more sessions than this wait for a lock in its database."""
+    backfill_max_transaction_s: float = 300.0
+    """A backfill pauses while a transaction has been open longer than this in its database."""
     tenant_alembic: Path | None = None
     tenants: str = "registry"
     tenants_query: str | None = None
@@ -232,6 +236,8 @@ KEYS = (
     Key("stale_run_after", _seconds(1.0)),
     Key("replay_sql", _flag),
     Key("stall_resume", _seconds(0.0)),
+    Key("backfill_max_lock_waits", _whole),
+    Key("backfill_max_transaction_s", _seconds(1.0)),
     Key("tenant_alembic", _existing_file),
     Key("tenants", _one_of(*TENANT_SOURCES)),
     Key("tenants_query", _text),

@@ -402,3 +402,19 @@ def enqueue(
         callback,
         PUBLISH_BATCH,
     )
+
+
+def send_backfills(
+    manager: MigrationManager, run: runs.Run, tenants: Sequence[tuple[str, str | None, str]]
+) -> None:
+    """A ``backfill_tenant`` message for each of ``tenants`` (label, the revision its upgrade
+    started from, its target): its backfills go on from where the ledger says they are."""
+    celery_app = app()
+    check_broker(celery_app)
+    queue = queues_of(manager).tenants
+    for label, planned, target in tenants:
+        celery_app.send_task(
+            "tenantfleet.backfill_tenant",
+            (run.id, label, runs.planned_in_message(planned), target, run.uid),
+            queue=queue,
+        )

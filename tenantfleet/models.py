@@ -151,3 +151,36 @@ migration_attempts = sa.Table(
         ondelete="CASCADE",
     ),
 )
+
+migration_backfills = sa.Table(
+    "migration_backfills",
+    metadata,
+    # One backfill of one tenant of one run (tenantfleet.backfill): how far its batches are.
+    sa.Column(
+        "run_id",
+        sa.BigInteger,
+        sa.ForeignKey("migration_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("schema_name", sa.String(63), primary_key=True),
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("database", sa.String(63)),
+    sa.Column("revision", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("key_low", sa.BigInteger),
+    sa.Column("key_high", sa.BigInteger),
+    sa.Column("next_key", sa.BigInteger),
+    sa.Column("rows_done", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("batches", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("batch_keys", sa.BigInteger),
+    sa.Column("reason", sa.Text),
+    _timestamp("started_at"),
+    _timestamp("updated_at", now=True),
+    _timestamp("finished_at"),
+    sa.CheckConstraint(
+        "state IN ('pending', 'running', 'paused', 'done', 'failed')",
+        name="ck_migration_backfills_state",
+    ),
+    sa.Index("ix_migration_backfills_schema", "schema_name", "name", "state"),
+)

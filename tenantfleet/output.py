@@ -126,6 +126,21 @@ def status_report(report: dict[str, Any]) -> str:
     lines.append("states: " + _states(counts))
     if report.get("replay"):
         lines.append(replay_text(report["replay"]))
+    filled = report.get("backfills") or {}
+    if any(filled.get("counts", {}).values()):
+        eta = filled["eta_seconds"]
+        lines.append(
+            "backfills: "
+            + ", ".join(f"{state} {n}" for state, n in filled["counts"].items())
+            + f"; {filled['rows_done']:,} rows filled"
+            + (f", ETA {eta:.0f} s" if eta is not None else "")
+        )
+        for entry in filled["open"][:10]:
+            lines.append(
+                f"  {entry['tenant']} {entry['name']}: {entry['state']}, {entry['rows_done']:,}"
+                f" rows, {entry['keys_left']:,} keys left"
+                + (f" ({entry['reason']})" if entry["reason"] else "")
+            )
     if set(report["databases"]) - {CONTROL_DATABASE}:
         lines.append("")
         lines.append(

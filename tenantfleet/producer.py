@@ -21,6 +21,7 @@ from tenantfleet import (
     follow,
     gate,
     guard,
+    ledger,
     lint,
     locks,
     planning,
@@ -96,12 +97,25 @@ def retry(
     watch: follow.Watch | None = None,
 ) -> int | None:
     """A new run, linked to ``run_id``, for its tenants that failed, were skipped or never
-    finished (narrowed to ``tenants`` if given); None when there is nothing to retry."""
+    finished (narrowed to ``tenants`` if given); None when there is nothing to retry. The run's
+    failed backfills go on from where they stopped, in the run they belong to."""
     for name in tenants:
         validate_schema_name(name)
     with db.connect(manager.engine) as connection:
         run = runs.get_run(connection, run_id)
         candidates = [t.schema_name for t in runs.tenants_of(connection, run_id, states.RETRYABLE)]
+        stopped = [
+            e
+            for e in ledger.of_run(connection, run_id)
+            if e.state == states.BackfillState.FAILED and (not tenants or e.schema_name in tenants)
+        ]
+        moves = runs.moves(connection, run_id) if stopped else {}
+    if stopped:
+        dispatch.send_backfills(
+            manager, run, [(databases.label(e.database, e.schema_name), *moves[e.schema_name])
+                           for e in stopped]
+        )  # fmt: skip
+        say(f"run {run_id}: {len(stopped)} failed backfills go on from where they stopped")
     if tenants:
         strangers = [t for t in tenants if t not in candidates]
         if strangers:

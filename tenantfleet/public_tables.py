@@ -16,3 +16,6 @@ migration_run_tenants = models.metadata.tables["migration_run_tenants"].to_metad
 migration_attempts = models.metadata.tables["migration_attempts"].to_metadata(
     _metadata, schema="public"
 )
+migration_backfills = models.metadata.tables["migration_backfills"].to_metadata(
+    _metadata, schema="public"
+)

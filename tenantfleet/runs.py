@@ -493,10 +493,19 @@ def tenants_of(
 
 MOVED_SINCE = "MovedSince"
 """``error_class`` of a tenant skipped because its schema is no longer where the plan saw it."""
-NOT_MIGRATABLE = ("SchemaMissing", "UnknownRevision", "DatabaseUnreachable", MOVED_SINCE)
+BACKFILL_PENDING = "BackfillPending"
+"""``error_class`` of a tenant skipped because a revision of its span needs a backfill that is
+not done on it yet (``requires_backfills``)."""
+NOT_MIGRATABLE = (
+    "SchemaMissing",
+    "UnknownRevision",
+    "DatabaseUnreachable",
+    MOVED_SINCE,
+    BACKFILL_PENDING,
+)
 """``error_class`` of the tenants skipped because they cannot be migrated: the plan found them
-so, or a worker found them moved since the plan. Not a stopped run: one with these and
-successes is ``partial``."""
+so, or a worker found them moved since the plan or waiting for a backfill. Not a stopped run:
+one with these and successes is ``partial``."""
 
 
 def finalize(connection: Connection, run_id: int) -> Run | None:
@@ -551,17 +560,8 @@ def mark_skipped_if_budget_spent(
     ).scalar_one()
     if failed < max_failures:
         return False
-    connection.execute(
-        _PENDING_ROW.values(
-            status=TenantState.SKIPPED,
-            finished_at=sa.func.now(),
-            updated_at=sa.func.now(),
-            error_class="MaxFailuresReached",
-            error_message=f"skipped: {failed} tenants of the run failed (--max-failures)",
-        ),
-        task.core_binds(),
-    )
-    _end_attempt(connection, task, TenantState.SKIPPED, "MaxFailuresReached")
+    reason = f"skipped: {failed} tenants of the run failed (--max-failures)"
+    mark_skipped(connection, task, "MaxFailuresReached", reason)
     return True
 
 
@@ -586,18 +586,23 @@ def mark_moved(connection: Connection, task: TenantTask, found_at: str | None) -
         f"moved to {found_at or BASE} since the plan saw it at {task.planned_revision or BASE};"
         f" moved by {who}: not touched"
     )
+    mark_skipped(connection, task, MOVED_SINCE, reason)
+    return reason
+
+
+def mark_skipped(connection: Connection, task: TenantTask, error_class: str, reason: str) -> None:
+    """The tenant is skipped, untouched, for ``reason``; its attempt ends so."""
     connection.execute(
         _PENDING_ROW.values(
             status=TenantState.SKIPPED,
             finished_at=sa.func.now(),
             updated_at=sa.func.now(),
-            error_class=MOVED_SINCE,
-            error_message=reason,
+            error_class=error_class,
+            error_message=reason[:ERROR_MESSAGE_MAX],
         ),
         task.core_binds(),
     )
-    _end_attempt(connection, task, TenantState.SKIPPED, f"{MOVED_SINCE}: {reason}")
-    return reason
+    _end_attempt(connection, task, TenantState.SKIPPED, f"{error_class}: {reason}")
 
 
 def cancel(connection: Connection, run_id: int, reason: str) -> int:

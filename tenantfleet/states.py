@@ -219,3 +219,24 @@ def diagram() -> str:
     for closed in RUN_CLOSED:
         lines.append(f"    {closed.value} --> [*]")
     return "\n".join(lines)
+
+
+class BackfillState(StrEnum):
+    """Where one backfill of one tenant is (``migration_backfills.state``)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    """Its database was over its health limits (lock waits, connections, long transactions):
+    it goes on by itself once they are back under."""
+    DONE = "done"
+    FAILED = "failed"
+    """A batch failed for good: ``retry`` goes on from where it stopped."""
+
+
+BACKFILL_STATES: tuple[BackfillState, ...] = tuple(BackfillState)
+BACKFILL_OPEN: tuple[BackfillState, ...] = (
+    BackfillState.PENDING,
+    BackfillState.RUNNING,
+    BackfillState.PAUSED,
+)

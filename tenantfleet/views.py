@@ -5,7 +5,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from tenantfleet import databases, db, locks, runs
+from tenantfleet import databases, db, ledger, locks, runs, states
 from tenantfleet.errors import UsageError
 from tenantfleet.manager import MigrationManager
 from tenantfleet.names import validate_schema_name
@@ -20,6 +20,7 @@ def run_view(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]
         by_wave = runs.counts_by_wave(connection, run_id)
         tenants = runs.tenants_of(connection, run_id)
         slow = runs.slowest(connection, run_id, slowest) if slowest else []
+        filled = ledger.of_run(connection, run_id)
     result: dict[str, Any] = {
         "run_id": run.id,
         "parent_run_id": run.parent_run_id,
@@ -35,6 +36,7 @@ def run_view(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]
         "replay": run.options.get("replay"),
         "ahead": run.options.get("ahead", 0),
         "tenants": [tenant_view(t) for t in tenants],
+        "backfills": backfills_view(filled),
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
     }
@@ -110,3 +112,37 @@ def blocked(manager: MigrationManager, run_id: int) -> list[dict[str, Any]]:
             for b in waiting
         ]
     return found
+
+
+def backfills_view(entries: list[ledger.Entry]) -> dict[str, Any]:
+    """The run's backfills (``tenantfleet.backfill``): how many in each state, rows filled, an
+    ETA from the keys left and the speed so far, and every one not done."""
+    by_state = {state.value: 0 for state in states.BACKFILL_STATES}
+    for entry in entries:
+        by_state[entry.state] += 1
+    keys_done = sum((e.next_key or 0) - (e.key_low or 0) for e in entries if e.key_low is not None)
+    seconds = sum(
+        (e.updated_at - e.started_at).total_seconds() for e in entries if e.started_at is not None
+    )
+    keys_left = sum(e.keys_left for e in entries if e.state != states.BackfillState.DONE)
+    speed = keys_done / seconds if seconds > 0 else 0.0
+    return {
+        "counts": by_state,
+        "rows_done": sum(e.rows_done for e in entries),
+        "eta_seconds": round(keys_left / speed, 1) if speed > 0 and keys_left else None,
+        "open": [
+            {
+                "tenant": databases.label(e.database, e.schema_name),
+                "name": e.name,
+                "revision": e.revision,
+                "state": e.state,
+                "rows_done": e.rows_done,
+                "batches": e.batches,
+                "attempts": e.attempts,
+                "keys_left": e.keys_left,
+                "reason": e.reason,
+            }
+            for e in entries
+            if e.state != states.BackfillState.DONE
+        ][:100],
+    }

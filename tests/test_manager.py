@@ -27,7 +27,7 @@ def test_init_public_on_a_new_database_then_status(empty_database_url: str) -> N
     manager = MigrationManager()
     before = manager.status_public()
     all_revisions = list(alembic_runtime.public_script().walk_revisions())
-    assert before.current is None and len(before.pending) == len(all_revisions) == 14
+    assert before.current is None and len(before.pending) == len(all_revisions) == 15
     after = manager.init_public()
     assert after.up_to_date and after.current == after.head
     assert manager.init_public() == after  # a second init changes nothing

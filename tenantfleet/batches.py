@@ -1,0 +1,185 @@
+"""Running a tenant's backfills (``tenantfleet.backfill``) in batches, after its DDL committed.
+
+Each batch is one short transaction in the tenant's schema: ``lock_timeout`` bounds how long it
+waits for a row the app holds (then it is tried again, half the size), and the next batch's size
+follows from how long the last ones took, towards the backfill's ``batch_seconds``. Before each
+batch the tenant's database is asked how it is (``health``): while lock waits, long
+transactions or connections are over their limits, the backfill is ``paused`` (said in the
+ledger, with why) and goes on by itself once they are back under. Progress is in the ledger
+(``tenantfleet.ledger``): a batch of a control-database tenant commits its progress with it; one
+of another database commits there, then its progress (batches are idempotent). Past its time
+budget a worker hands the rest on (``Handed``): a new message goes on from the ledger.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from tenantfleet import db, ledger
+from tenantfleet.backfill import Backfill
+from tenantfleet.config import Settings
+from tenantfleet.states import BackfillState
+
+LOCK_NOT_AVAILABLE = "55P03"
+HEALTH_SQL = sa.text(
+    "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'),"
+    " count(*),"
+    " coalesce(max(extract(epoch FROM now() - xact_start))"
+    "   FILTER (WHERE state <> 'idle' AND pid <> pg_backend_pid()), 0),"
+    " current_setting('max_connections')::int"
+    " FROM pg_stat_activity WHERE datname = current_database()"
+)
+"""A cheap look at the tenant's database: sessions waiting for a lock, connections, the
+longest open transaction (seconds), the connection limit."""
+PAUSE_POLL_S = 0.5
+CONNECTIONS_SHARE = 0.9
+"""A backfill pauses while the database's connections exceed this share of its limit."""
+
+
+@dataclass(frozen=True)
+class Health:
+    lock_waits: int
+    connections: int
+    longest_transaction_s: float
+    max_connections: int
+
+    def trouble(self, settings: Settings) -> str | None:
+        """Why batches should wait now (None: they may go)."""
+        limit = settings.backfill_max_lock_waits
+        if self.lock_waits > limit:
+            return f"{self.lock_waits} sessions wait for locks (limit {limit})"
+        if self.connections > CONNECTIONS_SHARE * self.max_connections:
+            return f"{self.connections} of {self.max_connections} connections in use"
+        if self.longest_transaction_s > settings.backfill_max_transaction_s:
+            return (
+                f"a transaction has been open {self.longest_transaction_s:.0f} s"
+                f" (limit {settings.backfill_max_transaction_s:g} s)"
+            )
+        return None
+
+
+class Handed(Exception):
+    """The time budget ran out: the rest goes on in a new message."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one backfill of one tenant runs and is recorded."""
+
+    run_id: int
+    schema: str
+    database: str | None
+    revision: str
+    backfill: Backfill
+
+
+def run(
+    target: Target,
+    control: Engine,
+    tenant: Engine,
+    settings: Settings,
+    deadline: float,
+) -> ledger.Entry:
+    """Fill the backfill's rows, batch after batch, until done (the final entry), or raise
+    ``Handed`` at ``deadline`` (``time.monotonic()``); any other error marks it ``failed``
+    (with the error) and is raised."""
+    bf = target.backfill
+    with db.begin(control) as connection:
+        entry = ledger.start(
+            connection, target.run_id, target.schema, target.database, target.revision, bf.name
+        )
+    if entry.state == BackfillState.DONE:
+        return entry
+    if entry.key_low is None and entry.next_key is None:
+        with db.begin(tenant) as connection:
+            _confine(connection, target.schema, bf)
+            low, high = connection.execute(sa.text(bf.range_sql())).one()
+        with db.begin(control) as connection:
+            entry = ledger.set_range(connection, entry, low, high, bf.first_batch)
+    same = target.database is None
+    width = entry.batch_keys or bf.first_batch
+    next_key = entry.next_key
+    try:
+        while next_key is not None and entry.key_high is not None and next_key <= entry.key_high:
+            _wait_until_healthy(target, control, tenant, settings, deadline)
+            if time.monotonic() > deadline:
+                raise Handed(f"{target.schema}: backfill {bf.name} goes on in a new message")
+            began = time.monotonic()
+            try:
+                with db.begin(tenant) as connection:
+                    _confine(connection, target.schema, bf)
+                    done = connection.execute(
+                        sa.text(bf.batch_sql()), {"low": next_key, "high": next_key + width}
+                    ).rowcount
+                    took = time.monotonic() - began
+                    following = _next_width(width, took, bf.batch_seconds)
+                    if same:
+                        ledger.advance(connection, entry, next_key + width, done, following)
+                if not same:
+                    with db.begin(control) as connection:
+                        ledger.advance(connection, entry, next_key + width, done, following)
+            except DBAPIError as exc:
+                if db.sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                    raise
+                width = max(1, width // 2)  # the app holds a row of it: smaller, again
+                continue
+            next_key += width
+            width = following
+    except Handed:
+        raise
+    except Exception as exc:
+        with db.begin(control) as connection:
+            ledger.mark(connection, entry, BackfillState.FAILED, f"{db.describe_error(exc)[0]}:"
+                        f" {db.first_line(exc)}")  # fmt: skip
+        raise
+    with db.begin(control) as connection:
+        ledger.mark(connection, entry, BackfillState.DONE, None)
+        return ledger.get(connection, target.run_id, target.schema, bf.name)
+
+
+def _next_width(width: int, took: float, wanted: float) -> int:
+    """The next batch's keys: towards ``wanted`` seconds, at most doubled or halved at once."""
+    if took <= 0:
+        return width * 2
+    return max(1, min(width * 2, max(width // 2, int(width * wanted / took))))
+
+
+def _confine(connection: Connection, schema: str, bf: Backfill) -> None:
+    connection.execute(
+        sa.text(
+            "SELECT set_config('search_path', quote_ident(:schema), true),"
+            " set_config('lock_timeout', :lock_timeout, true)"
+        ),
+        {"schema": schema, "lock_timeout": f"{bf.lock_timeout_ms}ms"},
+    )
+
+
+def health(tenant: Engine) -> Health:
+    with db.connect(tenant) as connection:
+        return Health(*connection.execute(HEALTH_SQL).one())
+
+
+def _wait_until_healthy(
+    target: Target, control: Engine, tenant: Engine, settings: Settings, deadline: float
+) -> None:
+    """Pause (said in the ledger) while the tenant's database is over its limits; ``Handed``
+    when the time budget runs out meanwhile."""
+    paused = False
+    sleep: Callable[[float], None] = time.sleep
+    while (trouble := health(tenant).trouble(settings)) is not None:
+        if not paused:
+            paused = True
+            with db.begin(control) as connection:
+                entry = ledger.get(connection, target.run_id, target.schema, target.backfill.name)
+                ledger.mark(connection, entry, BackfillState.PAUSED, f"paused: {trouble}")
+        if time.monotonic() > deadline:
+            raise Handed(f"{target.schema}: backfill {target.backfill.name} paused: {trouble}")
+        sleep(PAUSE_POLL_S)
+    if paused:
+        with db.begin(control) as connection:
+            entry = ledger.get(connection, target.run_id, target.schema, target.backfill.name)
+            ledger.mark(connection, entry, BackfillState.RUNNING, None)
