@@ -16,6 +16,9 @@ in ``pyproject.toml``) and by rules only a fleet has:
   tenant copy holds ``lint_big_table_rows`` rows or more (the planner's estimate, read across
   the fleet in one catalog pass per database); below that a warning. It stands in for squawk's
   ``require-concurrent-index-creation``, which cannot know sizes;
+- ``data-change-on-big-table``: an ``UPDATE`` or ``DELETE`` in the revision's transaction on
+  such a table (its rows stay locked until the tenant's migration commits): a batched backfill
+  (``tenantfleet.backfill``) does it without blocking the app;
 - ``missing-downgrade``: a revision whose ``downgrade()`` is missing or does nothing (its runs
   cannot be rolled back);
 - ``not-rendered``: a revision offline mode cannot render (it reads the database): not checked,
@@ -57,6 +60,7 @@ ALLOWED = "allowed"
 
 OUTSIDE = "outside-tenant-schema"
 BIG_INDEX = "index-on-big-table"
+BIG_CHANGE = "data-change-on-big-table"
 NO_DOWNGRADE = "missing-downgrade"
 NOT_RENDERED = "not-rendered"
 UNCHECKED = "unchecked-code"
@@ -66,6 +70,7 @@ VOLATILE_DEFAULT = "volatile-default"
 FLEET_RULES = (
     OUTSIDE,
     BIG_INDEX,
+    BIG_CHANGE,
     NO_DOWNGRADE,
     NOT_RENDERED,
     UNCHECKED,
@@ -208,7 +213,7 @@ def _check_revision(rev: Script, sizes: Sizes, big_table_rows: int) -> list[Find
     for statement in statements:
         findings += _outside(rev.revision, statement)
         findings += _risky(rev.revision, statement)
-    findings += _big_indexes(rev.revision, statements, sizes, big_table_rows)
+    findings += _big_tables(rev.revision, statements, sizes, big_table_rows)
     findings += _squawk(rev.revision, [s for s in statements if s.kind != "DoStmt"])
     return list(dict.fromkeys(findings))  # one finding said once
 
@@ -353,17 +358,26 @@ def _risky(revision: str, statement: _Statement) -> list[Finding]:
     ]
 
 
-def _big_indexes(
+def _big_tables(
     revision: str, statements: Sequence[_Statement], sizes: Sizes, big_table_rows: int
 ) -> list[Finding]:
-    blocking = [
+    """A blocking ``CREATE INDEX``, and an ``UPDATE`` or ``DELETE`` in the revision's own
+    transaction, on a table that is big in some tenant (a warning for an index on tables small
+    everywhere)."""
+    indexes = [
         (s, str(s.tree["relation"]["relname"]))
         for s in statements
         if s.kind == "IndexStmt" and not s.tree.get("concurrent")
     ]
-    known = sizes(sorted({table for _, table in blocking})) if blocking else {}
+    changes = [
+        (s, str(s.tree["relation"]["relname"]))
+        for s in statements
+        if s.kind in ("UpdateStmt", "DeleteStmt") and s.tree.get("relation")
+    ]
+    tables = sorted({table for _, table in indexes + changes})
+    known = sizes(tables) if tables else {}
     findings = []
-    for statement, table in blocking:
+    for statement, table in indexes:
         rows, where = known.get(table, (0, ""))
         if rows >= big_table_rows:
             level = ERROR
@@ -378,6 +392,16 @@ def _big_indexes(
             message = f"blocks writes to {table} while it builds; it is small in every tenant:"
             message += f" {largest}"
         findings.append(Finding(revision, BIG_INDEX, level, statement.first_line, message))
+    for statement, table in changes:
+        rows, where = known.get(table, (0, ""))
+        if rows >= big_table_rows:
+            message = (
+                f"changes {table}'s rows in the tenant's migration transaction, locking them"
+                f" until it commits; {table} holds ~{rows:,} rows in {where}: declare a batched"
+                " backfill instead (tenantfleet.backfill.Backfill: short batches, never"
+                " blocking the app)"
+            )
+            findings.append(Finding(revision, BIG_CHANGE, ERROR, statement.first_line, message))
     return findings
 
 

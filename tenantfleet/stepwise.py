@@ -85,6 +85,9 @@ def _steps(
     outcome = Outcome(from_revision, from_revision)
     try:
         _migrate(connection, schema, target)
+        triggers = alembic_runtime.backfill_triggers_sql(from_revision, target)
+        if triggers:  # before the backfill reads its key range: every later write is covered
+            connection.exec_driver_sql(triggers)
     except Exception as exc:
         connection.rollback()
         outcome.error = exc

@@ -13,7 +13,7 @@ def findings(sql: str, big: dict[str, tuple[int, str]] | None = None) -> list[Ru
     found = []
     for statement in statements:
         found += lint._outside("r1", statement) + lint._risky("r1", statement)
-    found += lint._big_indexes("r1", statements, lambda _: big or {}, 100_000)
+    found += lint._big_tables("r1", statements, lambda _: big or {}, 100_000)
     return [(f.rule, f.level) for f in found]
 
 
@@ -101,3 +101,12 @@ def test_alembics_and_tenantfleets_own_statements_are_not_the_revisions() -> Non
         "ALTER TABLE t ADD c int;"
     )
     assert [s.kind for s in lint.statements_of(sql)] == ["AlterTableStmt"]
+
+
+def test_a_data_change_on_a_big_table_points_at_the_backfill_api() -> None:
+    sql = "UPDATE orders SET amount_cents = (amount * 100)::bigint; DELETE FROM users WHERE x"
+    found = lint.statements_of(sql)
+    big = {"orders": (400_000, "w00001"), "users": (10, "w00001")}
+    findings = lint._big_tables("r3", found, lambda _: big, 100_000)
+    assert [(f.rule, f.level) for f in findings] == [(lint.BIG_CHANGE, lint.ERROR)]
+    assert "tenantfleet.backfill.Backfill" in findings[0].message
