@@ -175,6 +175,8 @@ def _backfill(task: runs.TenantTask, from_revision: str | None) -> None:
                 db.describe_error(exc)[0], db.first_line(exc),
             )  # fmt: skip
             return
+        if entry is None:  # another worker runs it (its lock is held): it goes on there
+            continue
         logger.info(
             "%s: backfill %s done: %d rows in %d batches (run %s)",
             task.label, bf.name, entry.rows_done, entry.batches, task.run_id,

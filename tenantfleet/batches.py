@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from tenantfleet import db, ledger
+from tenantfleet import databases, db, ledger, locks
 from tenantfleet.backfill import Backfill
 from tenantfleet.config import Settings
 from tenantfleet.states import BackfillState
@@ -36,6 +36,8 @@ HEALTH_SQL = sa.text(
 """A cheap look at the tenant's database: sessions waiting for a lock, connections, the
 longest open transaction (seconds), the connection limit."""
 PAUSE_POLL_S = 0.5
+LOST_BATCHES = 5
+"""Batches in a row that may fail on a lost connection (or a deadlock) and be tried again."""
 CONNECTIONS_SHARE = 0.9
 """A backfill pauses while the database's connections exceed this share of its limit."""
 
@@ -83,10 +85,25 @@ def run(
     tenant: Engine,
     settings: Settings,
     deadline: float,
-) -> ledger.Entry:
+) -> ledger.Entry | None:
     """Fill the backfill's rows, batch after batch, until done (the final entry), or raise
     ``Handed`` at ``deadline`` (``time.monotonic()``); any other error marks it ``failed``
-    (with the error) and is raised."""
+    (with the error) and is raised. None when another worker runs it right now: one runner at a
+    time holds its lock (``locks.backfilling``) in the control database."""
+    label = databases.label(target.database, target.schema)
+    with db.connect(control) as holder:
+        if not locks.hold(holder, locks.backfilling(label, target.backfill.name)):
+            return None
+        return _run(target, control, tenant, settings, deadline)
+
+
+def _run(
+    target: Target,
+    control: Engine,
+    tenant: Engine,
+    settings: Settings,
+    deadline: float,
+) -> ledger.Entry:
     bf = target.backfill
     with db.begin(control) as connection:
         entry = ledger.start(
@@ -101,6 +118,7 @@ def run(
         with db.begin(control) as connection:
             entry = ledger.set_range(connection, entry, low, high, bf.first_batch)
     same = target.database is None
+    lost = 0
     width = entry.batch_keys or bf.first_batch
     next_key = entry.next_key
     try:
@@ -123,9 +141,12 @@ def run(
                     with db.begin(control) as connection:
                         ledger.advance(connection, entry, next_key + width, done, following)
             except DBAPIError as exc:
-                if db.sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                if db.sqlstate(exc) == LOCK_NOT_AVAILABLE:
+                    width = max(1, width // 2)  # the app holds a row of it: smaller, again
+                    continue
+                if not db.is_transient(exc) or (lost := lost + 1) > LOST_BATCHES:
                     raise
-                width = max(1, width // 2)  # the app holds a row of it: smaller, again
+                time.sleep(min(2.0**lost * 0.1, 5.0))  # a lost connection: the batch again
                 continue
             next_key += width
             width = following

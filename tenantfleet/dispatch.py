@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from tenantfleet import databases, db, follow, guard, locks, retries, runs, states, tracing
+from tenantfleet import databases, db, follow, guard, ledger, locks, retries, runs, states, tracing
 from tenantfleet.config import Settings
 from tenantfleet.errors import ConnectionFailed
 from tenantfleet.follow import Say
@@ -317,6 +317,29 @@ def resend_lost(manager: MigrationManager, run_id: int, quiet_for: float) -> int
         lost += [t for t in quiet.values() if t.status in waiting]
     tenants = [(t.label, t.from_revision, t.to_revision) for t in lost]
     enqueue(app(), queues_of(manager), run, tenants, run.options.get("max_failures"))
+    return len(lost) + resend_lost_backfills(manager, run)
+
+
+def resend_lost_backfills(manager: MigrationManager, run: runs.Run) -> int:
+    """Send again the run's open backfills no worker runs (their lock is free: the worker that
+    ran one died): each goes on from where the ledger says. How many."""
+    with db.connect(manager.engine) as connection:
+        entries = ledger.open_of_run(connection, run.id)
+        if not entries:
+            return 0
+        names = {
+            locks.backfilling(databases.label(e.database, e.schema_name), e.name): e
+            for e in entries
+        }
+        running = locks.held(connection, list(names))
+        moves = runs.moves(connection, run.id)
+    lost = {
+        databases.label(e.database, e.schema_name): e
+        for name, e in names.items()
+        if name not in running
+    }
+    if lost:
+        send_backfills(manager, run, [(label, *moves[e.schema_name]) for label, e in lost.items()])
     return len(lost)
 
 

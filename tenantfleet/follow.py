@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
-from tenantfleet import db, runs
+from tenantfleet import db, ledger, runs
 from tenantfleet.errors import EXIT_TIMEOUT, TenantfleetError
 from tenantfleet.queues import Queues
 
@@ -248,7 +248,8 @@ def until_closed(engine: Engine, run_id: int, watch: Watch) -> runs.Run | None:
     """Follow the run until it is closed; None at ``watch.timeout``.
 
     The chord callback closes the run; if every tenant is final and it still has not, after a
-    grace period, the follower closes it itself (the chord state may have been lost).
+    grace period, the follower closes it itself (the chord state may have been lost). A closed
+    run is followed until its backfills are done or failed too.
     """
     settled_at: list[float] = []
 
@@ -256,7 +257,8 @@ def until_closed(engine: Engine, run_id: int, watch: Watch) -> runs.Run | None:
         run = runs.get_run(connection, run_id)
         tally = runs.counts(connection, run_id)
         if run.finished_at is not None:
-            return run, tally
+            # its tenants' backfills too (tenantfleet.backfill): the deploy ends when they do
+            return (None if ledger.open_of_run(connection, run_id) else run), tally
         if tally.pending == 0:
             settled_at.append(time.monotonic())
             if settled_at[-1] - settled_at[0] >= FINALIZE_GRACE_SECONDS:

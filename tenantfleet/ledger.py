@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tenantfleet.public_tables import migration_backfills as ledger
-from tenantfleet.states import BackfillState
+from tenantfleet.states import BACKFILL_OPEN, BackfillState
 
 REASON_MAX = 2000
 
@@ -172,3 +172,9 @@ def done_names(
             )
         ).scalars()
     )
+
+
+def open_of_run(connection: Connection, run_id: int) -> list[Entry]:
+    """The run's backfills not done nor failed: pending, running or paused."""
+    query = sa.select(*_COLUMNS).where(ledger.c.run_id == run_id, ledger.c.state.in_(BACKFILL_OPEN))
+    return [Entry(*row) for row in connection.execute(query)]

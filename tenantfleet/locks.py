@@ -57,6 +57,12 @@ def dispatching(run_uid: str) -> str:
     return f"dispatch:{run_uid}"
 
 
+def backfilling(label: str, name: str) -> str:
+    """The lock a worker holds while it runs backfill ``name`` of tenant ``label`` (not a valid
+    schema name): one runner at a time, and a lost one is seen at once."""
+    return f"backfill:{label}:{name}"
+
+
 def hold(connection: Connection, name: str) -> bool:
     """Take a session-level lock on ``name`` if free: held until the connection closes."""
     taken = connection.execute(

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantfleet import databases, runs, states
+from tenantfleet import databases, ledger, runs, states
 from tenantfleet.config import Settings
 from tenantfleet.errors import UsageError
 
@@ -243,7 +243,35 @@ def _latest_run(connection: Connection, run_id: int, blocked: Blocked) -> list[S
         )
     )
     samples.append(_durations(connection, run_id))
-    return samples
+    return samples + _backfills(connection, run_id)
+
+
+def _backfills(connection: Connection, run_id: int) -> list[Sample]:
+    """The latest run's backfills: how many in each state, rows filled, keys left."""
+    entries = ledger.of_run(connection, run_id)
+    by_state = {state.value: 0 for state in states.BACKFILL_STATES}
+    for entry in entries:
+        by_state[entry.state] += 1
+    return [
+        Sample(
+            "tenantfleet_run_backfills",
+            "gauge",
+            "The latest run's backfills (tenant x backfill) by state",
+            [({"state": state}, float(n)) for state, n in by_state.items()],
+        ),
+        Sample(
+            "tenantfleet_run_backfill_rows",
+            "gauge",
+            "Rows the latest run's backfills have filled",
+            [({}, float(sum(e.rows_done for e in entries)))],
+        ),
+        Sample(
+            "tenantfleet_run_backfill_keys_left",
+            "gauge",
+            "Keys the latest run's backfills have still to go through",
+            [({}, float(sum(e.keys_left for e in entries if e.state != "done")))],
+        ),
+    ]
 
 
 def _durations(connection: Connection, run_id: int) -> Sample:

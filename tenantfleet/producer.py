@@ -155,8 +155,10 @@ def _resend(
     run's own producer is gone: send its pending tenants nobody holds, then its next waves."""
     with db.begin(manager.engine) as connection:
         run = runs.get_run(connection, run_id)
-        if runs.finalize(connection, run_id) is not None:
-            return 0
+        closed = runs.finalize(connection, run_id) is not None
+    if closed:  # its tenants are final; backfills a dead worker left go on
+        return dispatch.resend_lost_backfills(manager, run)
+    with db.begin(manager.engine) as connection:
         refused = states.refusal(command, run.status, run_id, run.wave)
         if refused is not None:
             raise UsageError(refused)

@@ -287,6 +287,24 @@ def retried(times: list[TenantTime]) -> str:
     return f"<p>{len(again)} tenants were retried.</p>" + _table(header, rows) + more
 
 
+def backfills(view: dict[str, Any]) -> str:
+    """The run's backfills: how many in each state, rows filled, and those not done."""
+    counts = view.get("counts") or {}
+    if not any(counts.values()):
+        return "<p>No backfill.</p>"
+    eta = view.get("eta_seconds")
+    head = _table(
+        [*counts, "rows filled", "ETA"],
+        [[*counts.values(), f"{view['rows_done']:,}", f"{eta:.0f} s" if eta else "-"]],
+    )
+    rows = [
+        [e["tenant"], e["name"], e["state"], f"{e['rows_done']:,}", e["keys_left"], e["reason"]]
+        for e in view.get("open", [])
+    ]
+    header = ["tenant", "backfill", "state", "rows filled", "keys left", "why"]
+    return head + (_table(header, rows) if rows else "")
+
+
 def page(data: RunData, generated: datetime) -> str:
     """The whole page."""
     report = data.report
@@ -341,6 +359,8 @@ def page(data: RunData, generated: datetime) -> str:
         ),
         "<h2>Retried</h2>",
         retried(times),
+        "<h2>Backfills</h2>",
+        backfills(report.get("backfills") or {}),
         "<h2>Failures</h2>",
         failures(data),
     ]

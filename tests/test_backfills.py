@@ -5,17 +5,20 @@ made unhealthy pauses the batches, a failed batch is resumed by ``retry``.
 """
 
 import json
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import db, ledger, runs
+from tenantfleet import db, ledger, processes, runs
 from tests import helpers
 from tests.stack import Stack, running_fleet
 
@@ -188,6 +191,9 @@ def test_a_backfill_under_writes_blocks_no_writer_and_leaves_every_row_right(
         assert wrong_rows(fleet.engine, schema) == 0  # old rows, and rows the app wrote since
     status = json.loads(fleet.cli("status", str(run_id), "--json").out)
     assert status["backfills"]["counts"]["done"] == 2
+    exposed = fleet.cli("metrics").out
+    assert 'tenantfleet_run_backfills{state="done"} 2.0' in exposed
+    assert "tenantfleet_run_backfill_keys_left 0.0" in exposed
     # the revision that needs the filled column goes on now that it is done
     after = fleet.cli("migrate", "--revision", "bf0002", "--wait")
     assert after.code == 0, after.err
@@ -290,3 +296,56 @@ def test_the_runs_ledger_is_its_tenants_own(fleet: Stack) -> None:
         for run in runs.list_runs(connection, 50):
             names = {t.schema_name for t in runs.tenants_of(connection, run.id)}
             assert {e.schema_name for e in ledger.of_run(connection, run.id)} <= names
+
+
+def test_a_worker_killed_mid_backfill_loses_at_most_its_batch_and_resume_goes_on(
+    pg_admin_url: str, template_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tenant's rows are slow to update (an app trigger sleeps half a millisecond a row),
+    so its backfill takes seconds; its worker is killed (SIGKILL, the whole process group) a few
+    batches in. ``resume`` sends it again to a new worker, which goes on from the ledger: every
+    row right, the batches before the kill not done again."""
+    ini = helpers.tenant_env(tmp_path, [("bf0001", FILLS), ("bf0002", NEEDS_IT)])
+    monkeypatch.setenv("TENANTFLEET_TENANT_ALEMBIC", str(ini))
+    with running_fleet(
+        pg_admin_url,
+        template_url,
+        tmp_path / "fleet",
+        concurrency=0,
+        TENANTFLEET_TENANT_ALEMBIC=str(ini),
+    ) as stack:
+        (schema,) = stack.provision("bk", 1, HEAD)
+        grow(stack, schema, 20_000)
+        with stack.engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    f'CREATE FUNCTION "{schema}".slow() RETURNS trigger LANGUAGE plpgsql AS $$'
+                    " BEGIN PERFORM pg_sleep(0.0005); RETURN NEW; END $$;"
+                    f' CREATE TRIGGER aa_slow BEFORE UPDATE ON "{schema}".orders'
+                    f' FOR EACH ROW EXECUTE FUNCTION "{schema}".slow()'
+                )
+            )
+        worker = stack.start_worker(1)
+        ran = stack.cli("migrate", "--revision", "bf0001", "--json")
+        assert ran.code == 0, ran.out + ran.err
+        run_id = json.loads(ran.out)["run_id"]
+
+        def under_way() -> ledger.Entry | None:
+            found = entries(stack, run_id)
+            return found[0] if found and found[0].batches >= 3 else None
+
+        helpers.wait_for(under_way, "the backfill to be a few batches in", timeout=120)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        (before,) = entries(stack, run_id)
+        assert before.state == "running" and before.next_key is not None
+        replacement = stack.start_worker(1)
+        try:
+            resumed = stack.cli("resume", str(run_id))
+            assert resumed.code == 0, resumed.err
+            (done,) = backfilled(stack, run_id, 1)
+            assert wrong_rows(stack.engine, schema) == 0
+        finally:
+            processes.stop(replacement)
+    assert done.attempts == 2 and done.batches > before.batches
+    assert done.rows_done >= 20_000  # each row once, but the one batch the kill cut short
