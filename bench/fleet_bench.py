@@ -44,6 +44,7 @@ import fresh_cluster  # noqa: E402
 import groups  # noqa: E402
 import statements  # noqa: E402
 import w2  # noqa: E402
+import w3  # noqa: E402
 
 BENCH_DB = "tenantfleet_bench"
 R1, R2 = fleet_setup.R1, fleet_setup.R2
@@ -716,6 +717,48 @@ class Bench:
         result["runs"] = details
         return result
 
+    def measure_w3(self, tenants: int, reuse: bool) -> dict[str, Any]:
+        """W3: W2's change, plain and batched, each on a fresh copy of the W2 template while
+        four writers hit the five largest tenants (a baseline first)."""
+        template = f"{self.database}_w2"
+        template_url = bench_url(self.settings, template)
+        if reuse and registered(template_url) == tenants:
+            self.say(f"reusing W2: {tenants} tenants in {template}")
+        else:
+            self.say(f"building W2: {tenants} tenants at {R2} in {template}")
+            recreate_database(self.settings, template)
+            w2.build(template_url, tenants, max(2, self.workers))
+        schemas = w2.names(tenants)
+        ways = {
+            "plain": (w2.tenant_env(self.settings.state_dir), w2.R3, w2.GATE),
+            "batched": (w3.batched_env(self.settings.state_dir), w3.R4_INDEX, []),
+        }
+        result: dict[str, Any] = {}
+        for name, (ini, revision, gate) in ways.items():
+            env = {**self.env, "TENANTFLEET_TENANT_ALEMBIC": str(ini)}
+            self.fresh_copy(workload="w2")
+            self.start_workers(env)
+            app = w3.Writers(self.url, w3.largest(tenants))
+            app.start()
+            time.sleep(w3.BASELINE_S)  # the baseline: the app alone
+            app.enter(name)
+            try:
+                seconds = fleet(self.url, env, ["--wait", *gate], revision=revision)[0]
+            finally:
+                app.finish()
+            correct = (
+                versions(self.url, schemas) == {revision} and w3.wrong_rows(self.url, schemas) == 0
+            )
+            result[name] = {**app.figures(name), "fleet_s": round(seconds, 3), "correct": correct}
+            result[f"{name}_baseline"] = app.figures("baseline")
+            self.say(f"  W3 {name:<8} {result[name]}")
+        self.stop_workers()
+        result["correct"] = result["plain"]["correct"] and result["batched"]["correct"]
+        result["batched_over_plain"] = round(
+            result["batched"]["fleet_s"] / result["plain"]["fleet_s"], 3
+        )
+        return result
+
     def measure_noop(self, schemas: list[str], repeat: int) -> dict[str, Any]:
         """B: every tenant already at r2 (one upgrade first, not timed)."""
         self.fresh_copy()
@@ -759,7 +802,7 @@ class Bench:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--workload", choices=["W1", "W2"], default="W1")
+    parser.add_argument("--workload", choices=["W1", "W2", "W3"], default="W1")
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
@@ -793,11 +836,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cap", action="append", default=[], metavar="KEY=N", help="max_concurrent (split)"
     )
     args = parser.parse_args(argv)
-    if args.workload == "W2":
+    if args.workload in ("W2", "W3"):
         for given, option in ((args.contenders, "--contenders"), (args.noop, "--noop"),
                               (args.enqueue, "--enqueue")):  # fmt: skip
             if given:
-                parser.error(f"{option} is for W1 (W2 runs fleet, unordered and floor)")
+                parser.error(f"{option} is for W1 (W2 and W3 run contenders of their own)")
     if args.fresh_cluster or args.statements:
         settings = statements.SETTINGS if args.statements else []
         with fresh_cluster.fresh_cluster(settings) as url:
@@ -838,6 +881,15 @@ def measure(args: argparse.Namespace) -> int:
     bench = Bench(settings, args.database, args.workers, say, split, caps, args.statements)
     broker = config.broker_url(settings).partition("://")[0]  # redis, redis+socket, amqp
     say(f"broker: {broker}")
+    if args.workload == "W3":
+        try:
+            measured = bench.measure_w3(args.tenants, args.reuse)
+            found = {"workload": "W3", "tenants": args.tenants, "workers": args.workers,
+                     "broker": broker, "w3": measured}  # fmt: skip
+        finally:
+            bench.close()
+        print(json.dumps(found, indent=2) if args.json else json.dumps(found["w3"], indent=2))
+        return 0
     if args.workload == "W2":
         try:
             found = {
