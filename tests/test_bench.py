@@ -25,6 +25,25 @@ def test_the_benchmark_runs_and_reports_every_contender(
     assert report["noop"]["seconds"] > 0
 
 
+def test_the_w3_benchmark_reports_the_writers_and_the_fleet_plain_and_batched(
+    pg_admin_url: str, repo_root: Path, tmp_path: Path
+) -> None:
+    """``--workload W3 --json``: per way of writing r3, the writers' latencies, errors and
+    throughput (and their baseline), the fleet's time and whether every row is right; batched
+    is always right (old app code's rows included)."""
+    argv = ["--workload", "W3", "--tenants", "20", "--json"]
+    result = helpers.run_bench(pg_admin_url, repo_root, tmp_path, "w2", *argv)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout)["w3"]
+    keys = {"writer_max_ms", "writer_p99_ms", "writer_errors", "writer_tps"}
+    for way in ("plain", "batched"):
+        assert keys | {"fleet_s", "correct"} <= set(found[way]), way
+        assert keys <= set(found[f"{way}_baseline"]), way
+        assert found[way]["writer_tps"] > 0 and found[way]["fleet_s"] > 0
+    assert found["batched"]["correct"] is True and found["batched"]["writer_errors"] == 0
+    assert found["batched_over_plain"] > 0 and "correct" in found
+
+
 def test_the_w2_benchmark_reports_the_schedules_ratios(
     pg_admin_url: str, repo_root: Path, tmp_path: Path
 ) -> None:
