@@ -36,6 +36,8 @@ HEALTH_SQL = sa.text(
 """A cheap look at the tenant's database: sessions waiting for a lock, connections, the
 longest open transaction (seconds), the connection limit."""
 PAUSE_POLL_S = 0.5
+HEALTH_EVERY_S = 0.5
+"""How often a runner asks its database how it is (before a batch, at most this often)."""
 LOST_BATCHES = 5
 """Batches in a row that may fail on a lost connection (or a deadlock) and be tried again."""
 CONNECTIONS_SHARE = 0.9
@@ -105,10 +107,13 @@ def _run(
     deadline: float,
 ) -> ledger.Entry:
     bf = target.backfill
+    same = target.database is None
     with db.begin(control) as connection:
         entry = ledger.start(
             connection, target.run_id, target.schema, target.database, target.revision, bf.name
         )
+        if same and entry.key_low is None and entry.next_key is None:  # one transaction
+            entry = _read_range(connection, entry, target.schema, bf)
     if entry.state == BackfillState.DONE:
         return entry
     if entry.key_low is None and entry.next_key is None:
@@ -117,13 +122,15 @@ def _run(
             low, high = connection.execute(sa.text(bf.range_sql())).one()
         with db.begin(control) as connection:
             entry = ledger.set_range(connection, entry, low, high, bf.first_batch)
-    same = target.database is None
+    checked = 0.0
     lost = 0
     width = entry.batch_keys or bf.first_batch
     next_key = entry.next_key
     try:
         while next_key is not None and entry.key_high is not None and next_key <= entry.key_high:
-            _wait_until_healthy(target, control, tenant, settings, deadline)
+            if time.monotonic() - checked >= HEALTH_EVERY_S:
+                _wait_until_healthy(target, control, tenant, settings, deadline)
+                checked = time.monotonic()
             if time.monotonic() > deadline:
                 raise Handed(f"{target.schema}: backfill {bf.name} goes on in a new message")
             began = time.monotonic()
@@ -160,6 +167,16 @@ def _run(
     with db.begin(control) as connection:
         ledger.mark(connection, entry, BackfillState.DONE, None)
         return ledger.get(connection, target.run_id, target.schema, bf.name)
+
+
+def _read_range(
+    connection: Connection, entry: ledger.Entry, schema: str, bf: Backfill
+) -> ledger.Entry:
+    """The key range, read in the tenant's schema on the control database's own connection
+    (a control-database tenant), and recorded in the same transaction."""
+    _confine(connection, schema, bf)
+    low, high = connection.execute(sa.text(bf.range_sql())).one()
+    return ledger.set_range(connection, entry, low, high, bf.first_batch)
 
 
 def _next_width(width: int, took: float, wanted: float) -> int:
