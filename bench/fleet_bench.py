@@ -655,9 +655,8 @@ class Bench:
             )
         return result
 
-    def measure_w2(self, tenants: int, repeat: int, reuse: bool) -> dict[str, Any]:
-        """W2: the fleet largest first, the same fleet in plan order, the floor; interleaved,
-        each on a fresh copy of the W2 template."""
+    def w2_template(self, tenants: int, reuse: bool) -> None:
+        """The W2 template database (W3 uses it too), built unless ``reuse`` finds it."""
         template = f"{self.database}_w2"
         template_url = bench_url(self.settings, template)
         if reuse and registered(template_url) == tenants:
@@ -666,6 +665,11 @@ class Bench:
             self.say(f"building W2: {tenants} tenants at {R2} in {template}")
             recreate_database(self.settings, template)
             w2.build(template_url, tenants, max(2, self.workers))
+
+    def measure_w2(self, tenants: int, repeat: int, reuse: bool) -> dict[str, Any]:
+        """W2: the fleet largest first, the same fleet in plan order, the floor; interleaved,
+        each on a fresh copy of the W2 template."""
+        self.w2_template(tenants, reuse)
         ini = w2.tenant_env(self.settings.state_dir)
         env = {**self.env, "TENANTFLEET_TENANT_ALEMBIC": str(ini)}
         unordered_env = {**env, "TENANTFLEET_SCHEDULE_BY_SIZE": "false"}
@@ -720,14 +724,7 @@ class Bench:
     def measure_w3(self, tenants: int, reuse: bool) -> dict[str, Any]:
         """W3: W2's change, plain and batched, each on a fresh copy of the W2 template while
         four writers hit the five largest tenants (a baseline first)."""
-        template = f"{self.database}_w2"
-        template_url = bench_url(self.settings, template)
-        if reuse and registered(template_url) == tenants:
-            self.say(f"reusing W2: {tenants} tenants in {template}")
-        else:
-            self.say(f"building W2: {tenants} tenants at {R2} in {template}")
-            recreate_database(self.settings, template)
-            w2.build(template_url, tenants, max(2, self.workers))
+        self.w2_template(tenants, reuse)
         schemas = w2.names(tenants)
         ways = {
             "plain": (w2.tenant_env(self.settings.state_dir), w2.R3, w2.GATE),

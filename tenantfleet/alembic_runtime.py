@@ -207,18 +207,27 @@ def commits_part_way(current: str | None, target: str) -> bool:
     return any(r.revision != lower and AUTOCOMMIT_MARKER in _source(r.path) for r in span)
 
 
+def _upgrade_revisions(current: str | None, target: str) -> list[Any]:
+    """The revisions an upgrade from ``current`` to ``target`` runs, oldest first (none for a
+    downgrade, or a branched or unknown ``current``)."""
+    if current == target or goes_down(current, target):
+        return []
+    found = _span(current, target)
+    if found is None:
+        return []
+    span, lower = found
+    return [r for r in reversed(span) if r.revision != lower]
+
+
 @cache
 def span_backfills(current: str | None, target: str) -> tuple[tuple[str, Backfill], ...]:
     """(revision, backfill) for every backfill an upgrade from ``current`` to ``target``
     declares (``tenantfleet.backfill``), oldest revision first; none for a downgrade."""
-    if current == target or goes_down(current, target):
-        return ()
-    found = _span(current, target)
-    if found is None:
-        return ()
-    span, lower = found
-    revisions = [r for r in reversed(span) if r.revision != lower]
-    return tuple((r.revision, b) for r in revisions for b in backfill.declared(r.module))
+    return tuple(
+        (r.revision, b)
+        for r in _upgrade_revisions(current, target)
+        for b in backfill.declared(r.module)
+    )
 
 
 @cache
@@ -226,13 +235,7 @@ def span_requires(current: str | None, target: str) -> tuple[str, ...]:
     """The backfills the revisions of an upgrade from ``current`` to ``target`` need done first
     (``requires_backfills``). One the span itself declares counts too: its batches run after
     the span, so the revision that needs it cannot be in the same upgrade."""
-    if current == target or goes_down(current, target):
-        return ()
-    found = _span(current, target)
-    if found is None:
-        return ()
-    span, lower = found
-    revisions = [r for r in reversed(span) if r.revision != lower]
+    revisions = _upgrade_revisions(current, target)
     return tuple(dict.fromkeys(n for r in revisions for n in backfill.required(r.module)))
 
 
