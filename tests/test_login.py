@@ -5,10 +5,12 @@ import sqlalchemy as sa
 
 from tenantfleet import db, runs
 from tenantfleet.errors import LoginRefused
-from tenantfleet.tasks import tenant as tenant_task
 
 
 def test_a_refused_login_is_a_configuration_error_not_an_outage(pg_admin_url: str) -> None:
+    # imported here: the tasks module makes the Celery app, which must see the test's broker
+    from tenantfleet.tasks import tenant as tenant_task
+
     url = sa.make_url(pg_admin_url).set(username="nobody_tenantfleet", password="wrong")
     engine = db.make_engine(url.render_as_string(hide_password=False))
     try:
