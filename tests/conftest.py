@@ -7,6 +7,7 @@ database with the public schema at head is built once and cloned for each test t
 """
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def session_env(
 ) -> Iterator[None]:
     """Point everything at the test servers; nothing may touch the developer's own stack. The
     private Redis starts only when a test outside the unit tier was collected."""
+    if "tenantfleet.workers.app" in sys.modules:  # made before the test broker was set
+        pytest.fail(
+            "a test module imports tenantfleet's Celery app at collection: import it in the test"
+        )
     servers = any(item.get_closest_marker("unit") is None for item in request.session.items)
     broker = request.getfixturevalue("redis_url") if servers else NO_SERVER
     with pytest.MonkeyPatch.context() as patch:
