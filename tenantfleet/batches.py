@@ -114,7 +114,7 @@ def _run(
         )
         if same and entry.key_low is None and entry.next_key is None:  # one transaction
             entry = _read_range(connection, entry, target.schema, bf)
-    if entry.state == BackfillState.DONE:
+    if entry.status == BackfillState.DONE:
         return entry
     if entry.key_low is None and entry.next_key is None:
         with db.begin(tenant) as connection:

@@ -32,8 +32,13 @@ def run_tenant_migrations(target_metadata: Any = None, **configure: Any) -> None
     ``config.attributes["schema"]``). ``target_metadata`` (a ``MetaData`` or a list of them)
     serves autogenerate; ``configure`` adds or overrides ``context.configure`` options."""
     config = context.config
-    if config.config_file_name is not None and config.attributes.get("configure_logger", True):
-        # plain `alembic ... upgrade` says what it runs, as Alembic's own env.py makes it
+    if (
+        config.config_file_name is not None
+        and config.attributes.get("configure_logger", True)
+        and config.file_config.has_section("formatters")
+    ):
+        # plain `alembic ... upgrade` says what it runs, as Alembic's own env.py makes it (an ini
+        # without logging sections, as an app's own may be, keeps the logging it has)
         fileConfig(config.config_file_name, disable_existing_loggers=False)
     schema = runtime.schema_from_config(config)
     options = {**runtime.tenant_context_options(), "target_metadata": target_metadata, **configure}

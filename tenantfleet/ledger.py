@@ -26,7 +26,7 @@ class Entry:
     name: str
     database: str | None
     revision: str
-    state: str
+    status: str
     key_low: int | None
     key_high: int | None
     next_key: int | None
@@ -76,10 +76,10 @@ def start(
     )
     connection.execute(
         ledger.update()
-        .where(_ROW, ledger.c.state != BackfillState.DONE)
+        .where(_ROW, ledger.c.status != BackfillState.DONE)
         .values(
             attempts=ledger.c.attempts + 1,
-            state=BackfillState.RUNNING,
+            status=BackfillState.RUNNING,
             started_at=sa.func.coalesce(ledger.c.started_at, sa.func.now()),
             updated_at=sa.func.now(),
             reason=None,
@@ -125,7 +125,7 @@ def advance(
             rows_done=ledger.c.rows_done + rows,
             batches=ledger.c.batches + 1,
             batch_keys=batch_keys,
-            state=BackfillState.RUNNING,
+            status=BackfillState.RUNNING,
             reason=None,
             updated_at=sa.func.now(),
         ),
@@ -140,7 +140,7 @@ def mark(connection: Connection, entry: Entry, state: BackfillState, reason: str
         ledger.update()
         .where(_ROW)
         .values(
-            state=state,
+            status=state,
             reason=reason[:REASON_MAX] if reason else None,
             updated_at=sa.func.now(),
             finished_at=sa.func.now() if final else None,
@@ -168,7 +168,7 @@ def done_names(
                 ledger.c.schema_name == schema,
                 ledger.c.database.is_not_distinct_from(database),
                 ledger.c.name.in_(names),
-                ledger.c.state == BackfillState.DONE,
+                ledger.c.status == BackfillState.DONE,
             )
         ).scalars()
     )
@@ -176,5 +176,7 @@ def done_names(
 
 def open_of_run(connection: Connection, run_id: int) -> list[Entry]:
     """The run's backfills not done nor failed: pending, running or paused."""
-    query = sa.select(*_COLUMNS).where(ledger.c.run_id == run_id, ledger.c.state.in_(BACKFILL_OPEN))
+    query = sa.select(*_COLUMNS).where(
+        ledger.c.run_id == run_id, ledger.c.status.in_(BACKFILL_OPEN)
+    )
     return [Entry(*row) for row in connection.execute(query)]

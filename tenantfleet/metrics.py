@@ -251,7 +251,7 @@ def _backfills(connection: Connection, run_id: int) -> list[Sample]:
     entries = ledger.of_run(connection, run_id)
     by_state = {state.value: 0 for state in states.BACKFILL_STATES}
     for entry in entries:
-        by_state[entry.state] += 1
+        by_state[entry.status] += 1
     return [
         Sample(
             "tenantfleet_run_backfills",
@@ -269,7 +269,7 @@ def _backfills(connection: Connection, run_id: int) -> list[Sample]:
             "tenantfleet_run_backfill_keys_left",
             "gauge",
             "Keys the latest run's backfills have still to go through",
-            [({}, float(sum(e.keys_left for e in entries if e.state != "done")))],
+            [({}, float(sum(e.keys_left for e in entries if e.status != "done")))],
         ),
     ]
 

@@ -166,7 +166,7 @@ migration_backfills = sa.Table(
     sa.Column("name", sa.String(63), primary_key=True),
     sa.Column("database", sa.String(63)),
     sa.Column("revision", sa.String(64), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("key_low", sa.BigInteger),
     sa.Column("key_high", sa.BigInteger),
     sa.Column("next_key", sa.BigInteger),
@@ -179,8 +179,8 @@ migration_backfills = sa.Table(
     _timestamp("updated_at", now=True),
     _timestamp("finished_at"),
     sa.CheckConstraint(
-        "state IN ('pending', 'running', 'paused', 'done', 'failed')",
-        name="ck_migration_backfills_state",
+        "status IN ('pending', 'running', 'paused', 'done', 'failed')",
+        name="ck_migration_backfills_status",
     ),
-    sa.Index("ix_migration_backfills_schema", "schema_name", "name", "state"),
+    sa.Index("ix_migration_backfills_schema", "schema_name", "name", "status"),
 )

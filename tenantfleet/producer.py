@@ -107,7 +107,7 @@ def retry(
         stopped = [
             e
             for e in ledger.of_run(connection, run_id)
-            if e.state == states.BackfillState.FAILED and (not tenants or e.schema_name in tenants)
+            if e.status == states.BackfillState.FAILED and (not tenants or e.schema_name in tenants)
         ]
         moves = runs.moves(connection, run_id) if stopped else {}
     if stopped:

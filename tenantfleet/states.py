@@ -222,7 +222,7 @@ def diagram() -> str:
 
 
 class BackfillState(StrEnum):
-    """Where one backfill of one tenant is (``migration_backfills.state``)."""
+    """Where one backfill of one tenant is (``migration_backfills.status``)."""
 
     PENDING = "pending"
     RUNNING = "running"

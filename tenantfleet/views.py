@@ -119,12 +119,12 @@ def backfills_view(entries: list[ledger.Entry]) -> dict[str, Any]:
     ETA from the keys left and the speed so far, and every one not done."""
     by_state = {state.value: 0 for state in states.BACKFILL_STATES}
     for entry in entries:
-        by_state[entry.state] += 1
+        by_state[entry.status] += 1
     keys_done = sum((e.next_key or 0) - (e.key_low or 0) for e in entries if e.key_low is not None)
     seconds = sum(
         (e.updated_at - e.started_at).total_seconds() for e in entries if e.started_at is not None
     )
-    keys_left = sum(e.keys_left for e in entries if e.state != states.BackfillState.DONE)
+    keys_left = sum(e.keys_left for e in entries if e.status != states.BackfillState.DONE)
     speed = keys_done / seconds if seconds > 0 else 0.0
     return {
         "counts": by_state,
@@ -135,7 +135,7 @@ def backfills_view(entries: list[ledger.Entry]) -> dict[str, Any]:
                 "tenant": databases.label(e.database, e.schema_name),
                 "name": e.name,
                 "revision": e.revision,
-                "state": e.state,
+                "state": e.status,
                 "rows_done": e.rows_done,
                 "batches": e.batches,
                 "attempts": e.attempts,
@@ -143,6 +143,6 @@ def backfills_view(entries: list[ledger.Entry]) -> dict[str, Any]:
                 "reason": e.reason,
             }
             for e in entries
-            if e.state != states.BackfillState.DONE
+            if e.status != states.BackfillState.DONE
         ][:100],
     }

@@ -112,7 +112,7 @@ def entries(stack: Stack, run_id: int) -> list[ledger.Entry]:
 def backfilled(stack: Stack, run_id: int, count: int) -> list[ledger.Entry]:
     def all_done() -> list[ledger.Entry] | None:
         found = entries(stack, run_id)
-        done = [e for e in found if e.state == "done"]
+        done = [e for e in found if e.status == "done"]
         return found if len(done) == count else None
 
     return helpers.wait_for(all_done, f"{count} backfills of run {run_id} done", timeout=300)
@@ -244,7 +244,7 @@ def test_a_long_transaction_pauses_the_batches_which_go_on_by_themselves(fleet: 
 
         def paused() -> ledger.Entry | None:
             found = entries(fleet, run_id)
-            return found[0] if found and found[0].state == "paused" else None
+            return found[0] if found and found[0].status == "paused" else None
 
         held = helpers.wait_for(paused, "the backfill to pause", timeout=120)
         assert held.reason is not None and "a transaction has been open" in held.reason
@@ -276,7 +276,7 @@ def test_a_failed_batch_is_resumed_by_retry_from_where_it_stopped(fleet: Stack) 
 
     def failed() -> ledger.Entry | None:
         found = entries(fleet, run_id)
-        return found[0] if found and found[0].state == "failed" else None
+        return found[0] if found and found[0].status == "failed" else None
 
     stopped = helpers.wait_for(failed, "the backfill to fail", timeout=120)
     assert stopped.reason is not None and "RaiseException" in stopped.reason
@@ -338,7 +338,7 @@ def test_a_worker_killed_mid_backfill_loses_at_most_its_batch_and_resume_goes_on
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
         (before,) = entries(stack, run_id)
-        assert before.state == "running" and before.next_key is not None
+        assert before.status == "running" and before.next_key is not None
         replacement = stack.start_worker(1)
         try:
             resumed = stack.cli("resume", str(run_id))

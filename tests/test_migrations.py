@@ -174,6 +174,7 @@ def test_plain_alembic_upgrades_public_and_a_tenant_as_alembic_users_expect(
         "migration_runs",
         "migration_run_tenants",
         "migration_attempts",
+        "migration_backfills",
     }
     # autogenerate finds nothing to do on an up-to-date tenant and on public
     assert alembic(repo_root, *tenant, "check").returncode == 0

@@ -3,7 +3,7 @@
 ``public.migration_backfills``: a backfill a tenant revision declares (``tenantfleet.backfill``)
 runs after the revision's DDL committed, in batches of its key, each its own transaction; this
 row says where it is (the next key, rows and batches done, attempts, the batch size it learnt),
-its state (``pending``, ``running``, ``paused``, ``done``, ``failed``) and why it paused or
+its status (``pending``, ``running``, ``paused``, ``done``, ``failed``) and why it paused or
 failed. A worker killed mid-backfill loses at most its current batch.
 
 Revision ID: 20251210_000000
@@ -41,7 +41,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(63), primary_key=True),
         sa.Column("database", sa.String(63)),
         sa.Column("revision", sa.String(64), nullable=False),
-        sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+        sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
         sa.Column("key_low", sa.BigInteger),
         sa.Column("key_high", sa.BigInteger),
         sa.Column("next_key", sa.BigInteger),
@@ -54,12 +54,12 @@ def upgrade() -> None:
         _timestamp("updated_at", now=True),
         _timestamp("finished_at"),
         sa.CheckConstraint(
-            "state IN ('pending', 'running', 'paused', 'done', 'failed')",
-            name="ck_migration_backfills_state",
+            "status IN ('pending', 'running', 'paused', 'done', 'failed')",
+            name="ck_migration_backfills_status",
         ),
     )
     op.create_index(
-        "ix_migration_backfills_schema", "migration_backfills", ["schema_name", "name", "state"]
+        "ix_migration_backfills_schema", "migration_backfills", ["schema_name", "name", "status"]
     )
 
 
