@@ -12,6 +12,16 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 metadata = sa.MetaData()
 
 
+def _run_key() -> sa.Column[object]:
+    """``run_id``: the first column of a table's key whose rows go when their run does."""
+    return sa.Column(
+        "run_id",
+        sa.BigInteger,
+        sa.ForeignKey("migration_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+
+
 def _timestamp(name: str, *, now: bool = False) -> sa.Column[object]:
     """A ``timestamptz`` column: NOT NULL DEFAULT now() when ``now``, else NULL."""
     if now:
@@ -95,12 +105,7 @@ migration_run_tenants = sa.Table(
     "migration_run_tenants",
     metadata,
     # One tenant of one run: the truth about that tenant, whatever the broker remembers.
-    sa.Column(
-        "run_id",
-        sa.BigInteger,
-        sa.ForeignKey("migration_runs.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _run_key(),
     sa.Column("schema_name", sa.String(63), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False, server_default="queued"),
     sa.Column("from_revision", sa.String(64)),
@@ -156,12 +161,7 @@ migration_backfills = sa.Table(
     "migration_backfills",
     metadata,
     # One backfill of one tenant of one run (tenantfleet.backfill): how far its batches are.
-    sa.Column(
-        "run_id",
-        sa.BigInteger,
-        sa.ForeignKey("migration_runs.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _run_key(),
     sa.Column("schema_name", sa.String(63), primary_key=True),
     sa.Column("name", sa.String(63), primary_key=True),
     sa.Column("database", sa.String(63)),
