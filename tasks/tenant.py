@@ -518,6 +518,7 @@ def _in_steps(
         task.target,
         resources.settings(),
         alembic_runtime.on_the_way(found.planned, task.target),
+        task.run_id if task.database is None else None,
     )
     if outcome.moved:
         _skip_moved(task, _record(lambda c: runs.mark_moved(c, task, outcome.from_revision)))

@@ -27,7 +27,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from tenantfleet import backfill, db, locks, models, replay, sql
+from tenantfleet import backfill, db, ledger, locks, models, replay, sql
 from tenantfleet import config as tf_config
 from tenantfleet.backfill import Backfill
 from tenantfleet.errors import (
@@ -242,6 +242,17 @@ def span_requires(current: str | None, target: str) -> tuple[str, ...]:
 def backfill_triggers_sql(current: str | None, target: str) -> str:
     """The triggers of the span's backfills, for the DDL transaction ("" when none)."""
     return ";\n".join(b.trigger_sql() for _, b in span_backfills(current, target))
+
+
+def fills_at_once(current: str | None, target: str) -> list[str]:
+    """The span's backfills to fill in its DDL transaction where the table is small, recorded
+    done there (``ledger.done_at_once_sql``; binds ``run_id`` and ``schema``): for a tenant of
+    the control database, whose ledger is beside it."""
+    return [
+        ledger.done_at_once_sql(revision, bf)
+        for revision, bf in span_backfills(current, target)
+        if bf.at_once_rows > 0
+    ]
 
 
 @cache

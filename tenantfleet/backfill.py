@@ -24,12 +24,15 @@ What happens on each tenant (``tenantfleet.batches`` runs it):
    OR UPDATE``) that computes ``set`` for every row the app writes from then on: rows written by
    old app code during and after the backfill end correct. A later revision drops it
    (``drop_trigger_sql``) once no old code writes.
-2. Then the rows already there are filled in batches of the key, each its own short
+2. A small table (at most ``at_once_rows`` rows, 1,000 by default) is filled in that same DDL
+   transaction, in one statement, and recorded done with it: most tenants of a fleet are small,
+   and their backfill then costs what an ``UPDATE`` in the revision would.
+3. Otherwise the rows already there are filled in batches of the key, each its own short
    transaction, sized by time (``batch_seconds``, 0.2 s by default) and bounded by
    ``lock_timeout`` (a batch that waits longer is retried smaller). A batch is idempotent: it
    sets ``set`` where the row differs, so a batch done twice (a worker killed after its commit)
    changes nothing the second time.
-3. Progress is kept per tenant and backfill in ``public.migration_backfills`` (the ledger):
+4. Progress is kept per tenant and backfill in ``public.migration_backfills`` (the ledger):
    ``status`` shows it, ``retry`` resumes a failed backfill from where it stopped.
 
 A later revision that needs the filled column (``SET NOT NULL``, a unique index) says so::
@@ -89,6 +92,11 @@ class Backfill:
     """How long a batch may wait for a row lock the app holds before it is retried smaller."""
     first_batch: int = 1000
     """Keys in the first batch."""
+    at_once_rows: int = 1000
+    """A table of at most this many rows is filled in the revision's DDL transaction, in one
+    statement, and recorded done there (its DDL holds the table's lock anyway: a small table
+    adds milliseconds); 0: always in batches. Only where the ledger is in the tenant's database
+    (the control database); elsewhere it goes in batches as any other."""
     _on_new: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,7 +105,12 @@ class Backfill:
         _identifier(self.key, "key")
         if not self.set:
             raise ConfigError(f"backfill {self.name}: set names no column")
-        if self.batch_seconds <= 0 or self.lock_timeout_ms <= 0 or self.first_batch < 1:
+        if (
+            self.batch_seconds <= 0
+            or self.lock_timeout_ms <= 0
+            or self.first_batch < 1
+            or self.at_once_rows < 0
+        ):
             raise ConfigError(f"backfill {self.name}: sizes and times must be positive")
         for column, expression in self.set.items():
             _identifier(column, "column")
@@ -133,6 +146,19 @@ class Backfill:
         return (
             f"UPDATE {self.table} SET {sets}"
             f" WHERE {self.key} >= :low AND {self.key} < :high AND ({differs})"
+        )
+
+    def at_once_sql(self) -> str:
+        """Two common table expressions for the DDL transaction: ``small`` (one row, ``yes``:
+        the table has at most ``at_once_rows`` rows, counted without reading more) and
+        ``filled`` (every row that differs, set, when it is small: one ``RETURNING 1`` each)."""
+        sets = ", ".join(f"{c} = {e}" for c, e in self.set.items())
+        differs = " OR ".join(f"{c} IS DISTINCT FROM ({e})" for c, e in self.set.items())
+        return (
+            f"small AS (SELECT count(*) <= {self.at_once_rows} AS yes"
+            f" FROM (SELECT FROM {self.table} LIMIT {self.at_once_rows + 1}) AS first_rows),"
+            f" filled AS (UPDATE {self.table} SET {sets}"
+            f" WHERE (SELECT yes FROM small) AND ({differs}) RETURNING 1)"
         )
 
     def range_sql(self) -> str:

@@ -93,6 +93,10 @@ def run(
     (with the error) and is raised. None when another worker runs it right now: one runner at a
     time holds its lock (``locks.backfilling``) in the control database."""
     label = databases.label(target.database, target.schema)
+    with db.connect(control) as connection:  # filled in the DDL transaction (a small table)
+        entry = ledger.done(connection, target.run_id, target.schema, target.backfill.name)
+    if entry is not None:
+        return entry
     with db.connect(control) as holder:
         if not locks.hold(holder, locks.backfilling(label, target.backfill.name)):
             return None

@@ -13,6 +13,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tenantfleet.backfill import Backfill
 from tenantfleet.public_tables import migration_backfills as ledger
 from tenantfleet.states import BACKFILL_OPEN, BackfillState
 
@@ -87,6 +88,36 @@ def start(
         _binds(run_id, schema, name),
     )
     return get(connection, run_id, schema, name)
+
+
+def done_at_once_sql(revision: str, bf: Backfill) -> str:
+    """For the DDL transaction of a tenant of the control database: fill ``bf`` when its table
+    is small (``Backfill.at_once_sql``) and record it done, in one statement, as a psycopg2
+    query string (it joins the attempt's): binds ``%(run_id)s`` and ``%(schema)s``, every other
+    ``%`` doubled. A table too big inserts nothing here: its batches make its entry after the
+    DDL commits."""
+    quoted = revision.replace("'", "''")
+    constant = (
+        f"WITH {bf.at_once_sql()}"
+        " INSERT INTO public.migration_backfills (run_id, schema_name, name, revision, status,"
+        "  rows_done, batches, attempts, started_at, updated_at, finished_at)"
+        f" SELECT RUN_ID, SCHEMA, '{bf.name}', '{quoted}', '{BackfillState.DONE}',"
+        "  (SELECT count(*) FROM filled), 1, 1, now(), now(), now()"
+        " FROM small WHERE yes"
+        " ON CONFLICT (run_id, schema_name, name) DO NOTHING"
+    )
+    escaped = constant.replace("%", "%%")
+    return escaped.replace("RUN_ID, SCHEMA,", "%(run_id)s, %(schema)s,", 1)
+
+
+def done(connection: Connection, run_id: int, schema: str, name: str) -> Entry | None:
+    """The entry of this backfill of this tenant in the run when it is done (filled at once in
+    the DDL transaction, or before); else None."""
+    row = connection.execute(
+        sa.select(*_COLUMNS).where(_ROW, ledger.c.status == BackfillState.DONE),
+        _binds(run_id, schema, name),
+    ).one_or_none()
+    return None if row is None else Entry(*row)
 
 
 def get(connection: Connection, run_id: int, schema: str, name: str) -> Entry:

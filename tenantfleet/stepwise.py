@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.engine import Connection, Engine
 
-from tenantfleet import alembic_runtime, locks
+from tenantfleet import alembic_runtime, locks, replay
 from tenantfleet.config import Settings
 
 _SESSION_CONFINE = sa.text(
@@ -59,16 +59,19 @@ def run(
     target: str,
     settings: Settings,
     starts: Collection[str | None],
+    run_id: int | None = None,
 ) -> Outcome:
     """Bring ``schema`` to ``target`` one revision at a time, holding its lock for the session,
     if it is at one of ``starts``; the ``Outcome`` (its ``error`` set when a revision failed:
-    the tenant stays at ``reached``; ``moved`` when it was elsewhere: nothing ran)."""
+    the tenant stays at ``reached``; ``moved`` when it was elsewhere: nothing ran). With
+    ``run_id`` (the ledger is in this database), the span's backfills of small tables are
+    filled and recorded done with the triggers (``alembic_runtime.fills_at_once``)."""
     params = alembic_runtime.confine_params(schema, settings)
     with engine.connect() as connection:
         connection.execute(_SESSION_CONFINE, params)
         connection.commit()
         try:
-            return _steps(connection, schema, target, starts)
+            return _steps(connection, schema, target, starts, run_id)
         finally:
             connection.rollback()
             connection.execute(_RELEASE, params)
@@ -76,7 +79,11 @@ def run(
 
 
 def _steps(
-    connection: Connection, schema: str, target: str, starts: Collection[str | None]
+    connection: Connection,
+    schema: str,
+    target: str,
+    starts: Collection[str | None],
+    run_id: int | None,
 ) -> Outcome:
     from_revision = _current(connection)
     if from_revision not in starts:
@@ -87,7 +94,9 @@ def _steps(
         _migrate(connection, schema, target)
         triggers = alembic_runtime.backfill_triggers_sql(from_revision, target)
         if triggers:  # before the backfill reads its key range: every later write is covered
-            connection.exec_driver_sql(triggers)
+            fills = alembic_runtime.fills_at_once(from_revision, target) if run_id else []
+            binds = {"run_id": run_id, "schema": schema}
+            connection.exec_driver_sql(";\n".join([replay.driver_sql(triggers), *fills]), binds)
     except Exception as exc:
         connection.rollback()
         outcome.error = exc

@@ -187,6 +187,9 @@ def test_a_backfill_under_writes_blocks_no_writer_and_leaves_every_row_right(
     assert max(app.latencies) < 2.0, max(app.latencies)  # never waited for a migration
     by_schema = {e.schema_name: e for e in done}
     assert by_schema["bw00001"].batches > 3 and by_schema["bw00001"].rows_done >= 20_000
+    small = by_schema["bw00002"]  # a few rows: filled in its DDL transaction, done with it
+    assert (small.batches, small.attempts, small.key_high) == (1, 1, None), small
+    assert small.rows_done > 0 and small.finished_at is not None
     for schema in schemas:
         assert wrong_rows(fleet.engine, schema) == 0  # old rows, and rows the app wrote since
     status = json.loads(fleet.cli("status", str(run_id), "--json").out)
@@ -349,3 +352,46 @@ def test_a_worker_killed_mid_backfill_loses_at_most_its_batch_and_resume_goes_on
             processes.stop(replacement)
     assert done.attempts == 2 and done.batches > before.batches
     assert done.rows_done >= 20_000  # each row once, but the one batch the kill cut short
+
+
+FILLS_AND_INDEX = FILLS.replace(
+    """    op.add_column("orders", sa.Column("amount_cents", sa.BigInteger()))
+""",
+    """    op.add_column("orders", sa.Column("amount_cents", sa.BigInteger()))
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_orders_created_at", "orders", ["created_at"], postgresql_concurrently=True
+        )
+""",
+)
+
+
+def test_a_span_that_commits_part_way_fills_small_tables_at_once_and_big_ones_in_batches(
+    pg_admin_url: str, template_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backfill's revision builds an index concurrently (``tenantfleet.stepwise``): the
+    small tenant's rows are filled with the triggers, recorded done at once; the big one's in
+    batches; every row right on both, the index valid."""
+    ini = helpers.tenant_env(tmp_path, [("bi0001", FILLS_AND_INDEX)])
+    monkeypatch.setenv("TENANTFLEET_TENANT_ALEMBIC", str(ini))
+    with running_fleet(
+        pg_admin_url, template_url, tmp_path / "fleet", TENANTFLEET_TENANT_ALEMBIC=str(ini)
+    ) as stack:
+        small, big = stack.provision("bi", 2, HEAD)
+        grow(stack, big, 5_000)
+        ran = stack.cli("migrate", "--revision", "bi0001", "--wait", "--json")
+        assert ran.code == 0, ran.err
+        by_schema = {e.schema_name: e for e in backfilled(stack, json.loads(ran.out)["run_id"], 2)}
+        assert (by_schema[small].batches, by_schema[small].key_high) == (1, None)
+        assert by_schema[big].batches > 1 and by_schema[big].key_high is not None
+        for schema in (small, big):
+            assert wrong_rows(stack.engine, schema) == 0
+        with stack.engine.connect() as connection:
+            valid = connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_index AS i JOIN pg_class AS c"
+                    " ON c.oid = i.indexrelid WHERE c.relname = 'ix_orders_created_at'"
+                    " AND i.indisvalid"
+                )
+            ).scalar_one()
+        assert valid == 2

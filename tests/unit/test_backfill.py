@@ -2,7 +2,7 @@
 
 import pytest
 
-from tenantfleet import backfill, batches
+from tenantfleet import backfill, batches, ledger, sqltree
 from tenantfleet.backfill import Backfill
 from tenantfleet.config import Settings
 from tenantfleet.errors import ConfigError
@@ -87,3 +87,23 @@ def test_a_database_over_its_limits_is_said_why() -> None:
     assert "3 sessions wait for locks" in (batches.Health(3, 10, 1.0, 100).trouble(settings) or "")
     assert "95 of 100 connections" in (batches.Health(0, 95, 1.0, 100).trouble(settings) or "")
     assert "open 61 s" in (batches.Health(0, 10, 61.0, 100).trouble(settings) or "")
+
+
+def test_a_small_table_is_filled_and_recorded_done_in_one_statement_of_the_ddl_transaction() -> (
+    None
+):
+    modulo = Backfill("pct", table="orders", set={"cents": "amount % 7"}, at_once_rows=500)
+    assert modulo.at_once_sql() == (
+        "small AS (SELECT count(*) <= 500 AS yes"
+        " FROM (SELECT FROM orders LIMIT 501) AS first_rows),"
+        " filled AS (UPDATE orders SET cents = amount % 7"
+        " WHERE (SELECT yes FROM small) AND (cents IS DISTINCT FROM (amount % 7)) RETURNING 1)"
+    )
+    sql = ledger.done_at_once_sql("r'3", modulo)
+    assert sql.startswith("WITH small AS")
+    assert "SET cents = amount %% 7" in sql  # psycopg2's form: it joins the attempt's string
+    assert "SELECT %(run_id)s, %(schema)s, 'pct', 'r''3', 'done'" in sql
+    assert "FROM small WHERE yes ON CONFLICT (run_id, schema_name, name) DO NOTHING" in sql
+    assert sql.count("%(") == 2
+    bound = sql % {"run_id": 7, "schema": "'acme'"}  # as psycopg2 binds it
+    assert len(sqltree.parse(bound)) == 1  # PostgreSQL's parser reads it as one statement
