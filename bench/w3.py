@@ -65,6 +65,7 @@ revision = {R4_INDEX!r}
 down_revision = {R3_BATCHED!r}
 branch_labels = None
 depends_on = None
+tenantfleet_replay = True
 
 
 def upgrade() -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
-from celery import Task
+from celery import Task, current_task
 from celery.exceptions import Reject, Retry
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -157,7 +157,7 @@ def _backfill(task: runs.TenantTask, from_revision: str | None) -> None:
         try:
             entry = batches.run(
                 target, resources.engine(), resources.steps_engine(task.database), settings,
-                deadline,
+                deadline, _in_flower if settings.task_events else None,
             )  # fmt: skip
         except batches.Handed as handed:
             logger.info("%s", handed)
@@ -181,6 +181,14 @@ def _backfill(task: runs.TenantTask, from_revision: str | None) -> None:
             "%s: backfill %s done: %d rows in %d batches (run %s)",
             task.label, bf.name, entry.rows_done, entry.batches, task.run_id,
         )  # fmt: skip
+
+
+def _in_flower(progress: batches.Progress) -> None:
+    """A backfill's progress as a ``task-progress`` event of the task running it: Flower shows
+    the task in state ``PROGRESS`` with the line as its result, until the task ends."""
+    task = current_task
+    if task is not None and task.request.id is not None:
+        task.send_event("task-progress", result=progress.line())
 
 
 @dataclass

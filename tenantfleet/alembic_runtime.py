@@ -135,6 +135,7 @@ def forget_scripts() -> None:
     replayable_sql.cache_clear()
     _process_tenant_config.cache_clear()
     commits_part_way.cache_clear()
+    replayable_steps.cache_clear()
     _source.cache_clear()
 
 
@@ -536,6 +537,37 @@ def replayable_sql(current: str | None, destination: str) -> str | None:
         return None
     triggers = backfill_triggers_sql(current, destination)
     return f"{rendered};\n{triggers}" if triggers else rendered
+
+
+@cache
+def replayable_steps(current: str | None, destination: str) -> tuple[replay.Segment, ...] | None:
+    """For an upgrade that commits part way (``commits_part_way``): its SQL rendered once, as
+    the transactions and autocommit statements Alembic online runs with a transaction per
+    revision (``replay.segments``), when every revision opted in and renders the same for every
+    tenant; else None (``tenantfleet.stepwise`` runs Alembic online)."""
+    if not tf_config.load_settings().replay_sql or not commits_part_way(current, destination):
+        return None
+    found: list[replay.Segment] = []
+    before = current
+    for revision in _upgrade_revisions(current, destination):
+        span = replay.Span(
+            tenant_script(), _render_config, tenant_context_options(), before, revision.revision
+        )
+        try:
+            found += replay.segments(span.render())
+        except Exception:  # NotReplayable, or anything offline mode cannot do: run online
+            return None
+        before = revision.revision
+    return tuple(found) if found else None
+
+
+def replays(current: str | None, destination: str) -> bool:
+    """Whether workers replay the upgrade from ``current`` to ``destination`` (in one
+    transaction, or step-wise) rather than run Alembic online."""
+    return (
+        replayable_sql(current, destination) is not None
+        or replayable_steps(current, destination) is not None
+    )
 
 
 class NotRendered(Exception):

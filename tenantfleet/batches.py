@@ -4,11 +4,12 @@ Each batch is one short transaction in the tenant's schema: ``lock_timeout`` bou
 waits for a row the app holds (then it is tried again, half the size), and the next batch's size
 follows from how long the last ones took, towards the backfill's ``batch_seconds``. Before each
 batch the tenant's database is asked how it is (``health``): while lock waits, long
-transactions or connections are over their limits, the backfill is ``paused`` (said in the
-ledger, with why) and goes on by itself once they are back under. Progress is in the ledger
-(``tenantfleet.ledger``): a batch of a control-database tenant commits its progress with it; one
-of another database commits there, then its progress (batches are idempotent). Past its time
-budget a worker hands the rest on (``Handed``): a new message goes on from the ledger.
+transactions, connections or a replica's lag are over their limits, the backfill is ``paused``
+(said in the ledger, with why) and goes on by itself once they are back under. Progress is in
+the ledger (``tenantfleet.ledger``): a batch of a control-database tenant commits its progress
+with it; one of another database commits there, then its progress (batches are idempotent).
+Past its time budget a worker hands the rest on (``Handed``): a new message goes on from the
+ledger.
 """
 
 import time
@@ -30,11 +31,15 @@ HEALTH_SQL = sa.text(
     " count(*),"
     " coalesce(max(extract(epoch FROM now() - xact_start))"
     "   FILTER (WHERE state <> 'idle' AND pid <> pg_backend_pid()), 0),"
-    " current_setting('max_connections')::int"
+    " current_setting('max_connections')::int,"
+    " (SELECT coalesce(max(extract(epoch FROM greatest(write_lag, flush_lag, replay_lag))), 0)"
+    "   FROM pg_stat_replication)"
     " FROM pg_stat_activity WHERE datname = current_database()"
 )
 """A cheap look at the tenant's database: sessions waiting for a lock, connections, the
-longest open transaction (seconds), the connection limit."""
+longest open transaction (seconds), the connection limit, and how far its slowest streaming
+replica is behind (seconds; 0 without replicas, or for a role that may not see it: grant it
+``pg_monitor``)."""
 PAUSE_POLL_S = 0.5
 HEALTH_EVERY_S = 0.5
 """How often a runner asks its database how it is (before a batch, at most this often)."""
@@ -50,6 +55,7 @@ class Health:
     connections: int
     longest_transaction_s: float
     max_connections: int
+    replication_lag_s: float = 0.0
 
     def trouble(self, settings: Settings) -> str | None:
         """Why batches should wait now (None: they may go)."""
@@ -63,7 +69,34 @@ class Health:
                 f"a transaction has been open {self.longest_transaction_s:.0f} s"
                 f" (limit {settings.backfill_max_transaction_s:g} s)"
             )
+        if self.replication_lag_s > settings.backfill_max_replication_lag_s:
+            return (
+                f"a replica is {self.replication_lag_s:.1f} s behind"
+                f" (limit {settings.backfill_max_replication_lag_s:g} s)"
+            )
         return None
+
+
+PROGRESS_EVERY_S = 1.0
+"""How often a runner says how far it is (``progress``), at most."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far one backfill of one tenant is, as a runner sees it between batches."""
+
+    schema: str
+    name: str
+    rows_done: int
+    keys_left: int
+    eta_s: float | None
+
+    def line(self) -> str:
+        eta = f", ETA {self.eta_s:.0f} s" if self.eta_s is not None else ""
+        return (
+            f"{self.schema}: backfill {self.name}: {self.rows_done:,} rows filled,"
+            f" {self.keys_left:,} keys left{eta}"
+        )
 
 
 class Handed(Exception):
@@ -87,11 +120,13 @@ def run(
     tenant: Engine,
     settings: Settings,
     deadline: float,
+    progress: Callable[[Progress], None] | None = None,
 ) -> ledger.Entry | None:
     """Fill the backfill's rows, batch after batch, until done (the final entry), or raise
     ``Handed`` at ``deadline`` (``time.monotonic()``); any other error marks it ``failed``
     (with the error) and is raised. None when another worker runs it right now: one runner at a
-    time holds its lock (``locks.backfilling``) in the control database."""
+    time holds its lock (``locks.backfilling``) in the control database. ``progress`` hears how
+    far it is every ``PROGRESS_EVERY_S`` while it runs (the ledger has it after every batch)."""
     label = databases.label(target.database, target.schema)
     with db.connect(control) as connection:  # filled in the DDL transaction (a small table)
         entry = ledger.done(connection, target.run_id, target.schema, target.backfill.name)
@@ -100,7 +135,7 @@ def run(
     with db.connect(control) as holder:
         if not locks.hold(holder, locks.backfilling(label, target.backfill.name)):
             return None
-        return _run(target, control, tenant, settings, deadline)
+        return _run(target, control, tenant, settings, deadline, progress)
 
 
 def _run(
@@ -109,6 +144,7 @@ def _run(
     tenant: Engine,
     settings: Settings,
     deadline: float,
+    progress: Callable[[Progress], None] | None,
 ) -> ledger.Entry:
     bf = target.backfill
     same = target.database is None
@@ -130,6 +166,7 @@ def _run(
     lost = 0
     width = entry.batch_keys or bf.first_batch
     next_key = entry.next_key
+    began, first_key, rows, said = time.monotonic(), next_key, entry.rows_done, time.monotonic()
     try:
         while next_key is not None and entry.key_high is not None and next_key <= entry.key_high:
             if time.monotonic() - checked >= HEALTH_EVERY_S:
@@ -161,6 +198,10 @@ def _run(
                 continue
             next_key += width
             width = following
+            rows += done
+            if progress is not None and time.monotonic() - said >= PROGRESS_EVERY_S:
+                said = time.monotonic()
+                progress(_progress(target, rows, next_key, first_key, entry.key_high, began))
     except Handed:
         raise
     except Exception as exc:
@@ -181,6 +222,16 @@ def _read_range(
     _confine(connection, schema, bf)
     low, high = connection.execute(sa.text(bf.range_sql())).one()
     return ledger.set_range(connection, entry, low, high, bf.first_batch)
+
+
+def _progress(
+    target: Target, rows: int, next_key: int, first_key: int | None, high: int, began: float
+) -> Progress:
+    """How far it is, and when it should end at the speed of this runner so far."""
+    left = max(high + 1 - next_key, 0)
+    keys_per_s = (next_key - (first_key or next_key)) / max(time.monotonic() - began, 1e-3)
+    eta = left / keys_per_s if keys_per_s > 0 else None
+    return Progress(target.schema, target.backfill.name, rows, left, eta)
 
 
 def _next_width(width: int, took: float, wanted: float) -> int:

@@ -70,6 +70,8 @@ class Settings:
     """A backfill pauses while more sessions than this wait for a lock in its database."""
     backfill_max_transaction_s: float = 300.0
     """A backfill pauses while a transaction has been open longer than this in its database."""
+    backfill_max_replication_lag_s: float = 10.0
+    """A backfill pauses while a streaming replica of its database is further behind than this."""
     tenant_alembic: Path | None = None
     tenants: str = "registry"
     tenants_query: str | None = None
@@ -238,6 +240,7 @@ KEYS = (
     Key("stall_resume", _seconds(0.0)),
     Key("backfill_max_lock_waits", _whole),
     Key("backfill_max_transaction_s", _seconds(1.0)),
+    Key("backfill_max_replication_lag_s", _seconds(0.1)),
     Key("tenant_alembic", _existing_file),
     Key("tenants", _one_of(*TENANT_SOURCES)),
     Key("tenants_query", _text),

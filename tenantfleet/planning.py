@@ -267,16 +267,14 @@ def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
 
 def replay_paths(chosen: Plan) -> dict[str, list[str]]:
     """Which pending revisions the workers replay (SQL rendered once per process) and which
-    they run online, as ``alembic upgrade`` does (``alembic_runtime.replayable_sql``; rendered
-    here as the workers will): ``{"replayed": [...], "online": [...]}``. A revision pending from
+    they run online, as ``alembic upgrade`` does (``alembic_runtime.replays``; rendered here as
+    the workers will): ``{"replayed": [...], "online": [...]}``. A revision pending from
     several revisions is listed under each path its spans take."""
     script = alembic_runtime.tenant_script()
     paths: dict[str, set[str]] = {"replayed": set(), "online": set()}
     for start in sorted({rev or "" for _, rev in chosen.behind}):
         frm = start or None
-        path = (
-            "online" if alembic_runtime.replayable_sql(frm, chosen.target) is None else "replayed"
-        )
+        path = "replayed" if alembic_runtime.replays(frm, chosen.target) else "online"
         for rev in lint.pending_revisions(script, [frm], chosen.target):
             paths[path].add(rev.revision)
     return {path: sorted(found) for path, found in paths.items()}

@@ -30,6 +30,7 @@ from unittest import mock
 from alembic.config import Config
 from alembic.operations import Operations
 from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.base import PGCompiler
@@ -41,6 +42,21 @@ OPT_IN = "tenantfleet_replay"
 PROBES = ("tenantfleet_probe_a", "tenantfleet_probe_b")
 RENDER_DIALECT = "postgresql+tenantfleet_render"
 """A URL dialect name: SQLAlchemy loads it from the registry entry below."""
+
+
+_BLOCK = "-- tenantfleet: autocommit statement"
+_BLOCK_END = "-- tenantfleet: end of autocommit statement"
+"""Written around each statement of an ``autocommit_block()`` while rendering (comments no
+rendered statement holds): what splits a revision into its transactions and statements."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Part of a step-wise span as Alembic runs it online: ``sql`` in one transaction, or one
+    statement in autocommit (inside ``autocommit_block()``)."""
+
+    sql: str
+    autocommit: bool
 
 
 class NotReplayable(Exception):
@@ -97,6 +113,48 @@ def _offline_guards() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _marked_autocommit_blocks() -> Iterator[None]:
+    """While rendering, every statement of an autocommit block is preceded by ``_BLOCK`` (offline
+    mode renders none of the block's transaction boundaries)."""
+
+    @contextmanager
+    def marked(context: MigrationContext) -> Iterator[None]:
+        impl = context.impl
+        plain = impl.static_output
+
+        def each(text: str) -> None:
+            plain(_BLOCK)
+            plain(text)
+            plain(_BLOCK_END)
+
+        impl.static_output = each  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            impl.static_output = plain  # type: ignore[method-assign]
+
+    with mock.patch.object(MigrationContext, "autocommit_block", marked):
+        yield
+
+
+def segments(rendered: str) -> list[Segment]:
+    """A revision's rendered SQL (``Span.render`` with its blocks marked) as Alembic runs it
+    online with a transaction per revision: the statements before the first block in one
+    transaction, each statement of a block in autocommit, what follows (the version row) in
+    one more transaction."""
+    found: list[Segment] = []
+    before, *blocks = rendered.split(_BLOCK)
+    if before.strip():
+        found.append(Segment(before.strip(), autocommit=False))
+    for block in blocks:
+        statement, _, after = block.partition(_BLOCK_END)
+        found.append(Segment(statement.strip(), autocommit=True))
+        if after.strip():
+            found.append(Segment(after.strip(), autocommit=False))
+    return found
+
+
 @dataclass(frozen=True)
 class Span:
     """An upgrade from ``current`` to ``destination`` in a tenant environment."""
@@ -131,6 +189,7 @@ class Span:
 
         with (
             _offline_guards(),
+            _marked_autocommit_blocks(),
             EnvironmentContext(
                 cfg,
                 self.script,

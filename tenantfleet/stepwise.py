@@ -3,7 +3,9 @@
 ``CREATE INDEX CONCURRENTLY`` (and a few other statements) refuse to run inside a transaction,
 so a span holding such a revision cannot be the tenant's one transaction. It runs here instead,
 the way Alembic runs it: one transaction per revision, the block in autocommit between them,
-on a connection of its own that holds the schema's lock (a session lock) throughout.
+on a connection of its own that holds the schema's lock (a session lock) throughout. When every
+revision of the span opted in to replay (``tenantfleet.replay``), its SQL is rendered once per
+process and sent in those same transactions and statements; else Alembic runs it online.
 
 The guarantee is weaker, and honest about it: each revision before the block commits; the
 block commits statement by statement; what follows it commits with the version row. When the
@@ -14,13 +16,15 @@ runs the rest. A block that succeeded before a later statement of the same revis
 has committed: write such blocks so that they can run twice (``IF NOT EXISTS``).
 """
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from tenantfleet import alembic_runtime, locks, replay
 from tenantfleet.config import Settings
@@ -91,7 +95,11 @@ def _steps(
     invalid_before = _invalid_indexes(connection, schema)
     outcome = Outcome(from_revision, from_revision)
     try:
-        _migrate(connection, schema, target)
+        rendered = alembic_runtime.replayable_steps(from_revision, target)
+        if rendered is None:
+            _migrate(connection, schema, target)
+        else:
+            _replay(connection, rendered)
         triggers = alembic_runtime.backfill_triggers_sql(from_revision, target)
         if triggers:  # before the backfill reads its key range: every later write is covered
             fills = alembic_runtime.fills_at_once(from_revision, target) if run_id else []
@@ -124,6 +132,26 @@ def _migrate(connection: Connection, schema: str, target: str) -> None:
         with env.begin_transaction():
             env.run_migrations()
     connection.commit()
+
+
+def _replay(connection: Connection, segments: Sequence[replay.Segment]) -> None:
+    """The span's SQL rendered once (``alembic_runtime.replayable_steps``), run as Alembic
+    online runs it: each transaction in one round trip (``BEGIN`` ... ``COMMIT``), each
+    statement of an autocommit block alone. On an error the open transaction is rolled back
+    and the error raised: what committed before it stays, as online."""
+    connection.commit()
+    autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        for segment in segments:
+            sql = segment.sql if segment.autocommit else f"BEGIN;\n{segment.sql};\nCOMMIT"
+            autocommit.exec_driver_sql(replay.driver_sql(sql), ())
+    except Exception:
+        with suppress(DBAPIError):  # a lost connection has nothing to roll back
+            autocommit.exec_driver_sql("ROLLBACK")
+        raise
+    finally:
+        connection.commit()  # ends SQLAlchemy's autobegun Transaction (nothing is open)
+        connection.execution_options(isolation_level=connection.default_isolation_level)
 
 
 def _current(connection: Connection) -> str | None:

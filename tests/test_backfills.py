@@ -7,6 +7,7 @@ made unhealthy pauses the batches, a failed batch is resumed by ``retry``.
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -338,6 +339,16 @@ def test_a_worker_killed_mid_backfill_loses_at_most_its_batch_and_resume_goes_on
             return found[0] if found and found[0].batches >= 3 else None
 
         helpers.wait_for(under_way, "the backfill to be a few batches in", timeout=120)
+
+        def in_flower() -> str | None:  # the task that runs it says how far it is
+            tasks = stack.flower("/api/tasks?taskname=tenantfleet.migrate_tenant&state=PROGRESS")
+            said = [str(t.get("result")) for t in tasks.values()]
+            return next((line for line in said if "backfill orders_amount_cents" in line), None)
+
+        line = helpers.wait_for(in_flower, "Flower to show the backfill's progress", timeout=60)
+        assert re.search(
+            r"bk00001: backfill orders_amount_cents: [\d,]+ rows filled, [\d,]+ keys", line
+        )
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
         (before,) = entries(stack, run_id)

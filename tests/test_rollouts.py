@@ -359,6 +359,93 @@ def test_a_concurrent_index_revision_runs_outside_one_transaction_with_honest_re
         assert {v for s, v in stack.revisions(schemas).items() if s != "ci00042"} == {R3}
 
 
+CONCURRENT_INDEX_REPLAYED = """
+import os
+
+tenantfleet_replay = True
+
+
+def upgrade() -> None:
+    calls = os.environ.get("TF_TEST_UPGRADE_CALLS")
+    if calls:  # how often Alembic ran this function: per tenant online, per render replayed
+        with open(calls, "a") as seen:
+            seen.write("called\\n")
+    op.alter_column("users", "handle", existing_type=sa.Text(), comment="unique soon")
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ux_users_handle", "users", ["handle"], unique=True, postgresql_concurrently=True,
+            if_not_exists=True,
+        )
+    op.alter_column("users", "handle", existing_type=sa.Text(), comment="unique")
+
+
+def downgrade() -> None:
+    with op.get_context().autocommit_block():
+        op.drop_index("ux_users_handle", "users", postgresql_concurrently=True)
+"""
+
+
+def test_a_concurrent_index_revision_that_opts_in_is_replayed_in_alembics_own_transactions(
+    pg_admin_url: str, template_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same revision written with Alembic's operations and ``tenantfleet_replay = True``:
+    rendered once per worker process, not run per tenant, with the same transactions (the
+    comment before the block commits, the index builds in autocommit, the version row commits
+    with what follows); a tenant whose build fails is left as Alembic would leave it, its
+    invalid index dropped, and a retry finishes it."""
+    calls = tmp_path / "upgrade-calls"
+    ini = helpers.tenant_env(tmp_path, [("c0001", HANDLE), ("c0002", CONCURRENT_INDEX_REPLAYED)])
+    monkeypatch.setenv("TENANTFLEET_TENANT_ALEMBIC", str(ini))
+    with running_fleet(
+        pg_admin_url,
+        template_url,
+        tmp_path / "fleet",
+        TENANTFLEET_TENANT_ALEMBIC=str(ini),
+        TF_TEST_UPGRADE_CALLS=str(calls),
+    ) as stack:
+        schemas = stack.provision("cr", 30, R3)
+        first = stack.cli("migrate", "--revision", "c0001", "--wait")  # raw SQL: online
+        assert first.code == 0, first.err
+        with stack.engine.begin() as connection:
+            connection.execute(sa.text("UPDATE cr00017.users SET handle = 'same'"))
+        result = stack.cli("migrate", "--wait", "--json")
+        assert result.code == 1, result.err
+        report = _json(result)
+        assert report["counts"] == {**report["counts"], "succeeded": 29, "failed": 1}
+        (broken,) = [t for t in report["tenants"] if t["status"] == "failed"]
+        assert broken["schema"] == "cr00017" and broken["reached_revision"] == "c0001"
+        assert "UniqueViolation" in broken["error"] or "duplicate" in broken["error"]
+        assert len(calls.read_text().splitlines()) < 29  # rendered per process, not per tenant
+        found = stack.revisions(schemas)
+        assert found["cr00017"] == "c0001"
+        assert {v for s, v in found.items() if s != "cr00017"} == {"c0002"}
+        comments = sa.text(
+            "SELECT n.nspname, col_description(c.oid, a.attnum) FROM pg_attribute AS a"
+            " JOIN pg_class AS c ON c.oid = a.attrelid JOIN pg_namespace AS n"
+            " ON n.oid = c.relnamespace WHERE c.relname = 'users' AND a.attname = 'handle'"
+            " AND n.nspname LIKE 'cr%'"
+        )
+        with stack.engine.connect() as connection:
+            assert connection.execute(INVALID_INDEXES).scalar() == 0
+            said = dict(connection.execute(comments).all())
+        # the broken tenant's first transaction committed (as online), its last did not
+        assert said.pop("cr00017") == "unique soon" and set(said.values()) == {"unique"}
+
+        with stack.engine.begin() as connection:
+            connection.execute(sa.text("UPDATE cr00017.users SET handle = 'u' || id"))
+        retried = stack.cli("retry", str(report["run_id"]), "--wait")
+        assert retried.code == 0, retried.err
+        assert set(stack.revisions(schemas).values()) == {"c0002"}
+        with stack.engine.connect() as connection:
+            valid = connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_indexes WHERE indexname = 'ux_users_handle'"
+                    " AND schemaname LIKE 'cr%'"
+                )
+            ).scalar()
+        assert valid == 30
+
+
 def _held(stack: Stack, prefix: str, count: int) -> tuple[list[str], int]:
     """``_holding``, then its producer killed."""
     schemas, producer, run_id = _holding(stack, prefix, count)

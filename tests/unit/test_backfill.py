@@ -87,6 +87,8 @@ def test_a_database_over_its_limits_is_said_why() -> None:
     assert "3 sessions wait for locks" in (batches.Health(3, 10, 1.0, 100).trouble(settings) or "")
     assert "95 of 100 connections" in (batches.Health(0, 95, 1.0, 100).trouble(settings) or "")
     assert "open 61 s" in (batches.Health(0, 10, 61.0, 100).trouble(settings) or "")
+    lagging = batches.Health(0, 10, 1.0, 100, replication_lag_s=12.5).trouble(settings)
+    assert lagging == "a replica is 12.5 s behind (limit 10 s)"
 
 
 def test_a_small_table_is_filled_and_recorded_done_in_one_statement_of_the_ddl_transaction() -> (
