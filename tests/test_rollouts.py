@@ -427,7 +427,7 @@ def test_a_concurrent_index_revision_that_opts_in_is_replayed_in_alembics_own_tr
         )
         with stack.engine.connect() as connection:
             assert connection.execute(INVALID_INDEXES).scalar() == 0
-            said = dict(connection.execute(comments).all())
+            said: dict[str, str] = {n: c for n, c in connection.execute(comments).all()}
         # the broken tenant's first transaction committed (as online), its last did not
         assert said.pop("cr00017") == "unique soon" and set(said.values()) == {"unique"}
 
