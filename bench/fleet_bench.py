@@ -309,17 +309,25 @@ def summary(samples: list[float], tenants: int) -> dict[str, Any]:
     }
 
 
+def cpu_per_1k(found: list[dict[str, float]], tenants: int) -> dict[str, float]:
+    """The median CPU-seconds of each process group per 1,000 tenants, over runs."""
+    keys = found[0].keys() if found else []
+    return {
+        key: round(statistics.median(run[key] for run in found) * 1000 / tenants, 2) for key in keys
+    }
+
+
 def per_run_medians(found: list[dict[str, Any]], tenants: int) -> dict[str, Any]:
-    """Over the fleet's runs: the median time to the first tenant, and the median CPU-seconds
-    of each process group per 1,000 tenants."""
-    keys = found[0]["cpu_seconds"].keys() if found else []
+    """Over the fleet's runs: the median time to the first tenant, the median CPU-seconds of
+    each process group per 1,000 tenants, and per tenant in ms the tool's (``groups.TOOL``:
+    what worker hosts pay) and PostgreSQL's."""
+    per_1k = cpu_per_1k([run["cpu_seconds"] for run in found], tenants)
     return {
         "first_tenant_s": statistics.median(run["first_tenant_s"] for run in found),
-        "cpu_seconds_per_1k": {
-            key: round(
-                statistics.median(run["cpu_seconds"][key] for run in found) * 1000 / tenants, 2
-            )
-            for key in keys
+        "cpu_seconds_per_1k": per_1k,
+        "cpu_ms_per_tenant": {
+            "tool": round(sum(per_1k.get(key, 0.0) for key in groups.TOOL), 2),
+            "postgres": per_1k.get("postgres"),
         },
     }
 
@@ -513,10 +521,11 @@ class Bench:
 
     @contextmanager
     def cpu(self) -> Iterator[dict[str, float]]:
-        """CPU-seconds spent while the block runs, per process group (``groups.Groups``)."""
-        assert self._worker is not None
+        """CPU-seconds spent while the block runs, per process group (``groups.Groups``; the
+        worker's groups are 0 when none runs, as for the floor)."""
         found: dict[str, float] = {}
-        watched = groups.Groups(self._worker.pid, self.postgres_pid, self.redis_pid)
+        worker = self._worker.pid if self._worker is not None else None
+        watched = groups.Groups(worker, self.postgres_pid, self.redis_pid)
         before = watched.snapshot()
         yield found
         found.update(watched.since(before, watched.snapshot()))
@@ -597,8 +606,9 @@ class Bench:
         elif name == "sequential":
             seconds = sequential(self.url, schemas)
         else:
-            with self.server_time(len(schemas)) as self.last_statements:
+            with self.server_time(len(schemas)) as self.last_statements, self.cpu() as cpu:
                 seconds = floor(self.url, schemas, self.workers)
+            self.last_floor_cpu = cpu
         assert versions(self.url, schemas) == {R2}, f"{name} left tenants behind"
         return seconds
 
@@ -608,6 +618,7 @@ class Bench:
         samples: dict[str, list[float]] = {name: [] for name in contenders}
         split_spans: list[dict[str, dict[str, float]]] = []
         fleet_runs: list[dict[str, Any]] = []
+        floor_cpu: list[dict[str, float]] = []
         seen: dict[str, list[dict[str, Any]]] = {}
         for attempt in range(repeat):
             for name in rotated(contenders, attempt):
@@ -622,6 +633,9 @@ class Bench:
                 if name == "split":
                     split_spans.append({**self.last_spans, "cpu_seconds": self.last_split_cpu})
                     self.say(f"    per database: {self.last_spans}, cpu {self.last_split_cpu}")
+                if name == "floor":
+                    floor_cpu.append(self.last_floor_cpu)
+                    self.say(f"    cpu {self.last_floor_cpu}")
                 if name == "fleet":
                     fleet_runs.append(dict(self.last_footprint))
                     self.say(
@@ -645,10 +659,20 @@ class Bench:
             result.setdefault("ratios", {})["split_over_fleet"] = round(
                 result["split"]["seconds"] / result["fleet"]["seconds"], 2
             )
+        if floor_cpu:
+            result["floor"]["cpu_seconds_per_1k"] = cpu_per_1k(floor_cpu, len(schemas))
         if "fleet" in result and "floor" in result:
-            result.setdefault("ratios", {})["fleet_over_floor"] = round(
+            ratios = result.setdefault("ratios", {})
+            ratios["fleet_over_floor"] = round(
                 result["fleet"]["seconds"] / result["floor"]["seconds"], 2
             )
+            postgres = [c["postgres"] for c in floor_cpu if c.get("postgres")]
+            if postgres and "postgres" in result["fleet"]["cpu_seconds_per_1k"]:
+                ratios["postgres_cpu_over_floor"] = round(
+                    statistics.median(r["cpu_seconds"]["postgres"] for r in fleet_runs)
+                    / statistics.median(postgres),
+                    2,
+                )
         if "fleet" in result and "sequential" in result:
             result.setdefault("ratios", {})["sequential_over_fleet"] = round(
                 result["sequential"]["seconds"] / result["fleet"]["seconds"], 2
@@ -711,6 +735,9 @@ class Bench:
         self.stop_workers()
         result: dict[str, Any] = {name: summary(s, tenants) for name, s in samples.items()}
         result["makespan_over_lb"] = round(statistics.median(ratios["fleet"]), 3)
+        result["gap_ms_median"] = statistics.median(
+            d["gap_ms_median"] for d in details if d.get("contender") == "fleet"
+        )
         result["unordered_makespan_over_lb"] = round(statistics.median(ratios["unordered"]), 3)
         result["fleet_over_floor"] = round(
             result["fleet"]["seconds"] / result["floor"]["seconds"], 3

@@ -73,10 +73,15 @@ def redis_pid(client: Any) -> int | None:
     return pid
 
 
-class Groups:
-    """Snapshots of each group's CPU-seconds; ``since(before)`` is what a block cost."""
+TOOL = ("producer", "worker_main", "pool", "redis")
+"""The groups a deployment pays on its worker hosts (PostgreSQL's share is the app's server)."""
 
-    def __init__(self, worker: int, postgres: int | None, redis: int | None) -> None:
+
+class Groups:
+    """Snapshots of each group's CPU-seconds; ``since(before)`` is what a block cost. Without a
+    worker (the floor), "producer" is the bench's own children, which run the DDL."""
+
+    def __init__(self, worker: int | None, postgres: int | None, redis: int | None) -> None:
         self.worker = worker
         self.postgres = postgres
         self.redis = redis
@@ -86,8 +91,8 @@ class Groups:
         found = {
             "machine": machine_busy(),
             "producer": children.ru_utime + children.ru_stime,
-            "worker_main": _own(psutil.Process(self.worker)),
-            "pool": _tree(psutil.Process(self.worker)),
+            "worker_main": 0.0 if self.worker is None else _own(psutil.Process(self.worker)),
+            "pool": 0.0 if self.worker is None else _tree(psutil.Process(self.worker)),
         }
         if self.postgres is not None:
             server = psutil.Process(self.postgres)

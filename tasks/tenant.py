@@ -134,12 +134,37 @@ def backfill_tenant(
 
 
 def _backfill_after(task: runs.TenantTask, outcome: str, from_revision: str | None) -> None:
-    """The tenant's backfills, once its upgrade committed: after this attempt's success, or
-    after a duplicate delivery (the worker that committed it died before, or during, them)."""
+    """The tenant's backfills, once its upgrade committed (after this attempt's success, or
+    after a duplicate delivery: the worker that committed it died before it got here): unless
+    the DDL transaction filled them all (small tables), a ``backfill_tenant`` message, queued
+    behind the run's tenants. A concurrent index build waits for every older transaction of
+    its database, a batch in flight included: the run's DDL goes first, the batches after."""
     if task.planned is not None and outcome in ("succeeded", "duplicate"):
-        _backfill(task, task.planned_revision)
+        start = task.planned_revision
     elif outcome == "succeeded":  # a message that did not say: where this attempt began
-        _backfill(task, from_revision)
+        start = from_revision
+    else:
+        return
+    declared = [bf.name for _, bf in alembic_runtime.span_backfills(start, task.target)]
+    if not declared:
+        return
+    if task.database is None:  # entered with the DDL: done when it was filled there
+        with db.connect(resources.engine()) as connection:
+            done = ledger.done_names(connection, task.schema, None, declared)
+        if done >= set(declared):
+            return
+    _queue_backfill(task, start)
+
+
+def _queue_backfill(task: runs.TenantTask, from_revision: str | None) -> None:
+    """A ``backfill_tenant`` message for the tenant: its backfills go on from the ledger."""
+    backfill_tenant.apply_async(
+        (task.run_id, task.label, runs.planned_in_message(from_revision), task.target),
+        {"run_uid": task.run_uid},
+        queue=resources.queues().tenants,
+        time_limit=None,
+        soft_time_limit=None,
+    )
 
 
 def _backfill(task: runs.TenantTask, from_revision: str | None) -> None:
@@ -148,8 +173,6 @@ def _backfill(task: runs.TenantTask, from_revision: str | None) -> None:
     a backfill that fails is recorded failed in the ledger (``retry`` goes on with it), and the
     tenant, whose upgrade committed, stays succeeded."""
     declared = alembic_runtime.span_backfills(from_revision, task.target)
-    if not declared:
-        return
     settings = resources.settings()
     deadline = time.monotonic() + settings.task_time_limit * DRAIN_SHARE
     for revision, bf in declared:
@@ -161,13 +184,7 @@ def _backfill(task: runs.TenantTask, from_revision: str | None) -> None:
             )  # fmt: skip
         except batches.Handed as handed:
             logger.info("%s", handed)
-            backfill_tenant.apply_async(
-                (task.run_id, task.label, runs.planned_in_message(from_revision), task.target),
-                {"run_uid": task.run_uid},
-                queue=resources.queues().tenants,
-                time_limit=None,
-                soft_time_limit=None,
-            )
+            _queue_backfill(task, from_revision)
             return
         except Exception as exc:
             logger.warning(

@@ -245,14 +245,12 @@ def backfill_triggers_sql(current: str | None, target: str) -> str:
     return ";\n".join(b.trigger_sql() for _, b in span_backfills(current, target))
 
 
-def fills_at_once(current: str | None, target: str) -> list[str]:
-    """The span's backfills to fill in its DDL transaction where the table is small, recorded
-    done there (``ledger.done_at_once_sql``; binds ``run_id`` and ``schema``): for a tenant of
-    the control database, whose ledger is beside it."""
+def backfill_entries_sql(current: str | None, target: str) -> list[str]:
+    """For the DDL transaction of a tenant of the control database: each of the span's
+    backfills entered in the ledger (``ledger.entry_with_ddl_sql``: a small table filled and
+    its entry done, a big one's entry pending; binds ``run_id`` and ``schema``)."""
     return [
-        ledger.done_at_once_sql(revision, bf)
-        for revision, bf in span_backfills(current, target)
-        if bf.at_once_rows > 0
+        ledger.entry_with_ddl_sql(revision, bf) for revision, bf in span_backfills(current, target)
     ]
 
 

@@ -200,8 +200,8 @@ def at_once(
         "from_revision": revision,
         "elapsed_ms": 0,
     }
-    fills = alembic_runtime.fills_at_once(revision, task.target)
-    statements = [_AT_PLANNED, replay.driver_sql(sql), *fills, _MARK_AND_COMMIT]
+    entries = alembic_runtime.backfill_entries_sql(revision, task.target)
+    statements = [_AT_PLANNED, replay.driver_sql(sql), *entries, _MARK_AND_COMMIT]
     try:
         result = connection.exec_driver_sql(";\n".join(statements), params)
     except DBAPIError as exc:
@@ -253,7 +253,7 @@ def apply(connection: Connection, found: Started, task: runs.TenantTask, since: 
         "elapsed_ms": ms_since(since),
     }
     statements = [replay.driver_sql(sql)] if sql else []
-    statements += alembic_runtime.fills_at_once(found.from_revision, task.target)
+    statements += alembic_runtime.backfill_entries_sql(found.from_revision, task.target)
     return _then_mark(connection, ";\n".join([*statements, _MARK_AND_COMMIT]), params)
 
 

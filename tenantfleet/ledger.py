@@ -90,20 +90,23 @@ def start(
     return get(connection, run_id, schema, name)
 
 
-def done_at_once_sql(revision: str, bf: Backfill) -> str:
-    """For the DDL transaction of a tenant of the control database: fill ``bf`` when its table
-    is small (``Backfill.at_once_sql``) and record it done, in one statement, as a psycopg2
-    query string (it joins the attempt's): binds ``%(run_id)s`` and ``%(schema)s``, every other
-    ``%`` doubled. A table too big inserts nothing here: its batches make its entry after the
-    DDL commits."""
+def entry_with_ddl_sql(revision: str, bf: Backfill) -> str:
+    """For the DDL transaction of a tenant of the control database: the backfill's entry, made
+    with the DDL. When the table is small (``Backfill.at_once_sql``) it is filled right there
+    and the entry is ``done``; else the entry is ``pending`` (its batches come after, in a
+    message of their own). One statement, as a psycopg2 query string (it joins the attempt's):
+    binds ``%(run_id)s`` and ``%(schema)s``, every other ``%`` doubled."""
     quoted = revision.replace("'", "''")
     constant = (
         f"WITH {bf.at_once_sql()}"
         " INSERT INTO public.migration_backfills (run_id, schema_name, name, revision, status,"
-        "  rows_done, batches, attempts, started_at, updated_at, finished_at)"
-        f" SELECT RUN_ID, SCHEMA, '{bf.name}', '{quoted}', '{BackfillState.DONE}',"
-        "  (SELECT count(*) FROM filled), 1, 1, now(), now(), now()"
-        " FROM small WHERE yes"
+        "  rows_done, batches, attempts, started_at, finished_at)"
+        f" SELECT RUN_ID, SCHEMA, '{bf.name}', '{quoted}',"
+        f"  CASE WHEN yes THEN '{BackfillState.DONE}' ELSE '{BackfillState.PENDING}' END,"
+        "  CASE WHEN yes THEN (SELECT count(*) FROM filled) ELSE 0 END,"
+        "  CASE WHEN yes THEN 1 ELSE 0 END, CASE WHEN yes THEN 1 ELSE 0 END,"
+        "  CASE WHEN yes THEN now() END, CASE WHEN yes THEN now() END"
+        " FROM small"
         " ON CONFLICT (run_id, schema_name, name) DO NOTHING"
     )
     escaped = constant.replace("%", "%%")

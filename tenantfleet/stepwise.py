@@ -68,8 +68,8 @@ def run(
     """Bring ``schema`` to ``target`` one revision at a time, holding its lock for the session,
     if it is at one of ``starts``; the ``Outcome`` (its ``error`` set when a revision failed:
     the tenant stays at ``reached``; ``moved`` when it was elsewhere: nothing ran). With
-    ``run_id`` (the ledger is in this database), the span's backfills of small tables are
-    filled and recorded done with the triggers (``alembic_runtime.fills_at_once``)."""
+    ``run_id`` (the ledger is in this database), the span's backfills are entered in the ledger
+    with the triggers, small tables filled there (``alembic_runtime.backfill_entries_sql``)."""
     params = alembic_runtime.confine_params(schema, settings)
     with engine.connect() as connection:
         connection.execute(_SESSION_CONFINE, params)
@@ -102,9 +102,9 @@ def _steps(
             _replay(connection, rendered)
         triggers = alembic_runtime.backfill_triggers_sql(from_revision, target)
         if triggers:  # before the backfill reads its key range: every later write is covered
-            fills = alembic_runtime.fills_at_once(from_revision, target) if run_id else []
+            entries = alembic_runtime.backfill_entries_sql(from_revision, target) if run_id else []
             binds = {"run_id": run_id, "schema": schema}
-            connection.exec_driver_sql(";\n".join([replay.driver_sql(triggers), *fills]), binds)
+            connection.exec_driver_sql(";\n".join([replay.driver_sql(triggers), *entries]), binds)
     except Exception as exc:
         connection.rollback()
         outcome.error = exc

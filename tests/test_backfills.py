@@ -341,7 +341,7 @@ def test_a_worker_killed_mid_backfill_loses_at_most_its_batch_and_resume_goes_on
         helpers.wait_for(under_way, "the backfill to be a few batches in", timeout=120)
 
         def in_flower() -> str | None:  # the task that runs it says how far it is
-            tasks = stack.flower("/api/tasks?taskname=tenantfleet.migrate_tenant&state=PROGRESS")
+            tasks = stack.flower("/api/tasks?taskname=tenantfleet.backfill_tenant&state=PROGRESS")
             said = [str(t.get("result")) for t in tasks.values()]
             return next((line for line in said if "backfill orders_amount_cents" in line), None)
 

@@ -91,9 +91,7 @@ def test_a_database_over_its_limits_is_said_why() -> None:
     assert lagging == "a replica is 12.5 s behind (limit 10 s)"
 
 
-def test_a_small_table_is_filled_and_recorded_done_in_one_statement_of_the_ddl_transaction() -> (
-    None
-):
+def test_the_ddl_transaction_fills_a_small_table_and_enters_a_big_one_pending() -> None:
     modulo = Backfill("pct", table="orders", set={"cents": "amount % 7"}, at_once_rows=500)
     assert modulo.at_once_sql() == (
         "small AS (SELECT count(*) <= 500 AS yes"
@@ -101,11 +99,12 @@ def test_a_small_table_is_filled_and_recorded_done_in_one_statement_of_the_ddl_t
         " filled AS (UPDATE orders SET cents = amount % 7"
         " WHERE (SELECT yes FROM small) AND (cents IS DISTINCT FROM (amount % 7)) RETURNING 1)"
     )
-    sql = ledger.done_at_once_sql("r'3", modulo)
+    sql = ledger.entry_with_ddl_sql("r'3", modulo)
     assert sql.startswith("WITH small AS")
     assert "SET cents = amount %% 7" in sql  # psycopg2's form: it joins the attempt's string
-    assert "SELECT %(run_id)s, %(schema)s, 'pct', 'r''3', 'done'" in sql
-    assert "FROM small WHERE yes ON CONFLICT (run_id, schema_name, name) DO NOTHING" in sql
+    assert "SELECT %(run_id)s, %(schema)s, 'pct', 'r''3'," in sql
+    assert "CASE WHEN yes THEN 'done' ELSE 'pending' END" in sql  # a big table: batches later
+    assert "FROM small ON CONFLICT (run_id, schema_name, name) DO NOTHING" in sql
     assert sql.count("%(") == 2
     bound = sql % {"run_id": 7, "schema": "'acme'"}  # as psycopg2 binds it
     assert len(sqltree.parse(bound)) == 1  # PostgreSQL's parser reads it as one statement
