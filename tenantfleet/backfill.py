@@ -24,14 +24,17 @@ What happens on each tenant (``tenantfleet.batches`` runs it):
    OR UPDATE``) that computes ``set`` for every row the app writes from then on: rows written by
    old app code during and after the backfill end correct. A later revision drops it
    (``drop_trigger_sql``) once no old code writes.
-2. A small table (at most ``at_once_rows`` rows, 1,000 by default) is filled in that same DDL
-   transaction, in one statement, and recorded done with it: most tenants of a fleet are small,
-   and their backfill then costs what an ``UPDATE`` in the revision would.
-3. Otherwise the rows already there are filled in batches of the key, each its own short
-   transaction, sized by time (``batch_seconds``, 0.2 s by default) and bounded by
-   ``lock_timeout`` (a batch that waits longer is retried smaller). A batch is idempotent: it
-   sets ``set`` where the row differs, so a batch done twice (a worker killed after its commit)
-   changes nothing the second time.
+2. It is entered in the ledger in that transaction: a small table (at most ``at_once_rows``
+   rows, 1,000 by default) is filled right there, in one statement, and its entry is done;
+   most tenants of a fleet are small, and their backfill then costs what an ``UPDATE`` in the
+   revision would. A bigger table's entry is pending.
+3. A pending backfill goes in a message queued behind the run's tenants (a concurrent index
+   build waits for every older transaction of its database, a batch in flight included), and
+   the rows already there are filled in batches of the key, each its own short transaction,
+   sized by time (``batch_seconds``, 0.2 s by default) and bounded by ``lock_timeout`` (a
+   batch that waits longer is retried smaller). A batch is idempotent: it sets ``set`` where
+   the row differs, so a batch done twice (a worker killed after its commit) changes nothing
+   the second time.
 4. Progress is kept per tenant and backfill in ``public.migration_backfills`` (the ledger):
    ``status`` shows it, ``retry`` resumes a failed backfill from where it stopped.
 
@@ -95,8 +98,8 @@ class Backfill:
     at_once_rows: int = 1000
     """A table of at most this many rows is filled in the revision's DDL transaction, in one
     statement, and recorded done there (its DDL holds the table's lock anyway: a small table
-    adds milliseconds); 0: always in batches. Only where the ledger is in the tenant's database
-    (the control database); elsewhere it goes in batches as any other."""
+    adds milliseconds); 0: in batches unless empty. Only where the ledger is in the tenant's
+    database (the control database); elsewhere it goes in batches as any other."""
     _on_new: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""``public.migration_backfills``: the only module that writes it.
+"""``public.migration_backfills``: the only module that writes it (``entry_with_ddl_sql`` is
+its statement that the attempt sends with a tenant's DDL).
 
 One row per run, tenant and backfill (``tenantfleet.backfill``): its key range, the next key to
 fill, rows and batches done, attempts, the batch size it learnt, its state and why it paused or
