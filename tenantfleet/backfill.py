@@ -31,7 +31,7 @@ What happens on each tenant (``tenantfleet.batches`` runs it):
 3. A pending backfill goes in a message queued behind the run's tenants (a concurrent index
    build waits for every older transaction of its database, a batch in flight included), and
    the rows already there are filled in batches of the key, each its own short transaction,
-   sized by time (``batch_seconds``, 0.2 s by default) and bounded by ``lock_timeout`` (a
+   sized by time (``batch_seconds``, 0.1 s by default) and bounded by ``lock_timeout`` (a
    batch that waits longer is retried smaller). A batch is idempotent: it sets ``set`` where
    the row differs, so a batch done twice (a worker killed after its commit) changes nothing
    the second time.
@@ -89,8 +89,11 @@ class Backfill:
     table: str
     set: Mapping[str, str]
     key: str = "id"
-    batch_seconds: float = 0.2
-    """The time one batch should take; the next batch's size follows from the last ones."""
+    batch_seconds: float = 0.1
+    """The time one batch should take; the next batch's size follows from the last ones. An
+    app write that touches a row of a batch waits for its commit: this is about the longest
+    such a wait is (W3's target for the app is 250 ms at most, on a machine whose stalls make
+    a batch overrun)."""
     lock_timeout_ms: int = 200
     """How long a batch may wait for a row lock the app holds before it is retried smaller."""
     first_batch: int = 1000

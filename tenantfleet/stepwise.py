@@ -33,9 +33,14 @@ _SESSION_CONFINE = sa.text(
     "SELECT set_config('search_path', quote_ident(:schema), false),"
     " set_config('lock_timeout', :lock_timeout, false),"
     " set_config('statement_timeout', :statement_timeout, false),"
+    " set_config('synchronous_commit', 'off', false),"
     f" pg_advisory_lock({locks.key_sql(':schema')})"
 )
-"""Confine the session (not a transaction) to the schema and take its lock for the session."""
+"""Confine the session (not a transaction) to the schema and take its lock for the session.
+Its commits (a revision's, each phase of a concurrent index build's) do not wait for the WAL
+to reach the disk: the success mark that follows on the attempt's own connection does, and
+flushes them with it (the WAL is one sequence). A crash before the mark leaves the tenant at a
+revision of its span, not marked, which the next attempt goes on from."""
 _RELEASE = sa.text(f"SELECT pg_advisory_unlock({locks.key_sql(':schema')}); RESET ALL")
 _INVALID_INDEXES = sa.text(
     "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
@@ -71,15 +76,14 @@ def run(
     ``run_id`` (the ledger is in this database), the span's backfills are entered in the ledger
     with the triggers, small tables filled there (``alembic_runtime.backfill_entries_sql``)."""
     params = alembic_runtime.confine_params(schema, settings)
-    with engine.connect() as connection:
+    with engine.connect() as plain:  # in autocommit: one round trip a statement, no BEGIN
+        connection = plain.execution_options(isolation_level="AUTOCOMMIT")
         connection.execute(_SESSION_CONFINE, params)
-        connection.commit()
         try:
             return _steps(connection, schema, target, starts, run_id)
         finally:
-            connection.rollback()
             connection.execute(_RELEASE, params)
-            connection.commit()
+            connection.commit()  # ends SQLAlchemy's own bookkeeping (nothing is open)
 
 
 def _steps(
@@ -89,6 +93,7 @@ def _steps(
     starts: Collection[str | None],
     run_id: int | None,
 ) -> Outcome:
+    """On the session's autocommit ``connection``: each transaction says BEGIN and COMMIT."""
     from_revision = _current(connection)
     if from_revision not in starts:
         return Outcome(from_revision, from_revision, moved=True)
@@ -103,55 +108,52 @@ def _steps(
         triggers = alembic_runtime.backfill_triggers_sql(from_revision, target)
         if triggers:  # before the backfill reads its key range: every later write is covered
             entries = alembic_runtime.backfill_entries_sql(from_revision, target) if run_id else []
+            statements = ";\n".join([replay.driver_sql(triggers), *entries])
             binds = {"run_id": run_id, "schema": schema}
-            connection.exec_driver_sql(";\n".join([replay.driver_sql(triggers), *entries]), binds)
+            connection.exec_driver_sql(f"BEGIN;\n{statements};\nCOMMIT", binds)
     except Exception as exc:
-        connection.rollback()
+        with suppress(DBAPIError):  # a lost connection has nothing to roll back
+            connection.exec_driver_sql("ROLLBACK")
         outcome.error = exc
         outcome.dropped = _drop_new_invalid(connection, schema, invalid_before)
     outcome.reached = _current(connection)
-    connection.commit()
     return outcome
 
 
 def _migrate(connection: Connection, schema: str, target: str) -> None:
-    """Alembic online, a transaction per revision: what ``autocommit_block()`` expects."""
+    """Alembic online, a transaction per revision: what ``autocommit_block()`` expects (the
+    connection in its default isolation while Alembic runs, in autocommit again after)."""
     script = alembic_runtime.tenant_script()
     down = alembic_runtime.goes_down(_current(connection), target)
     connection.commit()
+    connection.execution_options(isolation_level=connection.default_isolation_level)
 
     def steps(rev: Any, _context: object) -> Any:
         if down:
             return script._downgrade_revs(target, rev)
         return script._upgrade_revs(target, rev)
 
-    cfg = alembic_runtime.tenant_config(schema, connection)
-    options = {**alembic_runtime.tenant_context_options(), "transaction_per_migration": True}
-    with EnvironmentContext(cfg, script, fn=steps, destination_rev=target) as env:
-        env.configure(connection=connection, **options)
-        with env.begin_transaction():
-            env.run_migrations()
-    connection.commit()
+    try:
+        cfg = alembic_runtime.tenant_config(schema, connection)
+        options = {**alembic_runtime.tenant_context_options(), "transaction_per_migration": True}
+        with EnvironmentContext(cfg, script, fn=steps, destination_rev=target) as env:
+            env.configure(connection=connection, **options)
+            with env.begin_transaction():
+                env.run_migrations()
+        connection.commit()
+    finally:
+        connection.rollback()
+        connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _replay(connection: Connection, segments: Sequence[replay.Segment]) -> None:
     """The span's SQL rendered once (``alembic_runtime.replayable_steps``), run as Alembic
     online runs it: each transaction in one round trip (``BEGIN`` ... ``COMMIT``), each
-    statement of an autocommit block alone. On an error the open transaction is rolled back
-    and the error raised: what committed before it stays, as online."""
-    connection.commit()
-    autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-    try:
-        for segment in segments:
-            sql = segment.sql if segment.autocommit else f"BEGIN;\n{segment.sql};\nCOMMIT"
-            autocommit.exec_driver_sql(replay.driver_sql(sql), ())
-    except Exception:
-        with suppress(DBAPIError):  # a lost connection has nothing to roll back
-            autocommit.exec_driver_sql("ROLLBACK")
-        raise
-    finally:
-        connection.commit()  # ends SQLAlchemy's autobegun Transaction (nothing is open)
-        connection.execution_options(isolation_level=connection.default_isolation_level)
+    statement of an autocommit block alone. An error is raised with its transaction left
+    open (``_steps`` rolls it back): what committed before it stays, as online."""
+    for segment in segments:
+        sql = segment.sql if segment.autocommit else f"BEGIN;\n{segment.sql};\nCOMMIT"
+        connection.exec_driver_sql(replay.driver_sql(sql), ())
 
 
 def _current(connection: Connection) -> str | None:
@@ -160,9 +162,7 @@ def _current(connection: Connection) -> str | None:
 
 
 def _invalid_indexes(connection: Connection, schema: str) -> set[str]:
-    found = set(connection.execute(_INVALID_INDEXES, {"schema": schema}).scalars())
-    connection.commit()
-    return found
+    return set(connection.execute(_INVALID_INDEXES, {"schema": schema}).scalars())
 
 
 def _drop_new_invalid(connection: Connection, schema: str, before: set[str]) -> list[str]:
@@ -170,9 +170,8 @@ def _drop_new_invalid(connection: Connection, schema: str, before: set[str]) -> 
     failed leaves one behind: it costs writes and blocks the retry's build)."""
     new = sorted(_invalid_indexes(connection, schema) - before)
     quote = connection.dialect.identifier_preparer.quote
-    autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-    for name in new:
-        autocommit.exec_driver_sql(
+    for name in new:  # the session is in autocommit, as DROP INDEX CONCURRENTLY must be
+        connection.exec_driver_sql(
             f"DROP INDEX CONCURRENTLY IF EXISTS {quote(schema)}.{quote(name)}"
         )
     return new
