@@ -37,6 +37,8 @@ from sqlalchemy.dialects.postgresql.base import PGCompiler
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 from sqlalchemy.sql.elements import BindParameter
 
+from tenantfleet import sqltree
+
 OPT_IN = "tenantfleet_replay"
 """The module attribute a revision sets to ``True`` to let its upgrade be replayed."""
 PROBES = ("tenantfleet_probe_a", "tenantfleet_probe_b")
@@ -57,6 +59,9 @@ class Segment:
 
     sql: str
     autocommit: bool
+    small_table: tuple[str, str] | None = None
+    """For a ``CREATE INDEX CONCURRENTLY``: the statement to build it in a transaction instead,
+    and its table (``sqltree.built_in_a_transaction``), for when that table is small."""
 
 
 class NotReplayable(Exception):
@@ -149,7 +154,8 @@ def segments(rendered: str) -> list[Segment]:
         found.append(Segment(before.strip(), autocommit=False))
     for block in blocks:
         statement, _, after = block.partition(_BLOCK_END)
-        found.append(Segment(statement.strip(), autocommit=True))
+        text = statement.strip()
+        found.append(Segment(text, True, sqltree.built_in_a_transaction(text)))
         if after.strip():
             found.append(Segment(after.strip(), autocommit=False))
     return found

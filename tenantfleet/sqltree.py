@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pglast
+import pglast.ast
 import pglast.parser
+from pglast.stream import RawStream
 
 ParseError = pglast.parser.ParseError
 
@@ -67,3 +69,20 @@ def writes(tree: dict[str, Any]) -> bool:
         node.get("@") in WRITES or (node.get("@") == "SelectStmt" and node.get("intoClause"))
         for node in walk(tree)
     )
+
+
+def built_in_a_transaction(statement: str) -> tuple[str, str] | None:
+    """For one ``CREATE INDEX CONCURRENTLY`` statement on a table named without its schema: the
+    same statement without ``CONCURRENTLY`` (the same index, built under a lock that holds
+    writes off while it builds) and the table's name; None for anything else."""
+    try:
+        parsed = pglast.parse_sql(statement)
+    except ParseError:
+        return None
+    if len(parsed) != 1 or not isinstance(parsed[0].stmt, pglast.ast.IndexStmt):
+        return None
+    index = parsed[0].stmt
+    if not index.concurrent or index.relation is None or index.relation.schemaname:
+        return None
+    index.concurrent = False
+    return str(RawStream()(index)), str(index.relation.relname)

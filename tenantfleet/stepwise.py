@@ -5,7 +5,9 @@ so a span holding such a revision cannot be the tenant's one transaction. It run
 the way Alembic runs it: one transaction per revision, the block in autocommit between them,
 on a connection of its own that holds the schema's lock (a session lock) throughout. When every
 revision of the span opted in to replay (``tenantfleet.replay``), its SQL is rendered once per
-process and sent in those same transactions and statements; else Alembic runs it online.
+process and sent in those same transactions and statements (or, when its blocks only build
+indexes concurrently on tables of at most ``small_index_rows`` rows, as one transaction with
+the indexes built in it: all or nothing again); else Alembic runs it online.
 
 The guarantee is weaker, and honest about it: each revision before the block commits; the
 block commits statement by statement; what follows it commits with the version row. When the
@@ -26,7 +28,7 @@ from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from tenantfleet import alembic_runtime, locks, replay
+from tenantfleet import alembic_runtime, db, locks, replay
 from tenantfleet.config import Settings
 
 _SESSION_CONFINE = sa.text(
@@ -41,6 +43,7 @@ Its commits (a revision's, each phase of a concurrent index build's) do not wait
 to reach the disk: the success mark that follows on the attempt's own connection does, and
 flushes them with it (the WAL is one sequence). A crash before the mark leaves the tenant at a
 revision of its span, not marked, which the next attempt goes on from."""
+UNDEFINED_TABLE = "42P01"
 _RELEASE = sa.text(f"SELECT pg_advisory_unlock({locks.key_sql(':schema')}); RESET ALL")
 _INVALID_INDEXES = sa.text(
     "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
@@ -80,7 +83,7 @@ def run(
         connection = plain.execution_options(isolation_level="AUTOCOMMIT")
         connection.execute(_SESSION_CONFINE, params)
         try:
-            return _steps(connection, schema, target, starts, run_id)
+            return _steps(connection, schema, target, starts, run_id, settings.small_index_rows)
         finally:
             connection.execute(_RELEASE, params)
             connection.commit()  # ends SQLAlchemy's own bookkeeping (nothing is open)
@@ -92,6 +95,7 @@ def _steps(
     target: str,
     starts: Collection[str | None],
     run_id: int | None,
+    small_index_rows: int,
 ) -> Outcome:
     """On the session's autocommit ``connection``: each transaction says BEGIN and COMMIT."""
     from_revision = _current(connection)
@@ -100,17 +104,21 @@ def _steps(
     invalid_before = _invalid_indexes(connection, schema)
     outcome = Outcome(from_revision, from_revision)
     try:
+        closing = _closing(from_revision, target, run_id)
+        binds = {"run_id": run_id, "schema": schema}
         rendered = alembic_runtime.replayable_steps(from_revision, target)
-        if rendered is None:
-            _migrate(connection, schema, target)
+        if rendered is not None and _small(connection, rendered, small_index_rows):
+            whole = [s.small_table[0] if s.small_table else s.sql for s in rendered]
+            sql = ";\n".join([*(replay.driver_sql(w) for w in whole), *closing])
+            connection.exec_driver_sql(f"BEGIN;\n{sql};\nCOMMIT", binds)  # all or nothing
         else:
-            _replay(connection, rendered)
-        triggers = alembic_runtime.backfill_triggers_sql(from_revision, target)
-        if triggers:  # before the backfill reads its key range: every later write is covered
-            entries = alembic_runtime.backfill_entries_sql(from_revision, target) if run_id else []
-            statements = ";\n".join([replay.driver_sql(triggers), *entries])
-            binds = {"run_id": run_id, "schema": schema}
-            connection.exec_driver_sql(f"BEGIN;\n{statements};\nCOMMIT", binds)
+            if rendered is None:
+                _migrate(connection, schema, target)
+            else:
+                _replay(connection, rendered)
+            if closing:
+                sql = ";\n".join(closing)
+                connection.exec_driver_sql(f"BEGIN;\n{sql};\nCOMMIT", binds)
     except Exception as exc:
         with suppress(DBAPIError):  # a lost connection has nothing to roll back
             connection.exec_driver_sql("ROLLBACK")
@@ -118,6 +126,39 @@ def _steps(
         outcome.dropped = _drop_new_invalid(connection, schema, invalid_before)
     outcome.reached = _current(connection)
     return outcome
+
+
+def _closing(from_revision: str | None, target: str, run_id: int | None) -> list[str]:
+    """What ends the span, in a transaction of its own (or the span's one): its backfills'
+    triggers, before a backfill reads its key range, so every later write is covered, and,
+    with ``run_id`` (the ledger is in this database), their ledger entries, small tables filled
+    there (``alembic_runtime.backfill_entries_sql``). Binds ``run_id`` and ``schema``."""
+    triggers = alembic_runtime.backfill_triggers_sql(from_revision, target)
+    if not triggers:
+        return []
+    entries = alembic_runtime.backfill_entries_sql(from_revision, target) if run_id else []
+    return [replay.driver_sql(triggers), *entries]
+
+
+def _small(connection: Connection, segments: Sequence[replay.Segment], rows: int) -> bool:
+    """Whether the span can be one transaction: every statement of its autocommit blocks is a
+    concurrent index build (``Segment.small_table``) on a table of at most ``rows`` rows (a
+    table the span creates is not there yet: no)."""
+    blocks = [s.small_table for s in segments if s.autocommit]
+    if rows <= 0 or not blocks or None in blocks:
+        return False
+    quote = connection.dialect.identifier_preparer.quote
+    tables = sorted({block[1] for block in blocks if block is not None})
+    checks = " AND ".join(
+        f"(SELECT count(*) FROM (SELECT FROM {quote(t)} LIMIT {rows + 1}) AS r) <= {rows}"
+        for t in tables
+    )
+    try:
+        return bool(connection.exec_driver_sql(f"SELECT {checks}").scalar())
+    except DBAPIError as exc:
+        if db.sqlstate(exc) == UNDEFINED_TABLE:
+            return False
+        raise
 
 
 def _migrate(connection: Connection, schema: str, target: str) -> None:

@@ -47,6 +47,8 @@ def test_a_revision_is_cut_into_its_transaction_its_block_statements_and_what_fo
         "-- Running upgrade 20250415_000000 -> c0001\n\nALTER TABLE users ADD COLUMN handle TEXT;"
     )
     assert found[1].sql == "CREATE INDEX CONCURRENTLY ix_a ON users (handle);"
+    assert found[1].small_table == ("CREATE INDEX ix_a ON users (handle)", "users")
+    assert found[0].small_table is None and found[3].small_table is None
     assert (
         found[2].sql == "CREATE INDEX CONCURRENTLY ix_b ON users (handle) WHERE handle <> ';\n\n';"
     )
