@@ -136,6 +136,7 @@ def forget_scripts() -> None:
     _process_tenant_config.cache_clear()
     commits_part_way.cache_clear()
     replayable_steps.cache_clear()
+    small_span_sql.cache_clear()
     _source.cache_clear()
 
 
@@ -557,6 +558,26 @@ def replayable_steps(current: str | None, destination: str) -> tuple[replay.Segm
             return None
         before = revision.revision
     return tuple(found) if found else None
+
+
+@cache
+def small_span_sql(current: str | None, destination: str) -> str | None:
+    """For a replayed span that commits part way only to build indexes concurrently: the span
+    as one transaction's SQL, each index built in it, behind a guard that raises SQLSTATE
+    TF409 (``public.tenantfleet_expect``, the control database's) unless every table it
+    indexes has at most ``small_index_rows`` rows; with its backfills' triggers. None when it
+    does not apply. The attempt sends it in its one round trip; where the guard raises, the
+    attempt goes the long way (``tenantfleet.stepwise``)."""
+    found = replayable_steps(current, destination)
+    if found is None:
+        return None
+    check = replay.small_check_sql(found, tf_config.load_settings().small_index_rows)
+    if check is None:
+        return None
+    guard = f"SELECT public.tenantfleet_expect({check}, 'a table it indexes is not small')"
+    statements = [guard, *replay.in_one_transaction(found)]
+    triggers = backfill_triggers_sql(current, destination)
+    return ";\n".join([*statements, triggers] if triggers else statements)
 
 
 def replays(current: str | None, destination: str) -> bool:

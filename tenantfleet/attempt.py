@@ -177,6 +177,8 @@ def _planned(task: runs.TenantTask) -> tuple[str, str] | None:
     if not revision or alembic_runtime.span_requires(revision, task.target):
         return None  # the long way: it checks the backfills the span needs, under the lock
     sql = alembic_runtime.replayable_sql(revision, task.target)
+    if sql is None:  # a span that commits part way: in one transaction where its tables are small
+        sql = alembic_runtime.small_span_sql(revision, task.target)
     return (revision, sql) if sql else None
 
 

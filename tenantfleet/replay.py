@@ -21,7 +21,7 @@ for psycopg2 by ``driver_sql``: a ``%`` in a literal reaches every tenant as one
 """
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +86,7 @@ class RenderDialect(PGDialect_psycopg2):
 
 
 registry.register(RENDER_DIALECT.replace("+", "."), __name__, "RenderDialect")
+_QUOTE = PGDialect_psycopg2().identifier_preparer
 
 
 def driver_sql(sql: str) -> str:
@@ -141,6 +142,26 @@ def _marked_autocommit_blocks() -> Iterator[None]:
 
     with mock.patch.object(MigrationContext, "autocommit_block", marked):
         yield
+
+
+def small_check_sql(found: Sequence[Segment], rows: int) -> str | None:
+    """A boolean SQL expression: every table the span's autocommit blocks index has at most
+    ``rows`` rows (counted without reading more); None when a block is anything but a
+    concurrent index build (``Segment.small_table``), there is no block, or ``rows`` is 0."""
+    blocks = [s.small_table for s in found if s.autocommit]
+    if rows <= 0 or not blocks or None in blocks:
+        return None
+    quote = _QUOTE.quote
+    tables = sorted({block[1] for block in blocks if block is not None})
+    return " AND ".join(
+        f"(SELECT count(*) FROM (SELECT FROM {quote(t)} LIMIT {rows + 1}) AS r) <= {rows}"
+        for t in tables
+    )
+
+
+def in_one_transaction(found: Sequence[Segment]) -> list[str]:
+    """The span's statements with each concurrent index build built in the transaction."""
+    return [s.small_table[0] if s.small_table else s.sql for s in found]
 
 
 def segments(rendered: str) -> list[Segment]:

@@ -108,7 +108,7 @@ def _steps(
         binds = {"run_id": run_id, "schema": schema}
         rendered = alembic_runtime.replayable_steps(from_revision, target)
         if rendered is not None and _small(connection, rendered, small_index_rows):
-            whole = [s.small_table[0] if s.small_table else s.sql for s in rendered]
+            whole = replay.in_one_transaction(rendered)
             sql = ";\n".join([*(replay.driver_sql(w) for w in whole), *closing])
             connection.exec_driver_sql(f"BEGIN;\n{sql};\nCOMMIT", binds)  # all or nothing
         else:
@@ -142,19 +142,13 @@ def _closing(from_revision: str | None, target: str, run_id: int | None) -> list
 
 def _small(connection: Connection, segments: Sequence[replay.Segment], rows: int) -> bool:
     """Whether the span can be one transaction: every statement of its autocommit blocks is a
-    concurrent index build (``Segment.small_table``) on a table of at most ``rows`` rows (a
+    concurrent index build on a table of at most ``rows`` rows (``replay.small_check_sql``; a
     table the span creates is not there yet: no)."""
-    blocks = [s.small_table for s in segments if s.autocommit]
-    if rows <= 0 or not blocks or None in blocks:
+    check = replay.small_check_sql(segments, rows)
+    if check is None:
         return False
-    quote = connection.dialect.identifier_preparer.quote
-    tables = sorted({block[1] for block in blocks if block is not None})
-    checks = " AND ".join(
-        f"(SELECT count(*) FROM (SELECT FROM {quote(t)} LIMIT {rows + 1}) AS r) <= {rows}"
-        for t in tables
-    )
     try:
-        return bool(connection.exec_driver_sql(f"SELECT {checks}").scalar())
+        return bool(connection.exec_driver_sql(f"SELECT {check}").scalar())
     except DBAPIError as exc:
         if db.sqlstate(exc) == UNDEFINED_TABLE:
             return False

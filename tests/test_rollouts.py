@@ -421,7 +421,9 @@ def test_a_concurrent_index_revision_that_opts_in_is_replayed_in_alembics_own_tr
         report = _json(result)
         assert report["counts"] == {**report["counts"], "succeeded": 29, "failed": 1}
         (broken,) = [t for t in report["tenants"] if t["status"] == "failed"]
-        assert broken["schema"] == "cr00017" and broken["reached_revision"] == "c0001"
+        assert broken["schema"] == "cr00017"
+        # step-wise: it reached the revision before (where it began); one transaction: untouched
+        assert broken["reached_revision"] == ("c0001" if small_index_rows == "0" else None)
         assert "UniqueViolation" in broken["error"] or "duplicate" in broken["error"]
         assert len(calls.read_text().splitlines()) < 29  # rendered per process, not per tenant
         found = stack.revisions(schemas)

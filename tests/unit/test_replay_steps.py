@@ -4,6 +4,7 @@ server: Alembic's offline mode)."""
 import io
 from pathlib import Path
 
+import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
@@ -63,3 +64,24 @@ def test_a_revision_without_a_block_is_one_transaction() -> None:
     assert replay.segments("ALTER TABLE a ADD b int;\n\nUPDATE v SET x = 1;\n\n") == [
         replay.Segment("ALTER TABLE a ADD b int;\n\nUPDATE v SET x = 1;", autocommit=False)
     ]
+
+
+def test_a_span_that_only_builds_indexes_concurrently_is_one_guarded_transaction_where_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = helpers.tenant_env(tmp_path, [("c0001", TWO_BLOCKS)])
+    monkeypatch.setenv("TENANTFLEET_TENANT_ALEMBIC", str(ini))
+    monkeypatch.setenv("TENANTFLEET_SMALL_INDEX_ROWS", "500")
+    alembic_runtime.forget_scripts()
+    try:
+        sql = alembic_runtime.small_span_sql(helpers.SEED_HEAD, "c0001")
+    finally:
+        alembic_runtime.forget_scripts()
+    assert sql is not None
+    guard, *rest = sql.split(";\n")
+    assert guard == (
+        "SELECT public.tenantfleet_expect((SELECT count(*) FROM (SELECT FROM users LIMIT 501)"
+        " AS r) <= 500, 'a table it indexes is not small')"
+    )
+    assert "CREATE INDEX ix_a ON users (handle)" in rest and "CONCURRENTLY" not in sql
+    assert sql.rstrip(";").endswith("WHERE alembic_version.version_num = '20250415_000000'")
