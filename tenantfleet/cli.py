@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TextIO
 from sqlalchemy.exc import DBAPIError
 
 from tenantfleet import (
+    __version__,
     commands,
     config,
     db,
@@ -477,12 +478,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(
             {
+                "version": __version__,
                 "config_file": where,
                 "settings": [{"key": k, "value": v, "source": src} for k, v, src in rows],
             }
         )
     else:
-        print(f"config file: {where or '(none found)'}\n")
+        print(f"tenantfleet {__version__}\nconfig file: {where or '(none found)'}\n")
         print(output.table(["key", "value", "from"], [list(row) for row in rows]))
     return EXIT_OK
 
@@ -562,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 tenants failed or skipped, 2 usage/config/connection error,"
         " 3 --timeout reached or the run is still open, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"tenantfleet {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument(
         "--config",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tenantfleet import runs, states
+from tenantfleet import __version__, runs, states
 
 COLOURS = {
     "succeeded": "#2e7d32",
@@ -387,7 +387,8 @@ def page(data: RunData, generated: datetime) -> str:
             ),
         ]
     sections.append(
-        f"<p class=foot>tenantfleet report, {generated.isoformat(timespec='seconds')}</p>"
+        f"<p class=foot>tenantfleet {__version__} report,"
+        f" {generated.isoformat(timespec='seconds')}</p>"
     )
     return HTML.format(title=f"tenantfleet run {report['run_id']}", body="\n".join(sections))
 

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from tenantfleet import alembic_runtime, config, databases, db, logs, metrics
+from tenantfleet import __version__, alembic_runtime, config, databases, db, logs, metrics
 from tenantfleet import queues as fleet_queues
 from tenantfleet.errors import ConnectionFailed
 
@@ -130,6 +130,7 @@ def _prepare_worker(**_: object) -> None:
 
 @worker_ready.connect
 def _serve_metrics(**_: object) -> None:
+    logging.getLogger(__name__).info("tenantfleet %s worker ready", __version__)
     metrics.serve_worker(settings())
 
 

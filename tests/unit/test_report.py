@@ -4,6 +4,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import tenantfleet
 from tenantfleet import report, runs
 
 T0 = datetime(2026, 12, 6, 21, 0, tzinfo=UTC)
@@ -62,6 +63,7 @@ def test_the_page_says_how_long_how_fast_who_was_slowest_and_who_was_retried() -
     assert "retrying, retrying, retrying, succeeded" in page
     slowest = page.index("<h3>Slowest tenants</h3>")
     assert page.index("<td>locked</td>", slowest) < page.index("<td>slow</td>", slowest)
+    assert f"tenantfleet {tenantfleet.__version__} report," in page  # the footer
 
 
 def test_every_timeline_bar_is_named_in_its_tooltip() -> None:

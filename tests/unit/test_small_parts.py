@@ -103,3 +103,18 @@ def test_a_failed_connect_names_where_and_why_never_who_or_a_credential() -> Non
     assert "s3cret" not in said and "u@" not in said and "postgresql://" not in said
     kind, recorded = db.describe_error(caught.value)  # what a run row keeps
     assert kind == "ConnectionFailed" and "shop" not in recorded and "s3cret" not in recorded
+
+
+def test_the_version_has_one_source_and_the_cli_prints_it(
+    repo_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tenantfleet import __version__, cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.build_parser().parse_args(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out == f"tenantfleet {__version__}\n"
+    pyproject = (repo_root / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and "tenantfleet.__version__" in pyproject
+    changelog = (repo_root / "CHANGELOG.md").read_text()
+    assert f"## [{__version__}]" in changelog and "## [Unreleased]" in changelog

@@ -3,9 +3,10 @@
 Every attempt sends its bookkeeping (the running mark, the pending check, the success mark,
 whether tenants wait for a slot) as text: PostgreSQL parsed and planned those statements anew
 for each tenant, and on W1 that cost it more than a third of what the tenant's DDL did
-(pg_stat_statements, docs/performance-history.md). PL/pgSQL keeps a function's plans for the session,
-and the pinned ``search_path`` keeps them valid while an attempt confines its transaction to a
-tenant's schema. The statements are the ones ``tenantfleet.runs`` sent before, unchanged.
+(pg_stat_statements, docs/performance-history.md). PL/pgSQL keeps a function's plans for the
+session, and the pinned ``search_path`` keeps them valid while an attempt confines its
+transaction to a tenant's schema. The statements are the ones ``tenantfleet.runs`` sent
+before, unchanged.
 
 Revision ID: 20251205_000000
 Revises: 20251204_000000
