@@ -25,6 +25,7 @@ from tenantfleet import (
     config,
     db,
     demo,
+    dispatch,
     embedded,
     follow,
     logs,
@@ -388,6 +389,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_queues(args: argparse.Namespace) -> int:
+    found = dispatch.queues_of(MigrationManager())
+    if args.json:
+        _print_json({"tenants": found.tenants, "control": found.control})
+    else:
+        print(f"tenants: {found.tenants}\ncontrol: {found.control}")
+    return EXIT_OK
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     read = commands.metrics_reader(MigrationManager())
     if not args.serve:
@@ -738,6 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd.add_argument("run_id", type=int, nargs="?", help="default: the latest run")
     report_cmd.add_argument(
         "--html", metavar="FILE", help="where to write it (default: tenantfleet-run-N.html)"
+    )
+    _command(
+        commands,
+        "queues",
+        cmd_queues,
+        "the broker queues of the control database (a queue-length autoscaler's list name)",
     )
     metrics_cmd = _command(
         commands,

@@ -227,3 +227,13 @@ def test_status_without_runs_and_unknown_run_are_clear_errors(database_url: str)
     assert settings.stale_run_after == 600.0
     with db.begin(db.make_engine(database_url)) as connection:
         assert runs.open_runs(connection) == []
+
+
+def test_queues_names_what_the_workers_consume(stack: Stack) -> None:
+    """What a queue-length autoscaler (deploy/kubernetes/keda-scaledobject.yaml) needs."""
+    found = stack.cli("queues", "--json")
+    assert found.code == 0, found.err
+    assert json.loads(found.out) == {
+        "tenants": stack.queues.tenants,
+        "control": stack.queues.control,
+    }
