@@ -145,26 +145,25 @@ class Backfill:
             f" FOR EACH ROW EXECUTE FUNCTION {self.trigger}()"
         )
 
-    def batch_sql(self) -> str:
-        """One batch: the rows of keys ``:low`` <= key < ``:high`` whose values differ."""
+    def _fill(self, where: str) -> str:
+        """``set`` on the rows that match ``where`` and whose values differ (so that a fill
+        done twice changes nothing the second time)."""
         sets = ", ".join(f"{c} = {e}" for c, e in self.set.items())
         differs = " OR ".join(f"{c} IS DISTINCT FROM ({e})" for c, e in self.set.items())
-        return (
-            f"UPDATE {self.table} SET {sets}"
-            f" WHERE {self.key} >= :low AND {self.key} < :high AND ({differs})"
-        )
+        return f"UPDATE {self.table} SET {sets} WHERE {where} AND ({differs})"
+
+    def batch_sql(self) -> str:
+        """One batch: the rows of keys ``:low`` <= key < ``:high`` whose values differ."""
+        return self._fill(f"{self.key} >= :low AND {self.key} < :high")
 
     def at_once_sql(self) -> str:
         """Two common table expressions for the DDL transaction: ``small`` (one row, ``yes``:
         the table has at most ``at_once_rows`` rows, counted without reading more) and
         ``filled`` (every row that differs, set, when it is small: one ``RETURNING 1`` each)."""
-        sets = ", ".join(f"{c} = {e}" for c, e in self.set.items())
-        differs = " OR ".join(f"{c} IS DISTINCT FROM ({e})" for c, e in self.set.items())
         return (
             f"small AS (SELECT count(*) <= {self.at_once_rows} AS yes"
             f" FROM (SELECT FROM {self.table} LIMIT {self.at_once_rows + 1}) AS first_rows),"
-            f" filled AS (UPDATE {self.table} SET {sets}"
-            f" WHERE (SELECT yes FROM small) AND ({differs}) RETURNING 1)"
+            f" filled AS ({self._fill('(SELECT yes FROM small)')} RETURNING 1)"
         )
 
     def range_sql(self) -> str:
