@@ -84,6 +84,24 @@ def fresh_cluster(settings: Sequence[str] = ()) -> Iterator[str]:
 
 
 @contextmanager
+def kept_cluster(home: Path) -> Iterator[str]:
+    """The cluster in ``home/data`` (made with initdb's defaults if absent), started on a free
+    port; its admin URL; stopped afterwards, its data kept (bench/scale.py's fleet)."""
+    binaries = bin_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+    if not (home / "data").exists():
+        _run(binaries, "initdb", "-D", str(home / "data"), "-A", "trust", "-U", "postgres")
+    port = free_port()
+    _start(binaries, home, port)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        _run(binaries, "pg_ctl", "-D", str(home / "data"), "-m", "fast", "-w", "stop")
+
+
+@contextmanager
 def primary_and_standby() -> Iterator[tuple[str, str]]:
     """A new cluster and a streaming standby of it (``pg_basebackup -R``): their admin URLs."""
     binaries = bin_dir()
