@@ -1,7 +1,6 @@
 """The ``tenantfleet`` command line: parses arguments, calls the modules that do the work, prints.
 
-Exit codes (README, "Exit codes"): 0 done, 1 tenants failed or were skipped, 2 usage,
-configuration or connection error, 3 ``--timeout`` reached while the run goes on.
+Exit codes: ``errors.EXIT_CODES``.
 """
 
 import argparse
@@ -35,6 +34,7 @@ from tenantfleet import (
     scaffold,
 )
 from tenantfleet.errors import (
+    EXIT_CODES,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -571,8 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tenantfleet",
         description="Migration workers for schema-per-tenant PostgreSQL.",
-        epilog="Exit codes: 0 ok, 1 tenants failed or skipped, 2 usage/config/connection error,"
-        " 3 --timeout reached or the run is still open, 130 interrupted.",
+        epilog="Exit codes: " + ", ".join(f"{code} {short}" for code, short, _ in EXIT_CODES) + ".",
     )
     parser.add_argument("--version", action="version", version=f"tenantfleet {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -588,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     public_cmds = public.add_subparsers(dest="action", required=True, parser_class=_Parser)
     _command(public_cmds, "init", cmd_public_init, "create the registry and run tables")
     upgrade = _command(public_cmds, "upgrade", cmd_public_upgrade, "upgrade the public schema")
-    upgrade.add_argument("--revision", default="head")
+    upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
     _command(public_cmds, "status", cmd_public_status, "current, head and pending revisions")
 
     tenant = commands.add_parser("tenant", help="one tenant schema")
@@ -599,10 +598,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_tenant_create,
         "create a schema, register it and migrate it, as one unit",
     )
-    create.add_argument("schema")
+    create.add_argument("schema", help="the new schema's name (1-63 of a-z, 0-9, _)")
     create.add_argument("--name", help="tenant_name (default: the schema name)")
-    create.add_argument("--revision", default="head")
-    create.add_argument("--api-key", dest="api_key")
+    create.add_argument(
+        "--revision", default="head", help="migrate it to this revision (default: head)"
+    )
+    create.add_argument("--api-key", dest="api_key", help="the registry's api_key column")
     create.add_argument(
         "--database",
         metavar="KEY",
@@ -610,26 +611,28 @@ def build_parser() -> argparse.ArgumentParser:
         " one)",
     )
     for name in PROFILE_FIELDS:
-        create.add_argument(f"--{name.replace('_', '-')}", dest=name)
+        create.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, help=f"the registry's {name} column"
+        )
     t_upgrade = _command(
         tenant_cmds, "upgrade", cmd_tenant_upgrade, "upgrade one tenant", json_flag=False
     )
-    t_upgrade.add_argument("schema")
-    t_upgrade.add_argument("--revision", default="head")
+    t_upgrade.add_argument("schema", help="the tenant's schema name")
+    t_upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
     t_down = _command(
         tenant_cmds, "downgrade", cmd_tenant_downgrade, "downgrade one tenant", json_flag=False
     )
-    t_down.add_argument("schema")
-    t_down.add_argument("--revision", required=True)
+    t_down.add_argument("schema", help="the tenant's schema name")
+    t_down.add_argument("--revision", required=True, help="the revision to go down to, or base")
     t_status = _command(tenant_cmds, "status", cmd_tenant_status, "one tenant's revisions")
-    t_status.add_argument("schema")
+    t_status.add_argument("schema", help="the tenant's schema name")
     t_off = _command(
         tenant_cmds, "deactivate", cmd_tenant_deactivate, "take a tenant out of fleet runs"
     )
-    t_off.add_argument("schema")
+    t_off.add_argument("schema", help="the tenant's schema name")
     t_off.add_argument("--reason", help="why (shown by `tenants list` and `fleet`)")
     t_on = _command(tenant_cmds, "activate", cmd_tenant_activate, "put a tenant back in")
-    t_on.add_argument("schema")
+    t_on.add_argument("schema", help="the tenant's schema name")
 
     tenants = commands.add_parser("tenants", help="the registry")
     tenants_cmds = tenants.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -686,19 +689,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     retry = _command(commands, "retry", cmd_retry, "migrate again what a run did not finish")
-    retry.add_argument("run_id", type=int)
+    retry.add_argument("run_id", type=int, help="the run whose unfinished tenants to migrate")
     retry.add_argument("--tenant", action="append", metavar="S", help="only this schema")
     resume = _command(
         commands, "resume", cmd_resume, "enqueue again the lost tenants of an unfinished run"
     )
-    resume.add_argument("run_id", type=int)
+    resume.add_argument("run_id", type=int, help="the unfinished run")
     back = _command(
         commands,
         "rollback",
         cmd_rollback,
         "a new run that brings every tenant a run upgraded back to where it came from",
     )
-    back.add_argument("run_id", type=int)
+    back.add_argument("run_id", type=int, help="the run to undo")
     back.add_argument(
         "--dry-run", action="store_true", help="show what it would undo; change nothing"
     )
@@ -709,21 +712,23 @@ def build_parser() -> argparse.ArgumentParser:
     for follower in (retry, resume, back):
         follower.add_argument("--wait", action="store_true", help="follow the run to its end")
         follower.add_argument("--timeout", type=SECONDS, metavar="SECONDS", help="exit 3 after")
-    retry.add_argument("--wait-for-active", action="store_true")
+    retry.add_argument(
+        "--wait-for-active", action="store_true", help="wait for an active run instead of refusing"
+    )
     cancel = _command(
         commands,
         "cancel",
         cmd_cancel,
         "stop a run: tenants not started are recorded cancelled, those in flight finish",
     )
-    cancel.add_argument("run_id", type=int)
+    cancel.add_argument("run_id", type=int, help="the open run to stop")
     go_on = _command(
         commands,
         "continue",
         cmd_continue,
         "let a run held between waves (--wave-hold) start its next wave",
     )
-    go_on.add_argument("run_id", type=int)
+    go_on.add_argument("run_id", type=int, help="the held run")
     go_on.add_argument(
         "--timeout",
         type=SECONDS,
@@ -737,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tenant", metavar="S", help="also list every attempt at this tenant in the run"
     )
     runs_cmd = _command(commands, "runs", cmd_runs, "recent runs")
-    runs_cmd.add_argument("--limit", type=COUNT, default=20)
+    runs_cmd.add_argument("--limit", type=COUNT, default=20, help="how many runs (default: 20)")
     _command(commands, "fleet", cmd_fleet, "tenants per revision, behind head, drift")
     report_cmd = _command(
         commands,
@@ -763,8 +768,12 @@ def build_parser() -> argparse.ArgumentParser:
         json_flag=False,
     )
     metrics_cmd.add_argument("--serve", action="store_true", help="serve them until Ctrl-C")
-    metrics_cmd.add_argument("--address", default="127.0.0.1")
-    metrics_cmd.add_argument("--port", type=PORT, default=9810)
+    metrics_cmd.add_argument(
+        "--address", default="127.0.0.1", help="--serve on this address (default: 127.0.0.1)"
+    )
+    metrics_cmd.add_argument(
+        "--port", type=PORT, default=9810, help="--serve on this port (default: 9810)"
+    )
 
     worker = _command(
         commands,
@@ -773,8 +782,14 @@ def build_parser() -> argparse.ArgumentParser:
         "run a Celery worker (celery -A tenantfleet.workers worker)",
         json_flag=False,
     )
-    worker.add_argument("--concurrency", "-c", type=COUNT, default=os.cpu_count() or 2)
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--concurrency",
+        "-c",
+        type=COUNT,
+        default=os.cpu_count() or 2,
+        help="pool processes: tenants migrated at once (default: the machine's CPUs)",
+    )
+    worker.add_argument("--loglevel", default="INFO", help="Celery's log level (default: INFO)")
     worker.add_argument(
         "--hostname",
         "-n",
@@ -789,15 +804,19 @@ def build_parser() -> argparse.ArgumentParser:
         "run Flower (celery -A tenantfleet.workers flower)",
         json_flag=False,
     )
-    flower.add_argument("--address", default="127.0.0.1")
-    flower.add_argument("--port", type=PORT, default=5555)
+    flower.add_argument("--address", default="127.0.0.1", help="listen here (default: 127.0.0.1)")
+    flower.add_argument(
+        "--port", type=PORT, default=5555, help="listen on this port (default: 5555)"
+    )
     demo_cmd = _command(
         commands, "demo", cmd_demo, "a fleet migration on the embedded stack", json_flag=False
     )
-    demo_cmd.add_argument("--tenants", type=COUNT, default=200)
-    demo_cmd.add_argument("--workers", type=COUNT, default=2)
+    demo_cmd.add_argument(
+        "--tenants", type=COUNT, default=200, help="demo tenants to create (default: 200)"
+    )
+    demo_cmd.add_argument("--workers", type=COUNT, default=2, help="worker processes (default: 2)")
     demo_cmd.add_argument("--flower", action="store_true", help="keep Flower up until Ctrl-C")
-    demo_cmd.add_argument("--port", type=PORT, default=5555)
+    demo_cmd.add_argument("--port", type=PORT, default=5555, help="Flower's port (default: 5555)")
 
     _command(
         commands, "config", cmd_config, "the resolved configuration and where each value came from"

@@ -48,7 +48,7 @@ class Database:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob, with its default. The README's configuration table documents each key."""
+    """Every knob, with its default (``KEYS`` says what each means)."""
 
     database_url: str | None = None
     broker_url: str | None = None
@@ -215,8 +215,13 @@ def _existing_file(raw: str, where: str, base: Path | None) -> Path:
 
 @dataclass(frozen=True)
 class Key:
+    """One setting: a key of ``[tool.tenantfleet]`` and the variable ``TENANTFLEET_`` + KEY.
+    ``default`` and ``meaning`` are what the configuration reference says of it."""
+
     name: str
     parse: Parse
+    default: str
+    meaning: str
     secret: bool = False
     """A URL whose password is masked wherever it is shown."""
 
@@ -226,39 +231,75 @@ class Key:
 
 
 KEYS = (
-    Key("database_url", _text, secret=True),
-    Key("broker_url", _text, secret=True),
-    Key("result_backend", _text, secret=True),
-    Key("state_dir", _path),
-    Key("lock_timeout", _seconds(0.001)),
-    Key("statement_timeout", _seconds(0.001)),
-    Key("task_time_limit", _seconds(1.0)),
-    Key("visibility_timeout", _seconds(1.0)),
-    Key("max_retries", _whole),
-    Key("retry_backoff", _seconds(0.0)),
-    Key("retry_backoff_max", _seconds(0.0)),
-    Key("task_events", _flag),
-    Key("poll_interval", _seconds(0.01)),
-    Key("stale_run_after", _seconds(1.0)),
-    Key("replay_sql", _flag),
-    Key("stall_resume", _seconds(0.0)),
-    Key("backfill_max_lock_waits", _whole),
-    Key("backfill_max_transaction_s", _seconds(1.0)),
-    Key("backfill_max_replication_lag_s", _seconds(0.1)),
-    Key("tenant_alembic", _existing_file),
-    Key("tenants", _one_of(*TENANT_SOURCES)),
-    Key("tenants_query", _text),
-    Key("max_concurrent", _positive),
-    Key("metrics_port", _positive),
-    Key("metrics_address", _text),
-    Key("log_format", _one_of(*LOG_FORMATS)),
-    Key("schedule_by_size", _flag),
-    Key("tracing", _flag),
-    Key("wave_order", _text),
-    Key("lint_allow", _rule_names),
-    Key("small_index_rows", _whole),
-    Key("lint_big_table_rows", _whole),
-)
+    Key("database_url", _text, "embedded PostgreSQL", "the control database (`postgresql://...`;"
+        " the psycopg2 driver is used): the registry, the run tables and its own tenants",
+        secret=True),
+    Key("broker_url", _text, "embedded Redis", "the Celery broker (`redis://host:6379/0`,"
+        " `redis+socket:///path`, `amqp://user:pass@host:5672/vhost`)", secret=True),
+    Key("result_backend", _text, "the broker URL", "the Celery result backend (holds the chord"
+        " state; with RabbitMQ, `redis://...` or `db+postgresql://...`)", secret=True),
+    Key("state_dir", _path, "the nearest `.tenantfleet` here or above, else `./.tenantfleet`",
+        "where the embedded stack keeps its data, sockets and logs (a new, empty one is"
+        " announced on stderr)"),
+    Key("lock_timeout", _seconds(0.001), "`5`", "seconds a tenant's DDL may wait for a lock"
+        " (then retried)"),
+    Key("statement_timeout", _seconds(0.001), "`300`", "seconds one statement of a migration"
+        " may run"),
+    Key("task_time_limit", _seconds(1.0), "`900`", "hard time limit of a tenant task (soft"
+        " limit: 90 % of it; at the soft limit the running statement is cancelled, the tenant"
+        " rolled back and recorded `failed`). The workers' setting decides"),
+    Key("visibility_timeout", _seconds(1.0), "`max(3600, 2 × time limit)`", "Redis redelivery"
+        " delay; must exceed the time limit"),
+    Key("max_retries", _whole, "`5`", "retries of a tenant after transient errors"),
+    Key("retry_backoff", _seconds(0.0), "`1`", "first retry delay in seconds, doubled each"
+        " time, ±50 % jitter"),
+    Key("retry_backoff_max", _seconds(0.0), "`60`", "ceiling of the retry delay"),
+    Key("task_events", _flag, "`true`", "task events for Flower (sent in batches)"),
+    Key("poll_interval", _seconds(0.01), "`0.1`", "how often `--wait` reads the run tables (one"
+        " aggregate query)"),
+    Key("stale_run_after", _seconds(1.0), "`600`", "an open run idle this long, with no tenant"
+        " lock held, no longer blocks new runs"),
+    Key("replay_sql", _flag, "`true`", "replay each opted-in upgrade span's SQL, rendered once"
+        " per worker process"),
+    Key("stall_resume", _seconds(0.0), "`30`", "`--wait` sends lost tenants again after this"
+        " many seconds without progress (0: never)"),
+    Key("backfill_max_lock_waits", _whole, "`10`", "a backfill's batches pause while more"
+        " sessions than this wait for a lock in its database"),
+    Key("backfill_max_transaction_s", _seconds(1.0), "`300`", "a backfill's batches pause while"
+        " a transaction has been open longer than this in its database"),
+    Key("backfill_max_replication_lag_s", _seconds(0.1), "`10`", "a backfill's batches pause"
+        " while a streaming replica of its database is further behind than this"
+        " (`pg_stat_replication`; the role needs `pg_monitor` to see it)"),
+    Key("tenant_alembic", _existing_file, "the seed's `migrations/tenant/alembic.ini`", "the"
+        " tenant Alembic environment's `alembic.ini` (in the file: relative to the file's"
+        " folder)"),
+    Key("tenants", _one_of(*TENANT_SOURCES), "`registry`", "the tenant source: `registry`,"
+        " `query` or `discover`"),
+    Key("tenants_query", _text, "unset", "with `query`: SQL returning the schema names (first"
+        " column) and, optionally, a `database` column (the key) and a `size_hint` column"
+        " (bytes)"),
+    Key("max_concurrent", _positive, "`16`", "the cap of tenants migrating at once in each"
+        " database that sets none"),
+    Key("metrics_port", _positive, "unset (off)", "a worker serves its Prometheus metrics on"
+        " this port"),
+    Key("metrics_address", _text, "`127.0.0.1`", "... on this address (`0.0.0.0` for a remote"
+        " Prometheus)"),
+    Key("log_format", _one_of(*LOG_FORMATS), "`text`", "`json`: one JSON object per line from"
+        " the workers and the CLI"),
+    Key("schedule_by_size", _flag, "`true`", "send the largest tenants first (their table"
+        " bytes, read while planning); `false`: plan order"),
+    Key("tracing", _flag, "`false`", "OpenTelemetry spans for runs and tenant attempts"
+        " (`tenantfleet[otel]`)"),
+    Key("wave_order", _text, "unset", "a `tenant_registry` column (e.g. `tenant_state`) that"
+        " orders tenants into waves and canaries, then the schema name; unset: the schema name"),
+    Key("lint_allow", _rule_names, "none", "lint rules that never block a run (comma-separated;"
+        " in the file a list)"),
+    Key("small_index_rows", _whole, "`1000`", "a replayed `CREATE INDEX CONCURRENTLY` on a"
+        " table of at most this many rows is built in its span's one transaction instead; `0`:"
+        " always concurrently"),
+    Key("lint_big_table_rows", _whole, "`100000`", "`index-on-big-table`: from this many rows"
+        " in a tenant's copy, a blocking `CREATE INDEX` blocks the run"),
+)  # fmt: skip
 KEY_NAMES = tuple(key.name for key in KEYS)
 
 

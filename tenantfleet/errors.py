@@ -12,6 +12,24 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130
 
+EXIT_CODES: tuple[tuple[int, str, str], ...] = (
+    (EXIT_OK, "ok", "done: every selected tenant is at the target (or there was nothing to do);"
+     " `status`: the run closed so"),
+    (EXIT_TENANT_FAILURES, "tenants failed or skipped", "one or more tenants failed, were skipped"
+     " or were cancelled (they are listed, and in the run record); `status`: the run closed so,"
+     " or it is abandoned"),
+    (EXIT_USAGE, "usage/config/connection error", "usage, configuration or connection error: one"
+     " line on stderr, nothing changed; the lint gate refused the run (one more line per"
+     " blocking finding); `rollback` refused"),
+    (EXIT_TIMEOUT, "--timeout reached or the run is still open", "the command stopped following"
+     " a run that goes on: `--timeout` reached (while waiting for an active run, for the"
+     " canaries, for a wave `continue` sent, or for the run), or the database was unreachable"
+     " for 10 minutes without `--timeout`; `status`: the run is still open and alive (or held)"),
+    (EXIT_INTERRUPTED, "interrupted", "interrupted (Ctrl-C); a run already recorded goes on,"
+     " `resume` finishes what was not sent"),
+)  # fmt: skip
+"""Every exit code: (code, what the CLI's help says, what the reference says)."""
+
 
 class TenantfleetError(Exception):
     """Base of every error the CLI turns into a one-line message (``details``: what ``--json``

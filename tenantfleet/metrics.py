@@ -31,6 +31,65 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 LOCK_TIMEOUT = "55P03"
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One metric family, declared once: the code that makes it and the reference read this."""
+
+    name: str
+    kind: str
+    """``counter``, ``gauge`` or ``histogram``."""
+    help: str
+    labels: tuple[str, ...] = ()
+    source: str = "run tables"
+    """``worker`` (a worker's ``metrics_port``) or ``run tables`` (``tenantfleet metrics``)."""
+
+    @property
+    def exposed(self) -> str:
+        """The name a scrape shows (a counter gets ``_total``)."""
+        return self.name + "_total" if self.kind == "counter" else self.name
+
+
+CATALOGUE = (
+    Metric("tenantfleet_worker_tenants", "counter", "Tenant attempts this worker ended, by outcome",
+           ("outcome", "database"), "worker"),
+    Metric("tenantfleet_tenant_duration_seconds", "histogram",
+           "How long a tenant's attempt took in the worker, by outcome", ("outcome", "database"),
+           "worker"),
+    Metric("tenantfleet_worker_retries", "counter",
+           "Tenant attempts that ended in a transient error and were retried", ("database",),
+           "worker"),
+    Metric("tenantfleet_worker_lock_timeouts", "counter",
+           "Tenant attempts that gave up waiting for a lock (lock_timeout)", ("database",),
+           "worker"),
+    Metric("tenantfleet_tenants_finished", "counter",
+           "Tenants that reached a final state in a run, by outcome (the run tables)",
+           ("outcome", "database")),
+    Metric("tenantfleet_retries", "counter",
+           "Tenant attempts that ended in a transient error and were retried (the run tables)"),
+    Metric("tenantfleet_lock_timeouts", "counter",
+           "Tenant attempts that gave up waiting for a lock (the run tables)"),
+    Metric("tenantfleet_run_id", "gauge", "The latest run's id"),
+    Metric("tenantfleet_run_open", "gauge", "1 while the latest run is open"),
+    Metric("tenantfleet_run_tenants", "gauge", "The latest run's tenants by state and database",
+           ("state", "database")),
+    Metric("tenantfleet_run_failure_budget_remaining", "gauge",
+           "Failures the latest run may still have before it skips the rest (with"
+           " --max-failures)"),
+    Metric("tenantfleet_run_wave", "gauge", "The wave the run is at (a run with waves)"),
+    Metric("tenantfleet_run_tenants_waiting_for_lock", "gauge",
+           "The latest run's tenants waiting for a lock right now, by database", ("database",)),
+    Metric("tenantfleet_run_tenant_duration_seconds", "histogram",
+           "The latest run's finished tenants by how long their last attempt took (the run"
+           " tables)"),
+    Metric("tenantfleet_run_backfills", "gauge",
+           "The latest run's backfills (tenant x backfill) by state", ("state",)),
+    Metric("tenantfleet_run_backfill_rows", "gauge", "Rows the latest run's backfills have filled"),
+    Metric("tenantfleet_run_backfill_keys_left", "gauge",
+           "Keys the latest run's backfills have still to go through"),
+)  # fmt: skip
+_BY_NAME = {metric.name: metric for metric in CATALOGUE}
+
+
 # -- the workers ---------------------------------------------------------------------------
 
 
@@ -87,28 +146,15 @@ class _WorkerMetrics:
 def _worker_metrics() -> _WorkerMetrics:
     from prometheus_client import Counter, Histogram
 
+    def declared(name: str) -> tuple[str, str, list[str]]:
+        metric = _BY_NAME[name]
+        return metric.name, metric.help, list(metric.labels)
+
     return _WorkerMetrics(
-        Counter(
-            "tenantfleet_worker_tenants",
-            "Tenant attempts this worker ended, by outcome",
-            ["outcome", "database"],
-        ),
-        Histogram(
-            "tenantfleet_tenant_duration_seconds",
-            "How long a tenant's attempt took in the worker, by outcome",
-            ["outcome", "database"],
-            buckets=DURATION_BUCKETS,
-        ),
-        Counter(
-            "tenantfleet_worker_retries",
-            "Tenant attempts that ended in a transient error and were retried",
-            ["database"],
-        ),
-        Counter(
-            "tenantfleet_worker_lock_timeouts",
-            "Tenant attempts that gave up waiting for a lock (lock_timeout)",
-            ["database"],
-        ),
+        Counter(*declared("tenantfleet_worker_tenants")),
+        Histogram(*declared("tenantfleet_tenant_duration_seconds"), buckets=DURATION_BUCKETS),
+        Counter(*declared("tenantfleet_worker_retries")),
+        Counter(*declared("tenantfleet_worker_lock_timeouts")),
     )
 
 
@@ -148,13 +194,16 @@ _DURATIONS = sa.text(
 
 @dataclass(frozen=True)
 class Sample:
+    """A metric of ``CATALOGUE`` (by name) and its values now."""
+
     name: str
-    kind: str
-    """``counter``, ``gauge`` or ``histogram``."""
-    help: str
     values: list[tuple[dict[str, str], float]]
     buckets: list[tuple[str, float]] | None = None
     """A histogram's cumulative buckets (upper bound, count) and, in ``values``, its sum."""
+
+    @property
+    def metric(self) -> Metric:
+        return _BY_NAME[self.name]
 
 
 Blocked = Callable[[int], list[str]]
@@ -171,20 +220,14 @@ def run_samples(connection: Connection, blocked: Blocked) -> list[Sample]:
     samples = [
         Sample(
             "tenantfleet_tenants_finished",
-            "counter",
-            "Tenants that reached a final state in a run, by outcome (the run tables)",
             [({"outcome": status, "database": key}, float(n)) for status, key, n in finished],
         ),
         Sample(
             "tenantfleet_retries",
-            "counter",
-            "Tenant attempts that ended in a transient error and were retried (the run tables)",
             [({}, float(retries))],
         ),
         Sample(
             "tenantfleet_lock_timeouts",
-            "counter",
-            "Tenant attempts that gave up waiting for a lock (the run tables)",
             [({}, float(lock_timeouts))],
         ),
     ]
@@ -205,14 +248,10 @@ def _latest_run(connection: Connection, run_id: int, blocked: Blocked) -> list[S
     ]
     open_ = run.finished_at is None
     samples = [
-        Sample("tenantfleet_run_id", "gauge", "The latest run's id", [({}, float(run.id))]),
-        Sample(
-            "tenantfleet_run_open", "gauge", "1 while the latest run is open", [({}, float(open_))]
-        ),
+        Sample("tenantfleet_run_id", [({}, float(run.id))]),
+        Sample("tenantfleet_run_open", [({}, float(open_))]),
         Sample(
             "tenantfleet_run_tenants",
-            "gauge",
-            "The latest run's tenants by state and database",
             by_state,
         ),
     ]
@@ -222,23 +261,17 @@ def _latest_run(connection: Connection, run_id: int, blocked: Blocked) -> list[S
         samples.append(
             Sample(
                 "tenantfleet_run_failure_budget_remaining",
-                "gauge",
-                "Failures the latest run may still have before it skips the rest",
                 [({}, float(max(budget - failed, 0)))],
             )
         )
     if run.wave is not None:
-        samples.append(
-            Sample("tenantfleet_run_wave", "gauge", "The wave the run is at", [({}, run.wave)])
-        )
+        samples.append(Sample("tenantfleet_run_wave", [({}, run.wave)]))
     waiting: dict[str, int] = {}
     for key in blocked(run_id) if open_ else []:
         waiting[key] = waiting.get(key, 0) + 1
     samples.append(
         Sample(
             "tenantfleet_run_tenants_waiting_for_lock",
-            "gauge",
-            "The latest run's tenants waiting for a lock right now, by database",
             [({"database": key}, float(n)) for key, n in sorted(waiting.items())],
         )
     )
@@ -255,20 +288,14 @@ def _backfills(connection: Connection, run_id: int) -> list[Sample]:
     return [
         Sample(
             "tenantfleet_run_backfills",
-            "gauge",
-            "The latest run's backfills (tenant x backfill) by state",
             [({"state": state}, float(n)) for state, n in by_state.items()],
         ),
         Sample(
             "tenantfleet_run_backfill_rows",
-            "gauge",
-            "Rows the latest run's backfills have filled",
             [({}, float(sum(e.rows_done for e in entries)))],
         ),
         Sample(
             "tenantfleet_run_backfill_keys_left",
-            "gauge",
-            "Keys the latest run's backfills have still to go through",
             [({}, float(sum(e.keys_left for e in entries if e.status != "done")))],
         ),
     ]
@@ -281,8 +308,6 @@ def _durations(connection: Connection, run_id: int) -> Sample:
     buckets = [(f"{b:g}", float(n)) for b, n in zip(DURATION_BUCKETS, cumulative, strict=True)]
     return Sample(
         "tenantfleet_run_tenant_duration_seconds",
-        "histogram",
-        "The latest run's finished tenants by how long their last attempt took (the run tables)",
         [({}, float(total))],
         [*buckets, ("+Inf", float(count))],
     )
@@ -303,14 +328,15 @@ class RunCollector:
 
         for sample in self._read():
             labels = sorted(sample.values[0][0]) if sample.values else []
-            if sample.kind == "histogram":
+            metric = sample.metric
+            if metric.kind == "histogram":
                 assert sample.buckets is not None
                 yield HistogramMetricFamily(
-                    sample.name, sample.help, buckets=sample.buckets, sum_value=sample.values[0][1]
+                    sample.name, metric.help, buckets=sample.buckets, sum_value=sample.values[0][1]
                 )
                 continue
-            family_type = CounterMetricFamily if sample.kind == "counter" else GaugeMetricFamily
-            family = family_type(sample.name, sample.help, labels=labels)
+            family_type = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
+            family = family_type(sample.name, metric.help, labels=labels)
             for found, value in sample.values:
                 family.add_metric([found[name] for name in labels], value)
             yield family

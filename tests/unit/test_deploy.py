@@ -118,3 +118,37 @@ def test_the_github_actions_workflow_validates(repo_root: Path, tmp_path: Path) 
     broken = tmp_path / "broken.yml"
     broken.write_text(workflow.read_text().replace("runs-on:", "run-on:"))
     assert check(broken).returncode != 0
+
+
+SAID = [
+    (0, "at the target"),
+    (1, "retry RUN"),
+    (2, "refused, nothing changed"),
+    (3, "still running"),
+]
+
+
+@pytest.mark.parametrize(("code", "said"), SAID)
+def test_the_shell_hook_passes_the_exit_code_on_and_says_what_it_means(
+    repo_root: Path, tmp_path: Path, code: int, said: str
+) -> None:
+    """deploy/shell/migrate.sh, with a stand-in ``tenantfleet`` that exits ``code`` (the real
+    command's codes are tested everywhere else): its exit code is that code, with one line."""
+    script = repo_root / "deploy" / "shell" / "migrate.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    stand_in = tmp_path / "bin" / "tenantfleet"
+    stand_in.parent.mkdir()
+    stand_in.write_text(f'#!/bin/sh\necho "{{\\"args\\": \\"$*\\"}}"\nexit {code}\n')
+    stand_in.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(script), "--wave", "10"],
+        cwd=tmp_path,
+        env={"PATH": f"{stand_in.parent}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == code
+    assert said in done.stdout + done.stderr
+    passed = (tmp_path / "migrate.json").read_text()
+    assert "migrate --wait --timeout 1800 --json --wave 10" in passed

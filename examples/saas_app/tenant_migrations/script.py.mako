@@ -12,7 +12,7 @@ revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
-# tenantfleet_replay = True  # only if upgrade() runs the same SQL for every tenant (see README)
+# tenantfleet_replay = True  # only if upgrade() runs the same SQL for every tenant (docs/how-to/revisions.md, "Replay")
 
 
 def upgrade() -> None:
