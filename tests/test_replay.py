@@ -267,7 +267,7 @@ def downgrade() -> None:
 
 
 def by_alembic_cli(ini: Path, engine: Engine, schemas: list[str], target: str) -> None:
-    """``alembic -c INI -x schema=S upgrade TARGET``, the one-tenant command of docs/how-to/one-tenant.md."""
+    """``alembic -c INI -x schema=S upgrade TARGET`` (docs/how-to/one-tenant.md)."""
     url = engine.url.render_as_string(hide_password=False)
     for schema in schemas:
         done = subprocess.run(
