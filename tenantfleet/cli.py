@@ -249,7 +249,10 @@ def _follow(
 ) -> int:
     """Print the run id (no --wait), or follow the run to its end and print its summary."""
     progress = Progress(say=_say if _json_logs else None) if args.wait else None
-    followed = commands.follow_run(manager, run_id, watch, wait=args.wait, on_progress=progress)
+    listed = None if args.json else output.LISTED
+    followed = commands.follow_run(
+        manager, run_id, watch, wait=args.wait, on_progress=progress, listed=listed
+    )
     if progress is not None:
         progress.close()
     if args.json:
@@ -354,7 +357,8 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    view, code = commands.status(MigrationManager(), args.run_id, args.tenant)
+    listed = None if args.json else output.LISTED
+    view, code = commands.status(MigrationManager(), args.run_id, args.tenant, listed)
     if args.json:
         _print_json(view)
     else:

@@ -128,17 +128,23 @@ def follow_run(
     *,
     wait: bool,
     on_progress: follow.ProgressCallback | None = None,
+    listed: Sequence[str] | None = None,
 ) -> Followed:
     """Without ``wait``: the run as it is (exit 0 while it is open). With it: followed until
-    it closes (exit by its status) or the watch's timeout (exit 3, the run goes on)."""
+    it closes (exit by its status) or the watch's timeout (exit 3, the run goes on). ``listed``:
+    the states of the tenants the view lists (``views.run_view``; None: every tenant)."""
+
+    def view_of() -> dict[str, Any]:
+        return views.run_view(manager.engine, run_id, listed=listed)
+
     if not wait:
-        view = follow.patiently(the_watch, lambda: views.run_view(manager.engine, run_id))
+        view = follow.patiently(the_watch, view_of)
         closed = view["finished_at"] is not None
         code = run_exit_code(view["status"]) if closed else EXIT_OK
         return Followed(view, closed, False, code)
     the_watch.on_progress = on_progress
     run = follow.until_closed(manager.engine, run_id, the_watch)
-    view = follow.patiently(the_watch, lambda: views.run_view(manager.engine, run_id))
+    view = follow.patiently(the_watch, view_of)
     if on_progress is not None:  # the last line shows the final count, not the one before
         final = {k: v for k, v in view["counts"].items() if k in runs.Counts.__dataclass_fields__}
         on_progress(runs.Counts(**final), the_watch.elapsed())
@@ -170,7 +176,10 @@ def cancel(manager: MigrationManager, run_id: int, reason: str) -> tuple[dict[st
 
 
 def status(
-    manager: MigrationManager, run_id: int | None, tenant: str | None
+    manager: MigrationManager,
+    run_id: int | None,
+    tenant: str | None,
+    listed: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """A run's view (the latest run's without ``run_id``), with, while it is open, whether it
     is alive or held, its workers, why tenants wait and who blocks them; and the exit code: by
@@ -181,7 +190,7 @@ def status(
         runs.finalize(connection, run_id)
         open_runs = guard.open_runs(connection, manager.settings.stale_run_after)
         state = next((o for o in open_runs if o.run.id == run_id), None)
-    view = views.run_view(manager.engine, run_id, slowest=5)
+    view = views.run_view(manager.engine, run_id, slowest=5, listed=listed)
     if tenant is not None:
         view["attempts"] = views.attempts(manager, run_id, tenant)
     if state is None:
@@ -213,7 +222,7 @@ def report_page(manager: MigrationManager, run_id: int | None, now: datetime) ->
         manager.require_public(connection)
         run_id = run_id if run_id is not None else runs.latest_run_id(connection)
         attempts = runs.attempts_of_run(connection, run_id)
-    data = report.RunData(views.run_view(manager.engine, run_id), attempts)
+    data = report.RunData(views.run_view(manager.engine, run_id, listed=report.LISTED), attempts)
     return run_id, report.page(data, now)
 
 

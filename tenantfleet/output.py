@@ -18,6 +18,9 @@ from tenantfleet.states import RunState, TenantState, held_hint
 from tenantfleet.survey import Survey
 
 FAILED, SKIPPED = TenantState.FAILED, TenantState.SKIPPED
+LISTED: tuple[str, ...] = (FAILED, SKIPPED)
+"""The tenants a run's text lists, with their errors (the others are counted): what the text
+views ask ``views.run_view`` for."""
 
 
 def status_dict(status: Status) -> dict[str, Any]:
@@ -93,7 +96,7 @@ def run_summary(report: dict[str, Any]) -> str:
         + "); "
         f"target {report['target_revision']}"
     ]
-    failed = [t for t in report["tenants"] if t["status"] in (FAILED, SKIPPED)]
+    failed = [t for t in report["tenants"] if t["status"] in LISTED]
     failed.sort(key=lambda t: (t["status"] != FAILED, t["schema"]))
     if failed:
         lines.append("")

@@ -20,6 +20,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from tenantfleet import __version__, runs, states
@@ -37,8 +38,17 @@ COLOURS = {
 MAX_LANES = 64
 SLOWEST = 10
 MAX_TITLED = 5000
-"""Attempts whose timeline bars are named in a tooltip (past that the page would grow large)."""
+"""Attempts whose timeline bars are named in a tooltip; past that, bars of one outcome and lane
+closer than a pixel are drawn as one (a timeline of 100,000 attempts draws what its pixels show,
+in a second, not 100,000 paths in ten)."""
+DRAWN_FIRST = ("succeeded", "skipped", "cancelled")
+"""Outcomes drawn under the others: a merged run of successes never hides a failure."""
 RETRIED = 50
+LISTED: tuple[str, ...] = tuple(
+    s for s in states.TENANT_STATES if s != states.TenantState.SUCCEEDED
+)
+"""The tenants the page reads one by one (``views.run_view``'s ``listed``): a succeeded tenant
+is a count, a bar and, when it is among the slowest, a row made from its attempts."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ class RunData:
     """What the page shows, read from the run tables in one go."""
 
     report: dict[str, Any]
-    """``views.run_view`` of the run."""
+    """``views.run_view`` of the run, its ``tenants`` those in ``LISTED``."""
     attempts: list[tuple[str, runs.Attempt]]
     """(tenant label, attempt) for every attempt of the run."""
 
@@ -58,7 +68,7 @@ class TenantTime:
     label: str
     attempts: list[runs.Attempt]
 
-    @property
+    @cached_property
     def whole(self) -> float:
         """Seconds from its first attempt's start to its last attempt's end."""
         ends = [a.finished_at or a.started_at for a in self.attempts]
@@ -169,12 +179,17 @@ def timeline(data: RunData) -> str:
         names[found.outcome][index].append(
             f"{label}: attempt {found.attempt}, {found.outcome or 'no end'}, {finish - begin:.3f} s"
         )
+    titled = len(spans) <= MAX_TITLED
     titles: list[list[str]] = []
-    for outcome, per_lane in by_outcome.items():
+    order = sorted(by_outcome, key=lambda o: o not in DRAWN_FIRST)
+    for outcome in order:
         colour = COLOURS.get(outcome, COLOURS[None])
-        for lane_index, bars in per_lane.items():
+        for lane_index, bars in by_outcome[outcome].items():
             axes.broken_barh(
-                bars, (lane_index - 0.4, 0.8), facecolors=colour, gid=f"bars-{outcome}"
+                bars if titled else merged(bars, visible),
+                (lane_index - 0.4, 0.8),
+                facecolors=colour,
+                gid=f"bars-{outcome}",
             )
             titles.append(names[outcome][lane_index])
     axes.set_yticks(range(len(lanes)), [_short(lane) for lane in lanes], fontsize=7)
@@ -185,9 +200,22 @@ def timeline(data: RunData) -> str:
         _patch(COLOURS.get(o, COLOURS[None]), o or "no end (worker died?)") for o in by_outcome
     ]
     axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
-    axes.set_title(f"Timeline: {len(spans)} attempts on {len(lanes)} worker processes")
+    merging = "" if titled else " (bars closer than a pixel drawn as one)"
+    axes.set_title(f"Timeline: {len(spans)} attempts on {len(lanes)} worker processes{merging}")
     drawn = _svg(figure)
-    return _with_titles(drawn, titles) if len(spans) <= MAX_TITLED else drawn
+    return _with_titles(drawn, titles) if titled else drawn
+
+
+def merged(bars: list[tuple[float, float]], gap: float) -> list[tuple[float, float]]:
+    """(start, width) bars with those less than ``gap`` apart joined into one."""
+    joined: list[tuple[float, float]] = []
+    for begin, width in sorted(bars):
+        if joined and begin - (joined[-1][0] + joined[-1][1]) < gap:
+            first = joined[-1][0]
+            joined[-1] = (first, max(joined[-1][1], begin + width - first))
+        else:
+            joined.append((begin, width))
+    return joined
 
 
 _BAR_GROUP = re.compile(r'<g id="bars-[^"]*">.*?</g>', re.DOTALL)
@@ -355,7 +383,7 @@ def page(data: RunData, generated: datetime) -> str:
                     len(t.attempts),
                     f"{t.in_attempts:.3f}",
                     f"{t.between:.3f}",
-                    statuses.get(t.label, {}).get("status", ""),
+                    statuses.get(t.label, {}).get("status", states.TenantState.SUCCEEDED),
                     t.attempts[-1].worker,
                 ]
                 for t in times[:SLOWEST]

@@ -1,6 +1,7 @@
 """Read-only views of a run, as ``--json`` prints them and the text and HTML views show them."""
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -11,14 +12,18 @@ from tenantfleet.manager import MigrationManager
 from tenantfleet.names import validate_schema_name
 
 
-def run_view(engine: Engine, run_id: int, *, slowest: int = 0) -> dict[str, Any]:
-    """The run as ``--json`` prints it (the same shape for migrate, retry, resume and status)."""
+def run_view(
+    engine: Engine, run_id: int, *, slowest: int = 0, listed: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The run as ``--json`` prints it (the same shape for migrate, retry, resume and status).
+    ``listed``: only the tenants in these states under ``tenants`` (the text views show
+    ``output.LISTED``: a view of 100,000 tenants reads the rows it shows, not every one)."""
     with db.connect(engine) as connection:
         run = runs.get_run(connection, run_id)
         tally = runs.counts(connection, run_id)
         by_database = runs.counts_by_database(connection, run_id)
         by_wave = runs.counts_by_wave(connection, run_id)
-        tenants = runs.tenants_of(connection, run_id)
+        tenants = runs.tenants_of(connection, run_id, listed)
         slow = runs.slowest(connection, run_id, slowest) if slowest else []
         filled = ledger.of_run(connection, run_id)
     result: dict[str, Any] = {

@@ -73,3 +73,24 @@ def test_every_timeline_bar_is_named_in_its_tooltip() -> None:
     assert len(bars) == 6
     assert "locked: attempt 4, succeeded, 0.009 s" in bars
     assert 'id="bars-retrying"' in svg and 'id="bars-succeeded"' in svg
+
+
+def test_bars_closer_than_a_pixel_are_joined() -> None:
+    bars = [(5.0, 1.0), (0.0, 1.0), (1.05, 1.0), (2.5, 0.1), (2.1, 0.1)]
+    assert report.merged(bars, 0.2) == [(0.0, 2.2), (2.5, 0.1), (5.0, 1.0)]
+    assert report.merged([], 0.2) == []
+
+
+def test_a_large_timeline_draws_what_its_pixels_show_and_keeps_every_failure(
+    monkeypatch: Any,
+) -> None:
+    """Past ``MAX_TITLED`` attempts the successes of a lane become a few bars, drawn under the
+    failures, so the page stays small and a failure still shows."""
+    many = [(f"t{i}", attempt(1, i * 0.01, 0.009, "succeeded")) for i in range(300)]
+    many.append(("broken", attempt(1, 1.5, 0.009, "failed", "DuplicateTable: audit_log")))
+    run = report.RunData(data().report, many)
+    monkeypatch.setattr(report, "MAX_TITLED", 100)
+    drawn = report.timeline(run)
+    assert "bars closer than a pixel drawn as one" in drawn
+    assert drawn.count("<path") < 60  # 301 attempts, a handful of bars (and axes, legend)
+    assert drawn.index('id="bars-succeeded"') < drawn.index('id="bars-failed"')  # on top
