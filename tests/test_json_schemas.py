@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import sqlalchemy as sa
 
-from tenantfleet import fleet_setup
+from tenantfleet import fleet_setup, runs
 from tests import helpers
 from tests.stack import Stack
 
@@ -37,8 +37,12 @@ def check(stack: Stack, name: str, *args: str, code: int = 0) -> Any:
         words = "_".join(a.strip("-").replace("/", "") for a in args)
         (dump / f"{name}-{words}.json").write_text(done.out)
         return printed
-    jsonschema.validate(printed, schema(name), cls=jsonschema.Draft202012Validator)
+    validate(printed, name)
     return printed
+
+
+def validate(printed: Any, name: str) -> None:
+    jsonschema.validate(printed, schema(name), cls=jsonschema.Draft202012Validator)
 
 
 def test_every_schema_is_a_valid_draft_2020_12_schema() -> None:
@@ -52,45 +56,57 @@ def test_every_schema_is_a_valid_draft_2020_12_schema() -> None:
 
 
 def test_real_outputs_validate_against_their_schemas(stack: Stack) -> None:
-    """A run with a failed tenant (its error), two waves and a deactivated tenant, its retry (a
-    child run), then every view of them, a refusal and a run with nothing to do."""
+    """A run in two waves held between them (its status while open, ``continue``), with a failed
+    tenant (its error) and a deactivated one, its retry (a child run), then every view of them,
+    a refusal and a run with nothing to do."""
     stack.deactivate_all()
     schemas = ["js00001", "js00002", "js00003", "js00004"]
     fleet_setup.provision(stack.engine, schemas, R1)
     quote = stack.engine.dialect.identifier_preparer.quote
     with stack.engine.begin() as connection:  # R3's audit_log exists already: js00002 fails
         connection.execute(sa.text(f"CREATE TABLE {quote('js00002')}.audit_log (id int)"))
-    assert helpers.run_cli(
-        "tenant", "deactivate", "js00004", "--reason", "moved away",
-        env={"TENANTFLEET_DATABASE_URL": stack.database_url},
-    ).code == 0  # fmt: skip
-    check(stack, "public-status", "public", "status")
-    check(stack, "tenant", "tenant", "status", "js00001")
+    check(stack, "tenant-row", "tenant", "deactivate", "js00004", "--reason", "moved away")
+    check(stack, "tenant-row", "tenant", "activate", "js00003")
+    check(stack, "revisions", "public", "status")
+    check(stack, "revisions", "public", "upgrade")
+    check(stack, "revisions", "tenant", "status", "js00001")
     check(stack, "tenants", "tenants", "list")
     check(stack, "plan", "migrate", "--revision", R3, "--dry-run", "--wave", "1")
     check(stack, "lint", "lint", "--revision", R3)
-    run = check(stack, "run", "migrate", "--revision", R3, "--wave", "1", "--wait", code=1)
-    run_id = str(run["run_id"])
+    producer = stack.cli_background(
+        "migrate", "--revision", R3, "--wave", "1", "--wave-hold", "--wait", "--json"
+    )
+    try:
+        assert producer.stderr is not None
+        for line in producer.stderr:  # the producer says it holds
+            if "`tenantfleet continue" in line:
+                break
+        with stack.engine.connect() as connection:
+            run_id = str(runs.latest_run_id(connection))
+        held = check(stack, "run", "status", run_id, code=3)  # open: held between waves
+        assert held["held"] is True and held["finished_at"] is None
+        check(stack, "continue", "continue", run_id)
+        out, err = producer.communicate(timeout=300)
+    finally:
+        producer.kill()
+    assert producer.returncode == 1, err  # js00002 failed
+    validate(json.loads(out), "run")
     check(stack, "run", "status", run_id, code=1)
     check(stack, "run", "status", run_id, "--tenant", "js00002", code=1)
     check(stack, "fleet", "fleet")
     with stack.engine.begin() as connection:
         connection.execute(sa.text(f"DROP TABLE {quote('js00002')}.audit_log"))
     retried = check(stack, "run", "retry", run_id, "--wait")
-    assert retried["parent_run_id"] == run["run_id"]
+    assert retried["parent_run_id"] == int(run_id)
     check(stack, "runs", "runs", "--limit", "5")
     check(stack, "fleet", "fleet")
-    check(stack, "report", "report", run_id, "--html", str(tmp_html(stack)))
+    check(stack, "report", "report", run_id, "--html", str(stack.logs / "report.html"))
     check(stack, "queues", "queues")
     check(stack, "config", "config")
     check(stack, "rollback-plan", "rollback", run_id, "--dry-run")
     check(stack, "error", "cancel", run_id, code=2)  # a closed run: nothing to cancel
     check(stack, "error", "status", "999999", code=2)
     check(stack, "run", "migrate", "--revision", R3, "--wait")  # nothing to do
-
-
-def tmp_html(stack: Stack) -> Path:
-    return stack.logs / "report.html"
 
 
 def test_the_error_shape_without_a_server() -> None:
