@@ -56,6 +56,24 @@ def make_engine(url: str, setting: str = "TENANTFLEET_DATABASE_URL", **options: 
     return sa.create_engine(parsed, connect_args=connect_args, **options)
 
 
+def retire_after(engine: Engine, uses: int) -> None:
+    """Replace each pooled connection of ``engine`` by a new one after ``uses`` checkouts.
+
+    A PostgreSQL backend keeps every relation it has touched in its caches for as long as it
+    lives: a worker's session that migrated tens of thousands of schemas grew to hundreds of
+    megabytes on the database server (bench/scale.py, docs/PERFORMANCE.md). A new session every
+    ``uses`` checkouts bounds that for one connect (milliseconds) per ``uses`` tenants. Raising
+    ``DisconnectionError`` at checkout is SQLAlchemy's way to have the pool connect anew.
+    """
+
+    @sa.event.listens_for(engine, "checkout")
+    def count(_dbapi: Any, record: Any, _proxy: Any) -> None:
+        record.info["uses"] = record.info.get("uses", 0) + 1
+        if record.info["uses"] > uses:
+            record.info["uses"] = 0
+            raise sa.exc.DisconnectionError(f"retired after {uses} uses")
+
+
 def where(engine: Engine) -> str:
     """``host:port/database`` of the engine, for messages: never its user or a credential."""
     url = engine.url

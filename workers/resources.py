@@ -40,6 +40,8 @@ def settings() -> config.Settings:
 _engines: dict[tuple[int, str, str | None], Engine] = {}
 APPLICATION_NAME = "tenantfleet-worker"
 """How the workers' sessions show in ``pg_stat_activity``."""
+SESSION_USES = 1000
+"""A worker's database session is replaced after this many uses (``db.retire_after``)."""
 
 
 def engine() -> Engine:
@@ -71,6 +73,7 @@ def _engine(kind: str, database: str | None, options: dict[str, Any]) -> Engine:
             connect_args={"application_name": APPLICATION_NAME},
             **options,
         )
+        db.retire_after(_engines[key], SESSION_USES)
     return _engines[key]
 
 
