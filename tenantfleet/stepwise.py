@@ -170,7 +170,10 @@ def _migrate(connection: Connection, schema: str, target: str) -> None:
 
     try:
         cfg = alembic_runtime.tenant_config(schema, connection)
-        options = {**alembic_runtime.tenant_context_options(), "transaction_per_migration": True}
+        options = {
+            **alembic_runtime.tenant_context_options(schema),
+            "transaction_per_migration": True,
+        }
         with EnvironmentContext(cfg, script, fn=steps, destination_rev=target) as env:
             env.configure(connection=connection, **options)
             with env.begin_transaction():
