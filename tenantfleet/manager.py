@@ -55,6 +55,14 @@ class MigrationManager:
             self._engine = db.make_engine(config.database_url(self.settings))
         return self._engine
 
+    def close_sessions(self) -> None:
+        """Close the pooled database sessions (the next use opens new ones). A session that read
+        every schema of a large fleet keeps all it read in PostgreSQL's caches: the plan's five
+        reading sessions held about 480 MB each on the server among 100,000 schemas."""
+        self.engine.dispose()
+        for engine in self._elsewhere.values():
+            engine.dispose()
+
     def engine_for(self, database: str | None) -> Engine:
         """The engine of the database a tenant lives in (None: the control database)."""
         if database is None:

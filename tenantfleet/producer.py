@@ -59,6 +59,7 @@ def start(
         if options.upgrade_public:
             manager.upgrade_public()
         chosen = planning.plan(manager, options, warm_up=dispatch.prepare_sending)
+        manager.close_sessions()  # they read every schema: not kept while the run goes
         if chosen.behind:
             gate.gate(manager, chosen, options.allow)
         try:

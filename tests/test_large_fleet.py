@@ -56,3 +56,16 @@ def test_alembic_online_never_asks_every_schema_for_its_version_table(engine: En
     assert not [s for s in seen if "pg_table_is_visible" in s]  # a lookup confined to no schema
     with engine.connect() as connection:
         assert alembic_runtime.read_versions(connection, ["lf00001"]) == {"lf00001": fleet_setup.R2}
+
+
+def test_the_producer_does_not_keep_the_sessions_that_read_every_schema(engine: Engine) -> None:
+    from tenantfleet.manager import MigrationManager
+
+    manager = MigrationManager(engine=engine)
+    with engine.connect() as connection:  # as the plan's reads leave a session in the pool
+        connection.execute(sa.text("SELECT 1"))
+    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    manager.close_sessions()
+    assert engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+    with engine.connect() as connection:  # and the next use opens a new one
+        assert connection.execute(sa.text("SELECT 1")).scalar_one() == 1
