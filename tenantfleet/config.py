@@ -48,8 +48,6 @@ class Database:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob, with its default (``KEYS`` says what each means)."""
-
     database_url: str | None = None
     broker_url: str | None = None
     result_backend: str | None = None
@@ -67,35 +65,21 @@ class Settings:
     replay_sql: bool = True
     stall_resume: float = 30.0
     backfill_max_lock_waits: int = 10
-    """A backfill pauses while more sessions than this wait for a lock in its database."""
     backfill_max_transaction_s: float = 300.0
-    """A backfill pauses while a transaction has been open longer than this in its database."""
     backfill_max_replication_lag_s: float = 10.0
-    """A backfill pauses while a streaming replica of its database is further behind than this."""
     tenant_alembic: Path | None = None
     tenants: str = "registry"
     tenants_query: str | None = None
     max_concurrent: int = 16
     metrics_port: int | None = None
-    """Where a worker serves its Prometheus metrics (off when unset)."""
     metrics_address: str = "127.0.0.1"
     log_format: str = "text"
-    """``text`` or ``json`` (one object per line), for the workers and the CLI."""
     schedule_by_size: bool = True
-    """Send the largest tenants first (their table bytes, read while planning)."""
     tracing: bool = False
-    """OpenTelemetry spans for runs and tenant attempts (``tenantfleet[otel]``)."""
     wave_order: str | None = None
-    """A ``tenant_registry`` column that orders the tenants into waves (then the schema name)."""
     lint_allow: tuple[str, ...] = ()
-    """Lint rules whose findings never block a run (``tenantfleet lint``)."""
     small_index_rows: int = 1000
-    """A replayed ``CREATE INDEX CONCURRENTLY`` on a table of at most this many rows is built in
-    its span's one transaction instead (milliseconds of a lock, not three waits for every older
-    transaction of the database); 0: always concurrently."""
     lint_big_table_rows: int = 100_000
-    """A table this big (rows, the planner's estimate) in any tenant is too big for a blocking
-    ``CREATE INDEX``."""
     databases: Mapping[str, Database] = field(default_factory=dict)
     """The tenant databases by key (``[tool.tenantfleet.databases.KEY]``), besides this one."""
     config_file: Path | None = field(default=None, compare=False)
