@@ -29,7 +29,8 @@ def test_a_session_is_replaced_after_its_uses_and_the_next_checkout_just_works(
         engine.dispose()
 
 
-def test_the_workers_engines_retire_their_sessions() -> None:
+def test_the_workers_engines_retire_their_sessions(database_url: str) -> None:
+    """(``database_url``: the settings name a test database, never the embedded one.)"""
     from tenantfleet.workers import resources  # the Celery app: imported in the test
 
     engine = resources.attempt_engine()
