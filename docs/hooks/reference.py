@@ -16,6 +16,8 @@ from typing import Any
 
 MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+SHAPES_FIRST = ("run", "plan", "rollback-plan", "runs", "fleet", "revisions", "tenants", "error")
+"""The JSON reference's order: the shapes a deploy hook reads first, then the rest by name."""
 
 
 def _cell(text: str) -> str:
@@ -136,7 +138,12 @@ def _type(node: dict[str, Any]) -> str:
 
 def json_shapes() -> str:
     lines: list[str] = []
-    for path in sorted(SCHEMAS.glob("*.schema.json")):
+
+    def rank(path: Path) -> tuple[int, str]:
+        name = path.name.removesuffix(".schema.json")
+        return (SHAPES_FIRST.index(name) if name in SHAPES_FIRST else len(SHAPES_FIRST), name)
+
+    for path in sorted(SCHEMAS.glob("*.schema.json"), key=rank):
         found = json.loads(path.read_text())
         lines += [f"## {found['title']}", "", found["description"], "",
                   f"Schema: [`{path.name}`](../schemas/{path.name})", ""]  # fmt: skip
