@@ -168,6 +168,7 @@ def timeline(data: RunData) -> str:
     )
     visible = max((end - start).total_seconds(), 1e-3) / 1500  # a bar at least a pixel wide
     names: dict[str | None, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+    titled = len(spans) <= MAX_TITLED  # past that no tooltip is written: none is made
     for label, found in spans:
         lane = (found.worker or "?") if (found.worker or "?") in lanes else None
         if lane is None:
@@ -176,10 +177,11 @@ def timeline(data: RunData) -> str:
         finish = ((found.finished_at or end) - start).total_seconds()
         index = lanes.index(lane)
         by_outcome[found.outcome][index].append((begin, max(finish - begin, visible)))
-        names[found.outcome][index].append(
-            f"{label}: attempt {found.attempt}, {found.outcome or 'no end'}, {finish - begin:.3f} s"
-        )
-    titled = len(spans) <= MAX_TITLED
+        if titled:
+            names[found.outcome][index].append(
+                f"{label}: attempt {found.attempt}, {found.outcome or 'no end'},"
+                f" {finish - begin:.3f} s"
+            )
     titles: list[list[str]] = []
     order = sorted(by_outcome, key=lambda o: o not in DRAWN_FIRST)
     for outcome in order:
