@@ -39,6 +39,7 @@ from tenantfleet import (
     locks,
     logs,
     metrics,
+    registry,
     runs,
     stepwise,
     tracing,
@@ -556,9 +557,16 @@ def _in_steps(
             ", ".join(outcome.dropped),
         )
     if outcome.error is not None:
-        _record(lambda c: runs.note_reached(c, task, outcome.reached))
+        _record(lambda c: _note_reached(c, task, outcome.reached))
         raise outcome.error
     return "succeeded" if mark(ms_since(started)) else "duplicate"
+
+
+def _note_reached(control: Connection, task: runs.TenantTask, reached: str | None) -> None:
+    """Where a span that failed part way left the tenant: on its run row and in the registry
+    (``fleet`` reads the revision from there)."""
+    runs.note_reached(control, task, reached)
+    registry.record_revision(control, task.schema, reached or "base")
 
 
 def _gated(control: Connection, task: runs.TenantTask, found: attempt.Started) -> bool:

@@ -416,7 +416,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    survey = commands.fleet_survey(MigrationManager())
+    survey = commands.fleet_survey(MigrationManager(), args.verify)
     if args.json:
         _print_json(output.fleet_dict(survey))
     else:
@@ -747,7 +747,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs_cmd = _command(commands, "runs", cmd_runs, "recent runs")
     runs_cmd.add_argument("--limit", type=COUNT, default=20, help="how many runs (default: 20)")
-    _command(commands, "fleet", cmd_fleet, "tenants per revision, behind head, drift")
+    fleet_cmd = _command(commands, "fleet", cmd_fleet, "tenants per revision, behind head, drift")
+    fleet_cmd.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every schema's version table, not the registry's record of it, and list"
+        " the schemas changed around tenantfleet (without it: the record, one query, with"
+        " the registry as the tenant source)",
+    )
     report_cmd = _command(
         commands,
         "report",

@@ -241,7 +241,7 @@ def metrics_reader(manager: MigrationManager) -> Callable[[], list[metrics.Sampl
     return read
 
 
-def fleet_survey(manager: MigrationManager) -> survey.Survey:
+def fleet_survey(manager: MigrationManager, verify: bool = False) -> survey.Survey:
     with db.connect(manager.engine) as connection:
         manager.require_public(connection)
-        return survey.survey(connection, manager.settings, manager.engine_for)
+        return survey.survey(connection, manager.settings, manager.engine_for, verify)

@@ -207,5 +207,24 @@ def sizes(engine_for: EngineFor, placed: Sequence[Placed]) -> dict[str, int]:
     return in_each(engine_for, placed, _sizes)[0]
 
 
+EXISTING_SQL = sa.text(
+    "SELECT n.nspname FROM unnest(CAST(:schemas AS text[])) AS wanted (name)"
+    " JOIN pg_namespace AS n ON n.nspname = wanted.name"
+)
+
+
+def _existing(connection: Connection, schemas: list[str]) -> dict[str, bool]:
+    return {name: True for name in connection.execute(EXISTING_SQL, {"schemas": schemas}).scalars()}
+
+
+def existing(
+    engine_for: EngineFor, placed: Sequence[Placed]
+) -> tuple[set[str], dict[str | None, str]]:
+    """(the placed tenants whose schema exists, the databases that could not be reached and
+    why): one catalog pass a database, every database at once."""
+    found, unreachable = in_each(engine_for, placed, _existing)
+    return set(found), unreachable
+
+
 PLAN_THREADS = 16
 """Databases read at once while planning: each waits on its server, not on this process."""

@@ -434,6 +434,9 @@ def fleet_text(report: Survey) -> str:
             else " (the tenant source says which are active)"
         )
         + f"; head {report.head}",
+        "revisions read from every schema"
+        if report.read_schemas
+        else "revisions as the registry records them (`fleet --verify` reads every schema)",
         "",
         table(
             ["revision", "tenants", ""],
@@ -482,6 +485,18 @@ def fleet_text(report: Survey) -> str:
         lines.append(
             f"\ndrift, at a revision the scripts do not know ({len(report.unknown)}): "
             + shorten([f"{s}={v}" for s, v in report.unknown.items()], 20)
+        )
+    if report.unrecorded:
+        lines.append(
+            f"\nchanged around tenantfleet, the registry records another revision"
+            f" ({len(report.unrecorded)}): "
+            + shorten(
+                [
+                    f"{s} at {v['found'] or '(none)'}, recorded {v['recorded']}"
+                    for s, v in report.unrecorded.items()
+                ],
+                20,
+            )
         )
     if report.missing:
         lines.append(

@@ -1,4 +1,6 @@
-"""``public.tenant_registry``: the only module that writes it."""
+"""``public.tenant_registry``: the only Python module that writes it (the success mark,
+``sql/functions.sql``, records a tenant's new revision in the same transaction as its schema
+change)."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -96,6 +98,28 @@ def list_tenants(connection: Connection, *, active_only: bool = False) -> list[T
     if active_only:
         query = query.where(tenant_registry.c.is_active)
     return [Tenant(*row) for row in connection.execute(query)]
+
+
+def recorded_revisions(connection: Connection) -> dict[str, str | None]:
+    """Each active tenant's revision as the registry records it (``base``: none; None: no
+    record). tenantfleet writes it with every change it makes to the schema, in the same
+    transaction; a change made around tenantfleet (Alembic or SQL by hand) is not in it."""
+    rows = connection.execute(
+        sa.select(tenant_registry.c.schema_name, tenant_registry.c.current_revision).where(
+            tenant_registry.c.is_active
+        )
+    )
+    return {schema: revision for schema, revision in rows}
+
+
+def deactivated(connection: Connection) -> dict[str, str | None]:
+    """Each inactive tenant and why (``tenant deactivate --reason``)."""
+    rows = connection.execute(
+        sa.select(tenant_registry.c.schema_name, tenant_registry.c.deactivated_reason)
+        .where(sa.not_(tenant_registry.c.is_active))
+        .order_by(tenant_registry.c.schema_name)
+    )
+    return {schema: reason for schema, reason in rows}
 
 
 def select_for_migration(

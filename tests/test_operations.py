@@ -72,13 +72,21 @@ def test_status_runs_and_fleet_show_where_things_stand(stack: Stack) -> None:
     assert [r["id"] for r in listed] == [run["run_id"]]
     assert "partial" in stack.cli("runs").out
 
-    surveyed = json.loads(stack.cli("fleet", "--json").out)
-    assert surveyed["head"] == R3 and surveyed["tenants"] == 6
+    # the record: what tenantfleet did (st00006 changed by hand since, unseen)
+    recorded = json.loads(stack.cli("fleet", "--json").out)
+    assert recorded["read_schemas"] is False and recorded["unrecorded"] == {}
+    assert recorded["by_revision"] == {R1: 1, R2: 5} and recorded["unknown"] == {}
+    assert "as the registry records them" in stack.cli("fleet").out
+    # every schema read: the hand-made change shows, against the record
+    surveyed = json.loads(stack.cli("fleet", "--verify", "--json").out)
+    assert surveyed["head"] == R3 and surveyed["tenants"] == 6 and surveyed["read_schemas"]
     assert surveyed["by_revision"] == {R1: 1, R2: 4, "dead1": 1}
     assert surveyed["unknown"] == {"st00006": "dead1"}
+    assert surveyed["unrecorded"] == {"st00006": {"recorded": R2, "found": "dead1"}}
     assert sorted(surveyed["behind"]) == sorted(set(schemas) - {"st00006"})
-    text = stack.cli("fleet").out
+    text = stack.cli("fleet", "--verify").out
     assert "drift, at a revision the scripts do not know (1): st00006=dead1" in text
+    assert f"st00006 at dead1, recorded {R2}" in text
 
 
 def test_canary_failure_stops_the_rollout_before_the_rest_is_touched(stack: Stack) -> None:

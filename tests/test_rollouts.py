@@ -341,6 +341,10 @@ def test_a_concurrent_index_revision_runs_outside_one_transaction_with_honest_re
                 sa.text("SELECT count(*) FROM pg_indexes WHERE indexname = 'ux_users_handle'")
             ).scalar()
             assert valid == 99
+        # the registry records where the span stopped: fleet's view equals the schemas'
+        recorded = _json(stack.cli("fleet", "--json"))
+        assert recorded["by_revision"] == {"c0001": 1, "c0002": 99}
+        assert _json(stack.cli("fleet", "--verify", "--json"))["unrecorded"] == {}
 
         with stack.engine.begin() as connection:
             connection.execute(sa.text("UPDATE ci00042.users SET handle = 'u' || id"))
