@@ -6,7 +6,6 @@ Exit codes: ``errors.EXIT_CODES``.
 import argparse
 import gc
 import getpass
-import json
 import logging
 import os
 import socket
@@ -57,12 +56,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def _json_value(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
-
-
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=_json_value))
+    print(output.json_text(value))
 
 
 def _number(kind: type, minimum: float, what: str) -> Callable[[str], Any]:

@@ -1,6 +1,8 @@
 """How results look: text tables and JSON-ready dicts. No I/O here."""
 
+import json
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from tenantfleet import lint
@@ -16,6 +18,36 @@ from tenantfleet.runs import Counts, Run
 from tenantfleet.states import TENANT_STATES as STATES
 from tenantfleet.states import RunState, TenantState, held_hint
 from tenantfleet.survey import Survey
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(value, default=_json_value)
+
+
+def _lines(items: list[Any], indent: str) -> str:
+    inner = ",\n".join(f"{indent}  {_encode(item)}" for item in items)
+    return f"[\n{inner}\n{indent}]" if items else "[]"
+
+
+def json_text(value: Any) -> str:
+    """``value`` as every ``--json`` prints it: an object a key a line, a list (top-level, or a
+    key's value) an item a line, everything else on its line. Each line is made by Python's C
+    encoder: indenting every level (``indent=2``) falls back to the pure-Python one, which took
+    1.5 s for a status of 100,000 tenants."""
+    if isinstance(value, list):
+        return _lines(value, "")
+    if not isinstance(value, dict) or not value:
+        return _encode(value)
+    rows = ",\n".join(
+        f"  {_encode(key)}: {_lines(item, '  ') if isinstance(item, list) else _encode(item)}"
+        for key, item in value.items()
+    )
+    return f"{{\n{rows}\n}}"
+
 
 FAILED, SKIPPED = TenantState.FAILED, TenantState.SKIPPED
 LISTED: tuple[str, ...] = (FAILED, SKIPPED)

@@ -1,5 +1,6 @@
 """What the text views show of a run: pure shaping of a run's view, no server."""
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,3 +101,23 @@ def test_a_dry_run_says_who_is_ahead_who_would_be_skipped_and_what_would_refuse_
     assert "replayed (rendered once): r2; online (as alembic upgrade): -" in text
     shown = output.plan_dict(plan, [["a"]], "", replay)
     assert shown["ahead"] == ["c"] and shown["skipped"][0]["schema"] == "gone"
+
+
+def test_json_text_is_json_with_a_line_per_key_and_per_listed_item() -> None:
+    value = {
+        "run_id": 3,
+        "at": datetime(2026, 12, 7, 6, 30, tzinfo=UTC),
+        "counts": {"total": 2, "succeeded": 2},
+        "tenants": [{"schema": "t00001", "status": "succeeded"}, {"schema": "t00002"}],
+        "waves": [],
+        "ünïcode": "naïve",
+    }
+    text = output.json_text(value)
+    assert json.loads(text) == {**value, "at": "2026-12-07T06:30:00+00:00"}
+    lines = text.splitlines()
+    assert lines[0] == "{" and lines[-1] == "}" and len(lines) == 2 + len(value) + 3
+    assert '    {"schema": "t00001", "status": "succeeded"},' in lines
+    assert '  "waves": [],' in lines
+    assert output.json_text([]) == "[]" and output.json_text({}) == "{}"
+    assert output.json_text([1, {"a": None}]).splitlines() == ["[", "  1,", '  {"a": null}', "]"]
+    assert json.loads(output.json_text("x")) == "x"
