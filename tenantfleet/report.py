@@ -1,8 +1,8 @@
 """``tenantfleet report RUN --html FILE``: one self-contained HTML page about a run.
 
 Everything comes from the run tables (the run, its tenants, every attempt), so the page can be
-written at any time, for any run, long after Flower forgot it. The pictures are drawn by
-matplotlib as inline SVG: the page works offline, with no server, no script from anywhere.
+written at any time, for any run, long after Flower forgot it. The pictures are inline SVG
+(``charts.py``): the page works offline, with no server, no script from anywhere.
 
 - the outcome, the run's duration, its throughput and the p50/p95/p99 of the tenants' times;
 - a **timeline**: every attempt a bar on the lane of the worker process that made it, coloured
@@ -15,16 +15,13 @@ matplotlib as inline SVG: the page works offline, with no server, no script from
 """
 
 import html
-import io
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
-from tenantfleet import __version__, runs, states
-from tenantfleet.errors import MissingExtra
+from tenantfleet import __version__, charts, runs, states
 
 COLOURS = {
     "succeeded": "#2e7d32",
@@ -132,26 +129,6 @@ def summary(data: RunData, times: list[TenantTime], generated: datetime) -> str:
     )
 
 
-def _svg(figure: Any) -> str:
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
-
-
-def _figure(width: float, height: float) -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingExtra("report --html (its charts)", "report") from None
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, searchable
-    return Figure(figsize=(width, height))
-
-
 def timeline(data: RunData) -> str:
     """Each attempt a bar on its worker process's lane, coloured by outcome."""
     spans = [(label, a) for label, a in data.attempts if a.started_at is not None]
@@ -159,92 +136,60 @@ def timeline(data: RunData) -> str:
         return "<p>No attempt was made.</p>"
     start = min(a.started_at for _, a in spans)
     end = max((a.finished_at or a.started_at) for _, a in spans)
+    span = max((end - start).total_seconds(), 1e-3)
     lanes = sorted({a.worker or "?" for _, a in spans})[:MAX_LANES]
-    height = 1.2 + 0.28 * len(lanes)
-    figure = _figure(11, height)
-    axes = figure.subplots()
-    by_outcome: dict[str | None, dict[int, list[tuple[float, float]]]] = defaultdict(
+    lane_of = {lane: index for index, lane in enumerate(lanes)}
+    visible = span / 1500  # a bar at least a pixel wide
+    titled = len(spans) <= MAX_TITLED  # past that no tooltip is written: none is made
+    by_outcome: dict[str | None, dict[int, list[charts.Bar]]] = defaultdict(
         lambda: defaultdict(list)
     )
-    visible = max((end - start).total_seconds(), 1e-3) / 1500  # a bar at least a pixel wide
-    names: dict[str | None, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
-    titled = len(spans) <= MAX_TITLED  # past that no tooltip is written: none is made
     for label, found in spans:
-        lane = (found.worker or "?") if (found.worker or "?") in lanes else None
-        if lane is None:
+        index = lane_of.get(found.worker or "?")
+        if index is None:
             continue
         begin = (found.started_at - start).total_seconds()
         finish = ((found.finished_at or end) - start).total_seconds()
-        index = lanes.index(lane)
-        by_outcome[found.outcome][index].append((begin, max(finish - begin, visible)))
-        if titled:
-            names[found.outcome][index].append(
-                f"{label}: attempt {found.attempt}, {found.outcome or 'no end'},"
-                f" {finish - begin:.3f} s"
-            )
-    titles: list[list[str]] = []
-    order = sorted(by_outcome, key=lambda o: o not in DRAWN_FIRST)
-    for outcome in order:
-        colour = COLOURS.get(outcome, COLOURS[None])
-        for lane_index, bars in by_outcome[outcome].items():
-            axes.broken_barh(
-                bars if titled else merged(bars, visible),
-                (lane_index - 0.4, 0.8),
-                facecolors=colour,
-                gid=f"bars-{outcome}",
-            )
-            titles.append(names[outcome][lane_index])
-    axes.set_yticks(range(len(lanes)), [_short(lane) for lane in lanes], fontsize=7)
-    axes.set_xlabel("seconds since the first attempt began")
-    axes.set_xlim(0, max((end - start).total_seconds(), 1e-3))
-    axes.invert_yaxis()
-    handles = [
-        _patch(COLOURS.get(o, COLOURS[None]), o or "no end (worker died?)") for o in by_outcome
-    ]
-    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
-    merging = "" if titled else " (bars closer than a pixel drawn as one)"
-    axes.set_title(f"Timeline: {len(spans)} attempts on {len(lanes)} worker processes{merging}")
-    drawn = _svg(figure)
-    return _with_titles(drawn, titles) if titled else drawn
-
-
-def merged(bars: list[tuple[float, float]], gap: float) -> list[tuple[float, float]]:
-    """(start, width) bars with those less than ``gap`` apart joined into one."""
-    joined: list[tuple[float, float]] = []
-    for begin, width in sorted(bars):
-        if joined and begin - (joined[-1][0] + joined[-1][1]) < gap:
-            first = joined[-1][0]
-            joined[-1] = (first, max(joined[-1][1], begin + width - first))
-        else:
-            joined.append((begin, width))
-    return joined
-
-
-_BAR_GROUP = re.compile(r'<g id="bars-[^"]*">.*?</g>', re.DOTALL)
-_BAR = re.compile(r"<path ([^>]*?)/>")
-
-
-def _with_titles(svg: str, titles: list[list[str]]) -> str:
-    """Each bar of the timeline named in a ``<title>`` (a browser shows it as a tooltip): the
-    groups and their bars come out of matplotlib in the order they were drawn."""
-    groups = iter(titles)
-
-    def name_bars(group: re.Match[str]) -> str:
-        names = iter(next(groups, []))
-        return _BAR.sub(
-            lambda bar: (
-                f"<path {bar.group(1)}><title>{html.escape(next(names, ''))}</title></path>"
-            ),
-            group.group(0),
+        title = (
+            f"{label}: attempt {found.attempt}, {found.outcome or 'no end'}, {finish - begin:.3f} s"
+            if titled
+            else None
         )
+        by_outcome[found.outcome][index].append(
+            charts.Bar(begin, max(finish - begin, visible), title)
+        )
+    series = [
+        charts.Series(
+            str(outcome),
+            outcome or "no end (worker died?)",
+            COLOURS.get(outcome, COLOURS[None]),
+            {
+                index: bars if titled else merged(bars, visible)
+                for index, bars in by_outcome[outcome].items()
+            },
+        )
+        for outcome in sorted(by_outcome, key=lambda o: o not in DRAWN_FIRST)
+    ]
+    merging = "" if titled else " (bars closer than a pixel drawn as one)"
+    return charts.lanes(
+        f"Timeline: {len(spans)} attempts on {len(lanes)} worker processes{merging}",
+        [_short(lane) for lane in lanes],
+        series,
+        span,
+        "seconds since the first attempt began",
+    )
 
-    return _BAR_GROUP.sub(name_bars, svg)
 
-
-def _patch(colour: str, label: str) -> Any:
-    from matplotlib.patches import Patch
-
-    return Patch(color=colour, label=label)
+def merged(bars: list[charts.Bar], gap: float) -> list[charts.Bar]:
+    """Bars less than ``gap`` apart joined into one (untitled)."""
+    joined: list[charts.Bar] = []
+    for bar in sorted(bars, key=lambda b: (b.start, b.width)):
+        last = joined[-1] if joined else None
+        if last is not None and bar.start - (last.start + last.width) < gap:
+            joined[-1] = charts.Bar(last.start, max(last.width, bar.start + bar.width - last.start))
+        else:
+            joined.append(charts.Bar(bar.start, bar.width))
+    return joined
 
 
 def _short(worker: str) -> str:
@@ -256,19 +201,13 @@ def histogram(times: list[TenantTime]) -> str:
     durations = [t.whole for t in times]
     if not durations:
         return "<p>No tenant has a duration.</p>"
-    import numpy
-
-    low = max(min(durations), 1e-3)
-    high = max(max(durations), low * 1.01)
-    bins = numpy.geomspace(low, high, 30)
-    figure = _figure(11, 3.2)
-    axes = figure.subplots()
-    axes.hist(durations, bins=bins, color="#1565c0", gid="duration-bars")
-    axes.set_xscale("log")
-    axes.set_xlabel("seconds per tenant, from its first attempt's start to its end")
-    axes.set_ylabel("tenants")
-    axes.set_title(f"Durations of {len(durations)} tenants")
-    return _svg(figure)
+    return charts.histogram(
+        f"Durations of {len(durations)} tenants",
+        durations,
+        "seconds per tenant, from its first attempt's start to its end",
+        "duration-bars",
+        "#1565c0",
+    )
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

@@ -1,11 +1,11 @@
-"""The HTML run report from given run data (matplotlib draws it; no server)."""
+"""The HTML run report from given run data (its charts SVG written by hand; no server)."""
 
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import tenantfleet
-from tenantfleet import report, runs
+from tenantfleet import charts, report, runs
 
 T0 = datetime(2026, 12, 6, 21, 0, tzinfo=UTC)
 
@@ -76,8 +76,10 @@ def test_every_timeline_bar_is_named_in_its_tooltip() -> None:
 
 
 def test_bars_closer_than_a_pixel_are_joined() -> None:
-    bars = [(5.0, 1.0), (0.0, 1.0), (1.05, 1.0), (2.5, 0.1), (2.1, 0.1)]
-    assert report.merged(bars, 0.2) == [(0.0, 2.2), (2.5, 0.1), (5.0, 1.0)]
+    bars = [charts.Bar(s, w, "t") for s, w in [(5.0, 1.0), (0.0, 1.0), (1.05, 1.0), (2.5, 0.1),
+                                                (2.1, 0.1)]]  # fmt: skip
+    joined = [(b.start, round(b.width, 6), b.title) for b in report.merged(bars, 0.2)]
+    assert joined == [(0.0, 2.2, None), (2.5, 0.1, None), (5.0, 1.0, None)]
     assert report.merged([], 0.2) == []
 
 
@@ -92,5 +94,20 @@ def test_a_large_timeline_draws_what_its_pixels_show_and_keeps_every_failure(
     monkeypatch.setattr(report, "MAX_TITLED", 100)
     drawn = report.timeline(run)
     assert "bars closer than a pixel drawn as one" in drawn
-    assert drawn.count("<path") < 60  # 301 attempts, a handful of bars (and axes, legend)
+    assert drawn.count("<rect") < 20  # 301 attempts, a handful of bars (and the legend)
     assert drawn.index('id="bars-succeeded"') < drawn.index('id="bars-failed"')  # on top
+
+
+def test_the_axes_have_round_ticks_and_the_histogram_counts_every_tenant() -> None:
+    assert charts.ticks(21.0) == [0, 5, 10, 15, 20]
+    assert charts.ticks(0.9, 5) == [0, 0.2, 0.4, 0.6000000000000001, 0.8]
+    assert charts.ticks(0) == [0.0]
+    shown = [f"{v:g}" for v in charts.log_ticks(0.004, 2.1)]
+    assert shown == ["0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"]
+    assert [f"{v:g}" for v in charts.log_ticks(0.001, 5000)] == ["0.001", "0.01", "0.1", "1",
+                                                                  "10", "100", "1000"]  # fmt: skip
+    values = [0.0001, 0.009, 0.01, 0.5, 2.0, 2.0]
+    svg = charts.histogram("t", values, "s", "duration-bars", "#000")
+    counted = [int(n) for n in re.findall(r"<title>(\d+) tenants", svg)]
+    assert sum(counted) == len(values)  # the one below a millisecond in the first bin
+    assert svg.startswith("<svg") and svg.endswith("</svg>") and 'id="duration-bars"' in svg

