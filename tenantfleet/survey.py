@@ -111,7 +111,7 @@ def survey(
         deactivated=inactive,
         databases=per_database,
         refused={t.schema: why for t, why in refused},
-        read_schemas=verify or not registered,
+        read_schemas=verify or all(recorded.get(t.schema) is None for t in active),
         unrecorded=dict(sorted(unrecorded.items())),
     )
 
