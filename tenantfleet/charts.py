@@ -8,6 +8,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 PLOT_WIDTH = 860
 LEFT = 210
@@ -22,8 +23,9 @@ GRID = "#e6e6e6"
 INK = "#333"
 
 
-@dataclass(frozen=True)
-class Bar:
+class Bar(NamedTuple):
+    """A tuple: a timeline has one for every attempt (or every pixel's worth of them)."""
+
     start: float
     width: float
     title: str | None = None
@@ -134,7 +136,10 @@ def lanes(
                     if bar.title
                     else f"{shape}/>"
                 )
-        parts.append(f'<g id="bars-{kind.name}" fill="{kind.colour}">{"".join(rects)}</g>')
+        parts.append(
+            f'<g id="bars-{kind.name}" fill="{kind.colour}" shape-rendering="crispEdges">'
+            f"{''.join(rects)}</g>"
+        )
     parts += _legend([(kind.colour, kind.label) for kind in series])
     return _svg(LEFT + PLOT_WIDTH + RIGHT, bottom + BOTTOM, parts)
 
@@ -164,7 +169,9 @@ def histogram(
     bottom = TOP + HISTOGRAM_HEIGHT
     tallest = max(counts)
     levels = ticks(tallest, 5)
-    top_level = max(levels[-1], tallest, 1)
+    if len(levels) > 1 and levels[-1] < tallest:  # the axis ends on a tick above the tallest
+        levels.append(levels[-1] + levels[1])
+    top_level = max(levels[-1], 1)
 
     def place(value: float) -> float:
         return LEFT + math.log(value / low) / ratio * PLOT_WIDTH

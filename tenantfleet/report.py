@@ -18,8 +18,7 @@ import html
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from tenantfleet import __version__, charts, runs, states
 
@@ -58,18 +57,22 @@ class RunData:
     """(tenant label, attempt) for every attempt of the run."""
 
 
-@dataclass(frozen=True)
-class TenantTime:
-    """A tenant's time in the run, from its attempts."""
+class TenantTime(NamedTuple):
+    """A tenant's time in the run, from its attempts (``of``); a tuple, made for every
+    tenant."""
 
     label: str
     attempts: list[runs.Attempt]
+    """In the order they were made."""
+    whole: float
+    """Seconds from its first attempt's start to its last attempt's end."""
 
-    @cached_property
-    def whole(self) -> float:
-        """Seconds from its first attempt's start to its last attempt's end."""
-        ends = [a.finished_at or a.started_at for a in self.attempts]
-        return (max(ends) - min(a.started_at for a in self.attempts)).total_seconds()
+    @classmethod
+    def of(cls, label: str, attempts: list[runs.Attempt]) -> "TenantTime":
+        if len(attempts) > 1:
+            attempts = sorted(attempts, key=_number)
+        ends = [a.finished_at or a.started_at for a in attempts]
+        return cls(label, attempts, (max(ends) - attempts[0].started_at).total_seconds())
 
     @property
     def in_attempts(self) -> float:
@@ -83,16 +86,18 @@ class TenantTime:
         return max(self.whole - self.in_attempts, 0.0)
 
 
+def _number(found: runs.Attempt) -> int:
+    return found.attempt
+
+
 def tenant_times(data: RunData) -> list[TenantTime]:
     """Every tenant with an attempt, slowest first."""
     by_tenant: dict[str, list[runs.Attempt]] = defaultdict(list)
     for label, found in data.attempts:
-        if found.started_at is not None:
-            by_tenant[label].append(found)
-    times = [
-        TenantTime(label, sorted(a, key=lambda x: x.attempt)) for label, a in by_tenant.items()
-    ]
-    return sorted(times, key=lambda t: -t.whole)
+        by_tenant[label].append(found)
+    times = [TenantTime.of(label, found) for label, found in by_tenant.items()]
+    times.sort(key=lambda t: t.whole, reverse=True)
+    return times
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -131,7 +136,7 @@ def summary(data: RunData, times: list[TenantTime], generated: datetime) -> str:
 
 def timeline(data: RunData) -> str:
     """Each attempt a bar on its worker process's lane, coloured by outcome."""
-    spans = [(label, a) for label, a in data.attempts if a.started_at is not None]
+    spans = data.attempts  # started_at is NOT NULL
     if not spans:
         return "<p>No attempt was made.</p>"
     start = min(a.started_at for _, a in spans)

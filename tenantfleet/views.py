@@ -88,7 +88,7 @@ def attempts(manager: MigrationManager, run_id: int, schema: str) -> list[dict[s
     with db.connect(manager.engine) as connection:
         if schema not in runs.statuses(connection, run_id, [schema]):
             raise UsageError(f"run {run_id} has no tenant {schema}")
-        return [dataclasses.asdict(a) for a in runs.attempts_of(connection, run_id, schema)]
+        return [a._asdict() for a in runs.attempts_of(connection, run_id, schema)]
 
 
 def blocked(manager: MigrationManager, run_id: int) -> list[dict[str, Any]]:
