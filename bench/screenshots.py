@@ -4,7 +4,8 @@ run, both taken with headless Chromium.
     python bench/screenshots.py --admin-url postgresql://postgres@127.0.0.1:5432/postgres
 
 A fresh database with 1,000 W1 tenants (20 of them broken on purpose, two held by a lock for a
-while so that they retry), two worker processes, Flower; `tenantfleet migrate --wave 5%
+while so that they retry), two worker processes, Flower, a state directory (and embedded Redis,
+stopped at the end) of its own; `tenantfleet migrate --wave 5%
 --max-failures 50 --wait`. Writes docs/images/flower-tasks.png, docs/images/report-1000.png and
 docs/images/report-1000.html.
 """
@@ -68,6 +69,7 @@ def main() -> int:
     url = helpers.create_database(args.admin_url)
     work = Path(tempfile.mkdtemp(prefix="tf-shots-"))
     os.environ["TENANTFLEET_DATABASE_URL"] = url
+    os.environ.setdefault("TENANTFLEET_STATE_DIR", str(work / "state"))  # its own broker
     os.environ["TENANTFLEET_LOCK_TIMEOUT"] = "1"
     os.environ["TENANTFLEET_RETRY_BACKOFF"] = "0.5"
     settings = config.load_settings()
@@ -128,6 +130,8 @@ def main() -> int:
     finally:
         for process in started:
             processes.stop(process)
+        # the embedded Redis the commands started (when no broker is configured)
+        subprocess.run([sys.executable, "-m", "tenantfleet", "dev", "down"], capture_output=True)
         engine.dispose()
         helpers.drop_database(args.admin_url, url)
     return 0
