@@ -76,11 +76,15 @@ def survey(
     recorded = registry.recorded_revisions(connection) if registered else {}
     inactive = registry.deactivated(connection) if registered else {}
     present, unreachable = _revisions(engine_for, active, recorded, read_all=verify)
-    unrecorded = {
-        s: {"recorded": recorded[s], "found": v}
-        for s, v in present.items()
-        if verify and recorded.get(s) is not None and _revision(recorded[s]) != v
-    }
+    unrecorded = (
+        {
+            s: {"recorded": recorded[s], "found": v}
+            for s, v in present.items()
+            if recorded.get(s) is not None and _revision(recorded[s]) != v
+        }
+        if verify
+        else {}
+    )
     missing = [
         t.schema for t in active if t.schema not in present and t.database not in unreachable
     ]
