@@ -121,19 +121,23 @@ def rss_mb(pid: int) -> dict[str, float]:
     return found
 
 
-FINISHED_SQL = sa.text(
-    "SELECT count(*) FROM public.migration_run_tenants WHERE run_id = (SELECT max(id) FROM"
-    " public.migration_runs) AND NOT status = ANY(CAST(:pending AS text[]))"
+PROGRESS_SQL = sa.text(
+    "SELECT count(*) FILTER (WHERE NOT status = ANY(CAST(:pending AS text[]))), count(*)"
+    " FROM public.migration_run_tenants WHERE run_id = (SELECT max(id) FROM"
+    " public.migration_runs)"
 ).bindparams(pending=list(runs.PENDING))
 
 
 class Growth:
     """Samples the worker's RSS while a run goes: after its first ``mark`` tenants finished,
-    and when the block ends. Growth per tenant shows as a difference between the two."""
+    the last time before every tenant had finished (the chord then fires: its callback carries
+    every tenant's result), and when the block ends. Growth per tenant shows as a difference
+    between the first two; what closing the run leaves behind, between the last two."""
 
     def __init__(self, url: str, worker: int, mark: int = 1000, every: float = 0.25) -> None:
         self.url, self.worker, self.mark, self.every = url, worker, mark, every
         self.at_mark: dict[str, float] | None = None
+        self.before_close: dict[str, float] | None = None
         self.at_end: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -150,24 +154,35 @@ class Growth:
     def _watch(self) -> None:
         engine = db.make_engine(self.url)
         try:
-            while self.at_mark is None and not self._stop.wait(self.every):
+            while not self._stop.wait(self.every):
                 with engine.connect() as connection:
-                    finished = int(connection.execute(FINISHED_SQL).scalar_one())
+                    finished, total = connection.execute(PROGRESS_SQL).one()
+                if total and finished >= total:
+                    break
+                sample = rss_mb(self.worker)
                 if finished >= self.mark:
-                    self.at_mark = rss_mb(self.worker)
+                    self.at_mark = self.at_mark or sample
+                    self.before_close = sample
         except sa.exc.SQLAlchemyError:
             pass  # no run table yet; the end is still sampled
         finally:
             engine.dispose()
 
     def report(self) -> dict[str, Any]:
-        """RSS after the first ``mark`` tenants and at the end, per process, and the largest
-        change in per cent."""
-        found: dict[str, Any] = {"after_first_mb": self.at_mark, "at_end_mb": self.at_end}
-        if self.at_mark:
-            found["largest_change_pct"] = max(
-                round(100 * (self.at_end[p] - self.at_mark[p]) / self.at_mark[p], 1)
-                for p in self.at_mark
-                if p in self.at_end
+        """RSS after the first ``mark`` tenants, before the close and at the end, per process,
+        and the largest change in per cent over the tenants and over the whole run."""
+        found: dict[str, Any] = {
+            "after_first_mb": self.at_mark,
+            "before_close_mb": self.before_close,
+            "at_end_mb": self.at_end,
+        }
+        if self.at_mark and self.before_close:
+            found["largest_change_pct"] = _largest_change(self.at_mark, self.at_end)
+            found["largest_change_before_close_pct"] = _largest_change(
+                self.at_mark, self.before_close
             )
         return found
+
+
+def _largest_change(before: dict[str, float], after: dict[str, float]) -> float:
+    return max(round(100 * (after[p] - before[p]) / before[p], 1) for p in before if p in after)

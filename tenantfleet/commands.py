@@ -7,6 +7,7 @@ status strings in the CLI.
 """
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -190,20 +191,27 @@ def status(
         runs.finalize(connection, run_id)
         open_runs = guard.open_runs(connection, manager.settings.stale_run_after)
         state = next((o for o in open_runs if o.run.id == run_id), None)
-    view = views.run_view(manager.engine, run_id, slowest=5, listed=listed)
-    if tenant is not None:
-        view["attempts"] = views.attempts(manager, run_id, tenant)
-    if state is None:
-        return view, run_exit_code(view["status"])
-    view["alive"] = state.alive
-    view["held"] = state.held
-    view["idle_seconds"] = round(state.idle_seconds, 1)
-    queues = dispatch.queues_of(manager)
-    ours, reason = follow.waiting_for(dispatch.app(), queues, view["target_revision"])
-    view["workers"] = ours
-    view["waiting_for"] = reason
-    view["blocked"] = views.blocked(manager, run_id)
+    with ThreadPoolExecutor(max_workers=1) as asking:
+        # The workers' answers take up to follow.INSPECT_TIMEOUT_S (nobody knows how many will
+        # answer): asked while the run tables are read, not after.
+        workers = None if state is None else asking.submit(_workers_of, manager, state.run)
+        view = views.run_view(manager.engine, run_id, slowest=5, listed=listed)
+        if tenant is not None:
+            view["attempts"] = views.attempts(manager, run_id, tenant)
+        if state is None or workers is None:
+            return view, run_exit_code(view["status"])
+        view["alive"] = state.alive
+        view["held"] = state.held
+        view["idle_seconds"] = round(state.idle_seconds, 1)
+        blocked = views.blocked(manager, run_id)
+        view["workers"], view["waiting_for"] = workers.result()
+        view["blocked"] = blocked
     return view, EXIT_TIMEOUT if state.alive else EXIT_TENANT_FAILURES
+
+
+def _workers_of(manager: MigrationManager, run: runs.Run) -> tuple[list[str], str | None]:
+    """The workers consuming the run's database queue, and why its tenants would wait."""
+    return follow.waiting_for(dispatch.app(), dispatch.queues_of(manager), run.target_revision)
 
 
 def recent_runs(
