@@ -36,8 +36,8 @@ def close(run_id: int, attempt: int = 0) -> str:
 
 
 @app.task(name="tenantfleet.finalize_run")
-def finalize_run(_results: list[Any], run_id: int) -> str:
-    """The chord body: every tenant task returned."""
+def finalize_run(run_id: int) -> str:
+    """The chord body: every tenant task returned (sent immutable: it takes no results)."""
     return close(run_id)
 
 

@@ -16,6 +16,8 @@ import pytest
 import redis
 from celery import chord, group
 
+from tenantfleet import dispatch
+
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 CALLS = [(7, "t00001", "r2"), (7, "shard2/t00002", "r2"), (7, "t00003", "r2")]
 KWARGS = {"run_uid": "00000000-0000-0000-0000-000000000007", "max_failures": 2}
@@ -69,14 +71,6 @@ def _sent(broker: redis.Redis, queue: str, send: Any) -> tuple[list[str], int]:
     return messages + [_normalized(raw, ids) for raw in events], size
 
 
-def _callback(queue: str) -> Any:
-    from tenantfleet.tasks.finalize import finalize_run, finalize_run_on_error
-
-    callback = finalize_run.s(run_id=7).set(queue=queue)
-    callback.link_error(finalize_run_on_error.s(run_id=7).set(queue=queue))
-    return callback
-
-
 def test_the_copies_are_what_celery_sends(broker: redis.Redis) -> None:
     # imported here, not at collection: the app reads the session's settings (the test Redis)
     from tenantfleet.tasks.tenant import migrate_tenant
@@ -90,7 +84,7 @@ def test_the_copies_are_what_celery_sends(broker: redis.Redis) -> None:
             migrate_tenant.si(*call, **KWARGS).set(queue="sending.celery", **options)
             for call in CALLS
         )
-        chord(tasks, _callback("sending.control")).apply_async()
+        chord(tasks, dispatch.chord_callback(7, "sending.control")).apply_async()
 
     def by_copies() -> None:
         send_chord(
@@ -99,7 +93,7 @@ def test_the_copies_are_what_celery_sends(broker: redis.Redis) -> None:
             CALLS,
             KWARGS,
             {"queue": "sending.copies", **options},
-            _callback("sending.control"),
+            dispatch.chord_callback(7, "sending.control"),
             batch=100,
         )
 
