@@ -19,6 +19,8 @@ copy of it, ``tenantfleet_bench``.
 """
 
 import argparse
+import compileall
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -890,8 +892,24 @@ def refusal(settings: config.Settings, enqueue: bool) -> str | None:
     return None
 
 
+def compiled_as_installed() -> None:
+    """Write the bytecode of tenantfleet's own modules, as ``pip install`` of a wheel does: in
+    a checkout with ``PYTHONDONTWRITEBYTECODE=1`` (this machine sets it) every command would
+    otherwise compile them from source, about 0.06 CPU-seconds a command."""
+    for package in (
+        "tenantfleet",
+        "tenantfleet.workers",
+        "tenantfleet.tasks",
+        "tenantfleet.migrations",
+    ):
+        spec = importlib.util.find_spec(package)
+        for directory in (spec.submodule_search_locations or []) if spec else []:
+            compileall.compile_dir(directory, quiet=1)
+
+
 def measure(args: argparse.Namespace) -> int:
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    compiled_as_installed()
 
     os.environ.setdefault("TENANTFLEET_STATE_DIR", str(Path(".tenantfleet-bench").absolute()))
     contenders = [c for c in (args.contenders or "sequential,fleet,floor").split(",") if c]

@@ -289,6 +289,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("TENANTFLEET_STATE_DIR", str(args.home / "state"))
+    fleet_bench.compiled_as_installed()
     with fresh_cluster.kept_cluster(args.home.absolute()) as admin:
         result = measure(args, admin)
     done = subprocess.run(["du", "-sb", str(args.home / "data")], capture_output=True, text=True)
