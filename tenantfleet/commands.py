@@ -194,7 +194,7 @@ def status(
     with ThreadPoolExecutor(max_workers=1) as asking:
         # The workers' answers take up to follow.INSPECT_TIMEOUT_S (nobody knows how many will
         # answer): asked while the run tables are read, not after.
-        workers = None if state is None else asking.submit(_workers_of, manager, state.run)
+        workers = None if state is None else asking.submit(_workers_of, manager, state)
         view = views.run_view(manager.engine, run_id, slowest=5, listed=listed)
         if tenant is not None:
             view["attempts"] = views.attempts(manager, run_id, tenant)
@@ -209,9 +209,17 @@ def status(
     return view, EXIT_TIMEOUT if state.alive else EXIT_TENANT_FAILURES
 
 
-def _workers_of(manager: MigrationManager, run: runs.Run) -> tuple[list[str], str | None]:
-    """The workers consuming the run's database queue, and why its tenants would wait."""
-    return follow.waiting_for(dispatch.app(), dispatch.queues_of(manager), run.target_revision)
+def _workers_of(manager: MigrationManager, state: guard.OpenRun) -> tuple[list[str], str | None]:
+    """The workers consuming the run's database queue, and why its tenants would wait. While
+    the run is alive, the workers running its tenants are asked first (they answer at once;
+    asking everyone waits out a timeout)."""
+    working: list[str] = []
+    if state.alive:
+        with db.connect(manager.engine) as connection:
+            working = runs.working_on(connection, state.run.id)
+    return follow.waiting_for(
+        dispatch.app(), dispatch.queues_of(manager), state.run.target_revision, working
+    )
 
 
 def recent_runs(

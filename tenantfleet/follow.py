@@ -66,15 +66,34 @@ class Watch:
         return self.timeout is not None and self.elapsed() >= self.timeout
 
 
-def consumers(app: Any, queues: Queues) -> tuple[list[str], list[str]]:
-    """(workers consuming this database's tenant queue, workers answering that do not)."""
-    try:
-        answers = app.control.inspect(timeout=INSPECT_TIMEOUT_S).active_queues() or {}
-    except Exception:
-        return [], []
-    ours = sorted(w for w, qs in answers.items() if any(q["name"] == queues.tenants for q in qs))
+def consumers(
+    app: Any, queues: Queues, expected: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """(workers consuming this database's tenant queue, workers answering that do not).
+
+    A question to every worker waits out ``INSPECT_TIMEOUT_S``: on Redis nobody knows how many
+    will answer. ``expected`` (the workers working on a run right now) are asked alone first,
+    and answer within milliseconds; everyone is asked when one of them does not answer or does
+    not consume the queue."""
+    if expected:
+        answers = _active_queues(app, destination=list(expected), limit=len(expected))
+        if set(answers) == set(expected) and all(_consumes(qs, queues) for qs in answers.values()):
+            return sorted(answers), []
+    answers = _active_queues(app)
+    ours = sorted(w for w, qs in answers.items() if _consumes(qs, queues))
     others = sorted(w for w in answers if w not in ours)
     return ours, others
+
+
+def _active_queues(app: Any, **whom: Any) -> dict[str, Any]:
+    try:
+        return app.control.inspect(timeout=INSPECT_TIMEOUT_S, **whom).active_queues() or {}
+    except Exception:
+        return {}
+
+
+def _consumes(answer: Any, queues: Queues) -> bool:
+    return any(q["name"] == queues.tenants for q in answer)
 
 
 def knowing(app: Any, workers: Sequence[str], revision: str) -> list[str]:
@@ -94,10 +113,13 @@ def knowing(app: Any, workers: Sequence[str], revision: str) -> list[str]:
     return sorted(w for w, body in answers.items() if isinstance(body, dict) and body.get("knows"))
 
 
-def waiting_for(app: Any, queues: Queues, target: str) -> tuple[list[str], str | None]:
+def waiting_for(
+    app: Any, queues: Queues, target: str, expected: Sequence[str] = ()
+) -> tuple[list[str], str | None]:
     """(the workers that consume this database's tenant queue, why tenants would wait: no such
-    worker, or none of them knows ``target``; None when some worker can take them)."""
-    ours, others = consumers(app, queues)
+    worker, or none of them knows ``target``; None when some worker can take them).
+    ``expected``: as for ``consumers``."""
+    ours, others = consumers(app, queues, expected)
     if not ours:
         message = f"no worker consumes this database's tenant queue ({queues.tenants})"
         if others:

@@ -49,16 +49,25 @@ def open_runs(connection: Connection, stale_after: float) -> list[OpenRun]:
     for run in runs.open_runs(connection):
         if runs.finalize(connection, run.id) is not None:
             continue
-        pending = [t.label for t in runs.tenants_of(connection, run.id, runs.PENDING)]
         idle = runs.idle_seconds(connection, run.id)
         by_wave = runs.counts_by_wave(connection, run.id) if run.wave is not None else {}
         at_wave = by_wave.get(run.wave or 0)
         held = is_held(run, at_wave.pending if at_wave is not None else 0)
-        recent = run.dispatched_at is not None and idle < stale_after
-        sending = bool(locks.held(connection, [locks.dispatching(run.uid)]))
-        alive = held or recent or sending or bool(locks.held(connection, pending))
+        alive = (
+            held
+            or (run.dispatched_at is not None and idle < stale_after)
+            or bool(locks.held(connection, [locks.dispatching(run.uid)]))
+            or _holds_a_pending_tenant(connection, run.id)
+        )
         found.append(OpenRun(run, runs.counts(connection, run.id), alive, idle, held))
     return found
+
+
+def _holds_a_pending_tenant(connection: Connection, run_id: int) -> bool:
+    """Whether some worker holds the lock of one of the run's pending tenants (asked last: a
+    run of 100,000 tenants has as many rows to read)."""
+    pending = [t.label for t in runs.tenants_of(connection, run_id, runs.PENDING)]
+    return bool(locks.held(connection, pending))
 
 
 def active_run(connection: Connection, stale_after: float) -> OpenRun | None:

@@ -491,6 +491,18 @@ def tenants_of(
     return [RunTenant(*row) for row in connection.execute(query)]
 
 
+def working_on(connection: Connection, run_id: int) -> list[str]:
+    """The Celery node names of the workers running the run's tenants now (``worker`` is the
+    node name and the pool process's pid: ``name@host:pid``)."""
+    query = (
+        sa.select(run_tenants.c.worker)
+        .distinct()
+        .where(run_tenants.c.run_id == run_id, run_tenants.c.status == TenantState.RUNNING)
+        .where(run_tenants.c.worker.is_not(None))
+    )
+    return sorted({worker.rpartition(":")[0] or worker for worker in connection.scalars(query)})
+
+
 MOVED_SINCE = "MovedSince"
 """``error_class`` of a tenant skipped because its schema is no longer where the plan saw it."""
 BACKFILL_PENDING = "BackfillPending"
