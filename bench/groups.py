@@ -2,11 +2,15 @@
 children), the worker's main process, its pool processes, PostgreSQL, Redis, and the rest.
 
 PostgreSQL is found from a backend's parent (the postmaster): its own time, its reaped children's
-(backends that ended during the run) and its live children's. Redis is found by the pid it gives
+(backends that ended during the run) and its live children's; of it, the ``postgres:workers``
+and ``postgres:server`` parts say what the worker's backends and the server's own processes
+spent. Redis is found by the pid it gives
 in ``INFO server``. A server on another machine counts as "rest".
 """
 
+import contextlib
 import os
+import re
 import resource
 import threading
 from pathlib import Path
@@ -63,6 +67,40 @@ def _server(postmaster: psutil.Process) -> float:
             return reaped + live
 
 
+SERVER_PROCESS = re.compile(r"postgres: (?:[^ ]+: )?[a-z ]+$")
+"""The command line of a server process that is no backend (checkpointer, background writer,
+walwriter, autovacuum launcher, ...): no user, database and client."""
+CLIENT_PORT = re.compile(r"\((\d+)\)")
+
+
+def _server_parts(postmaster: psutil.Process, clients: set[int]) -> dict[str, float]:
+    """PostgreSQL's CPU split (the ``postgres:`` groups, inside ``postgres``): the live backends
+    of connections from ``clients`` (local TCP ports: the worker's), and the server's own
+    processes (what its WAL, checkpoints and statistics cost). The rest of ``postgres`` is the
+    other backends: the producer's, ``--wait``'s and the bench's own, mostly ended by then."""
+    workers = server = 0.0
+    for child in postmaster.children():
+        try:
+            line = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        port = CLIENT_PORT.search(line)
+        if port is not None and int(port.group(1)) in clients:
+            workers += _own(child)
+        elif SERVER_PROCESS.match(line):
+            server += _own(child)
+    return {"postgres:workers": workers, "postgres:server": server}
+
+
+def _ports(root: psutil.Process) -> set[int]:
+    """The local TCP ports of ``root``'s and its children's connections."""
+    found: set[int] = set()
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            found |= {c.laddr.port for c in process.net_connections("tcp") if c.laddr}
+    return found
+
+
 def postmaster_pid(url: str) -> int | None:
     """The PostgreSQL server's pid, when it runs on this machine."""
     engine = db.make_engine(url)
@@ -107,7 +145,10 @@ class Groups:
             "pool": 0.0 if self.worker is None else _tree(psutil.Process(self.worker)),
         }
         if self.postgres is not None:
-            found["postgres"] = _server(psutil.Process(self.postgres))
+            postmaster = psutil.Process(self.postgres)
+            found["postgres"] = _server(postmaster)
+            clients = set() if self.worker is None else _ports(psutil.Process(self.worker))
+            found.update(_server_parts(postmaster, clients))
         if self.redis is not None:
             found["redis"] = _own(psutil.Process(self.redis))
         return found
@@ -115,7 +156,7 @@ class Groups:
     @staticmethod
     def since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         spent = {key: round(after[key] - before[key], 2) for key in before}
-        known = sum(value for key, value in spent.items() if key != "machine")
+        known = sum(value for key, value in spent.items() if key != "machine" and ":" not in key)
         spent["rest"] = round(spent["machine"] - known, 2)
         return spent
 

@@ -70,6 +70,9 @@ def launch(
     ):
         locks.hold(holder, locks.dispatching(uid))  # a new uid: always free
         run_id = _record(manager, chosen, options, canaries, waves, uid, rollback)
+        if chosen.behind:
+            with db.begin(manager.engine) as connection:
+                runs.refresh_estimates(connection)
         send(manager, run_id, chosen.sending_order(), say, watch)
     return run_id
 
