@@ -128,6 +128,23 @@ def test_the_chord_callback_closes_the_run_without_the_producer(stack: Stack) ->
     assert (run.status, run.succeeded, run.failed, run.target_revision) == ("partial", 5, 1, R2)
 
 
+def test_the_run_rows_are_analyzed_before_the_first_task_goes(stack: Stack) -> None:
+    """The planner knows how many rows the new run has (``runs.refresh_estimates``): without
+    statistics, each attempt found its own row by reading every row of its run."""
+    schemas = fleet_setup.fleet_names(3, prefix="an")
+    fleet_setup.provision(stack.engine, schemas, R1)
+    result = migrate(stack, "--revision", R2)
+    assert result.code == 0, result.err
+    with stack.engine.connect() as connection:
+        estimated, rows = connection.execute(
+            sa.text(
+                "SELECT reltuples, (SELECT count(*) FROM public.migration_run_tenants)"
+                " FROM pg_class WHERE oid = 'public.migration_run_tenants'::regclass"
+            )
+        ).one()
+    assert estimated == rows
+
+
 def test_timeout_exits_3_and_a_locked_tenant_retries_until_the_lock_goes(stack: Stack) -> None:
     schemas = fleet_setup.fleet_names(4, prefix="lk")
     fleet_setup.provision(stack.engine, schemas, R1)
