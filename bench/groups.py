@@ -4,8 +4,8 @@ children), the worker's main process, its pool processes, PostgreSQL, Redis, and
 PostgreSQL is found from a backend's parent (the postmaster): its own time, its reaped children's
 (backends that ended during the run) and its live children's; of it, the ``postgres:workers``
 and ``postgres:server`` parts say what the worker's backends and the server's own processes
-spent. Redis is found by the pid it gives
-in ``INFO server``. A server on another machine counts as "rest".
+spent. Redis is found by the pid it gives in ``INFO server``. A server on another machine counts
+as "rest".
 """
 
 import contextlib
