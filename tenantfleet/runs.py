@@ -240,7 +240,7 @@ def create_run(
 def refresh_estimates(connection: Connection) -> None:
     """The planner's statistics of the run rows, taken once a run's rows are in (``ANALYZE``;
     skipped with a warning when the role does not own the table). Without them (a table never
-    analyzed: every database's first run, or any run on a server without autovacuum), each
+    analyzed: a database's first run, and every run where autovacuum is off), each
     tenant's own row was found through ``(run_id, status)``, every row of the run read for one:
     at 2,000 tenants, the bookkeeping of an attempt cost its backend 2.0 CPU-ms instead of
     0.8. Skipped when a vacuum of the table holds its lock (``SKIP_LOCKED``): never waited
