@@ -24,8 +24,12 @@ def _json_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
+_ENCODER = json.JSONEncoder(default=_json_value)
+"""One encoder for every line: ``json.dumps`` with ``default`` makes one a call."""
+
+
 def _encode(value: Any) -> str:
-    return json.dumps(value, default=_json_value)
+    return _ENCODER.encode(value)
 
 
 def _lines(items: list[Any], indent: str) -> str:

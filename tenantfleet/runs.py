@@ -78,8 +78,9 @@ class Run:
     continued_wave: int | None
 
 
-@dataclass(frozen=True)
-class RunTenant:
+class RunTenant(NamedTuple):
+    """A run's tenant row (a tuple: a view of 100,000 tenants builds one a row)."""
+
     schema_name: str
     status: str
     from_revision: str | None
@@ -155,7 +156,7 @@ class TenantTask:
 
 
 _RUN_COLUMNS = [runs.c[f.name] for f in fields(Run)]
-_TENANT_COLUMNS = [run_tenants.c[f.name] for f in fields(RunTenant)]
+_TENANT_COLUMNS = [run_tenants.c[name] for name in RunTenant._fields]
 
 
 def create_run(
