@@ -72,9 +72,9 @@ def consumers(
     """(workers consuming this database's tenant queue, workers answering that do not).
 
     A question to every worker waits out ``INSPECT_TIMEOUT_S``: on Redis nobody knows how many
-    will answer. ``expected`` (the workers working on a run right now) are asked alone first,
-    and answer within milliseconds; everyone is asked when one of them does not answer or does
-    not consume the queue."""
+    will answer. ``expected`` (the workers working on a run: ``runs.working_on``) are asked
+    alone first, and answer within milliseconds; everyone is asked when one of them does not
+    answer or does not consume the queue."""
     if expected:
         answers = _active_queues(app, destination=list(expected), limit=len(expected))
         if set(answers) == set(expected) and all(_consumes(qs, queues) for qs in answers.values()):
