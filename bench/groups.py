@@ -77,7 +77,9 @@ def _server_parts(postmaster: psutil.Process, clients: set[int]) -> dict[str, fl
     """PostgreSQL's CPU split (the ``postgres:`` groups, inside ``postgres``): the live backends
     of connections from ``clients`` (local TCP ports: the worker's), and the server's own
     processes (what its WAL, checkpoints and statistics cost). The rest of ``postgres`` is the
-    other backends: the producer's, ``--wait``'s and the bench's own, mostly ended by then."""
+    other backends: the producer's, ``--wait``'s and the bench's own, mostly ended by then, and
+    the worker's sessions that ended (a worker replaces a session after 1,000 uses: past 1,000
+    tenants most of the worker's backends count there)."""
     workers = server = 0.0
     for child in postmaster.children():
         try:
