@@ -10,8 +10,9 @@ RESERVED = frozenset({"public", "information_schema"})
 
 
 def shorten(names: Sequence[str], limit: int = 5) -> str:
-    """``a, b, c and 7 more``: a list of names fit for a one-line message."""
-    shown = ", ".join(names[:limit])
+    """``a, b, c and 7 more``: a list of names fit for a one-line message (a name with a
+    character that does not print, such as a newline, is shown quoted with its escapes)."""
+    shown = ", ".join(n if n.isprintable() else repr(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 

@@ -154,10 +154,10 @@ def select_for_migration(
         found = {name: active for name, active, _, _ in rows}
         missing = [s for s in include if s not in found]
         if missing:
-            raise UnknownTenant(f"not in public.tenant_registry: {', '.join(missing)}")
+            raise UnknownTenant(f"not in public.tenant_registry: {shorten(missing)}")
         inactive = [s for s in include if not found[s]]
         if inactive:
-            raise UnknownTenant(f"tenant is not active: {', '.join(inactive)}")
+            raise UnknownTenant(f"tenant is not active: {shorten(inactive)}")
     excluded = set(exclude)
     return [
         Placed(name, database, size_hint)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tenantfleet import alembic_runtime, config, databases, db, locks, retries, runs, sql
+from tenantfleet import alembic_runtime, config, databases, db, locks, names, retries, runs, sql
 from tenantfleet.config import Settings
 from tenantfleet.errors import ConnectionFailed, UsageError
 
@@ -152,3 +152,9 @@ def test_a_missing_extra_is_named_in_one_line(
     with pytest.raises(MissingExtra) as raised:
         call(tmp_path)
     assert str(raised.value) == said and raised.value.exit_code == 2
+
+
+def test_a_list_of_names_stays_on_one_line() -> None:
+    """A name with a newline (a hostile ``--exclude``) is shown with its escapes."""
+    assert names.shorten(["a\nb", "ok", "c\td"]) == "'a\\nb', ok, 'c\\td'"
+    assert names.shorten([f"t{i}" for i in range(7)], limit=2) == "t0, t1 and 5 more"
