@@ -79,7 +79,9 @@ class Run:
 
 
 class RunTenant(NamedTuple):
-    """A run's tenant row (a tuple: a view of 100,000 tenants builds one a row)."""
+    """A run's tenant row (a tuple: a view of 100,000 tenants builds one a row). Without the
+    row's times, which no view shows (each attempt's are in ``Attempt``): turning two
+    timestamps into datetimes was a fifth of a ``status --json`` of 100,000 tenants."""
 
     schema_name: str
     status: str
@@ -87,8 +89,6 @@ class RunTenant(NamedTuple):
     to_revision: str
     attempts: int
     worker: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
     duration_ms: int | None
     error_class: str | None
     error_message: str | None

@@ -4,6 +4,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tenantfleet import output, runs
 from tenantfleet.planning import Plan
 from tenantfleet.states import RunState
@@ -121,3 +124,16 @@ def test_json_text_is_json_with_a_line_per_key_and_per_listed_item() -> None:
     assert output.json_text([]) == "[]" and output.json_text({}) == "{}"
     assert output.json_text([1, {"a": None}]).splitlines() == ["[", "  1,", '  {"a": null}', "]"]
     assert json.loads(output.json_text("x")) == "x"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES)
+def test_each_line_is_what_json_dumps_makes(value: Any) -> None:
+    """The encoder made once writes what ``json.dumps`` writes, for anything JSON holds."""
+    assert output.json_text([value]) == f"[\n  {json.dumps(value)}\n]"
