@@ -31,7 +31,15 @@ _make_c_encoder: Callable[..., Callable[[Any, int], Sequence[str]]] | None = get
 )
 _C_ENCODER = (
     _make_c_encoder(
-        None, _json_value, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+        None,  # markers: no circular-reference check
+        _json_value,
+        json.encoder.encode_basestring_ascii,
+        None,  # indent
+        ": ",
+        ", ",
+        False,  # sort_keys
+        False,  # skipkeys
+        True,  # allow_nan
     )
     if _make_c_encoder is not None
     else None

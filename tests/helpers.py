@@ -9,8 +9,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -99,6 +100,28 @@ def run_bench(
         for name in (database, f"{database}_{template}"):  # the copy and the template
             url = sa.engine.make_url(pg_admin_url).set(database=name)
             drop_database(pg_admin_url, url.render_as_string(hide_password=False))
+
+
+class Times(NamedTuple):
+    """When a run's tenant ran, as its row says (the views' rows leave the times out)."""
+
+    database: str | None
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def tenant_times(engine: Engine, run_id: int) -> dict[str, Times]:
+    """Each tenant of the run, by schema: its database, status and times."""
+    with engine.connect() as connection:
+        found = connection.execute(
+            sa.text(
+                "SELECT schema_name, database, status, started_at, finished_at"
+                " FROM public.migration_run_tenants WHERE run_id = :run"
+            ),
+            {"run": run_id},
+        ).all()
+    return {schema: Times(*rest) for schema, *rest in found}
 
 
 def snapshot(engine: Engine, schemas: Iterable[str]) -> set[tuple[str, ...]]:

@@ -85,15 +85,8 @@ def test_a_tenant_is_recorded_as_finished_when_its_migration_ends(
     assert attempt.apply(
         autocommit, found, task(engine, run_id, "slow", R2), since=time.monotonic()
     )
-    with engine.connect() as connection:
-        finished = connection.execute(
-            sa.text(
-                "SELECT finished_at FROM public.migration_run_tenants"
-                " WHERE run_id = :run AND schema_name = 'slow'"
-            ),
-            {"run": run_id},
-        ).scalar_one()
-    assert (finished - began).total_seconds() >= 0.05
+    finished = helpers.tenant_times(engine, run_id)["slow"].finished_at
+    assert finished is not None and (finished - began).total_seconds() >= 0.05
 
 
 def test_replayed_sql_and_alembic_online_build_the_same_schema(

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,8 +357,11 @@ def test_no_database_ever_runs_more_tenants_at_once_than_its_cap(shards: Shards)
     assert {r.schema_name for r in rows if r.status != "succeeded"} == {broken}
     assert next(r for r in rows if r.schema_name == broken).error_class == "DuplicateTable"
     # a failure is recorded after its slot is given back: the intervals of successes only
-    spans = succeeded_spans(shards, report["run_id"])
-    overlap = {key: _most_at_once(spans, None if key == "default" else key) for key in placed}
+    engine = shards.engine(None)
+    times = helpers.tenant_times(engine, report["run_id"]).values()
+    engine.dispose()
+    succeeded = [t for t in times if t.status == "succeeded"]
+    overlap = {key: _most_at_once(succeeded, None if key == "default" else key) for key in placed}
     assert overlap["shard1"] == 1, overlap
     assert overlap["shard2"] <= 2, overlap
     assert samples["shard1"] == 1 and 1 <= samples["shard2"] <= 2, samples
@@ -366,28 +369,13 @@ def test_no_database_ever_runs_more_tenants_at_once_than_its_cap(shards: Shards)
     assert "waiting tenants of database shard1" in log
 
 
-def succeeded_spans(shards: Shards, run_id: int) -> list[tuple[str | None, Any, Any]]:
-    """(database, started_at, finished_at) of each tenant the run upgraded."""
-    engine = shards.engine(None)
-    with engine.connect() as connection:
-        found = connection.execute(
-            sa.text(
-                "SELECT database, started_at, finished_at FROM public.migration_run_tenants"
-                " WHERE run_id = :run AND status = 'succeeded'"
-            ),
-            {"run": run_id},
-        ).all()
-    engine.dispose()
-    return [(database, started, finished) for database, started, finished in found]
-
-
-def _most_at_once(spans: list[tuple[str | None, Any, Any]], database: str | None) -> int:
+def _most_at_once(times: Iterable[helpers.Times], database: str | None) -> int:
     """The most tenants of ``database`` whose [started_at, finished_at] overlap at one moment."""
     events: list[tuple[Any, int]] = []
-    for key, started, finished in spans:
-        if key == database:
-            assert started is not None and finished is not None
-            events += [(started, 1), (finished, -1)]
+    for found in times:
+        if found.database == database:
+            assert found.started_at is not None and found.finished_at is not None
+            events += [(found.started_at, 1), (found.finished_at, -1)]
     most = now = 0
     for _, step in sorted(events, key=lambda e: (e[0], e[1])):
         now += step
