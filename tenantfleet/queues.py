@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
 PREFIX = "tenantfleet"
 
+_MAY_READ_CONTROL_SQL = sa.text(
+    "SELECT has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')"
+)
 _IDENTITY_SQL = sa.text(
     "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/'"
     " || (SELECT oid FROM pg_database WHERE datname = current_database())::text"
@@ -46,12 +48,16 @@ class Queues:
 
 
 def of_database(connection: Connection) -> Queues:
-    """The queues of the database ``connection`` is on."""
-    try:
-        with connection.begin_nested():
-            identity = str(connection.execute(_IDENTITY_SQL).scalar_one())
-    except DBAPIError:  # pg_control_system() revoked: the server's address instead
-        identity = str(connection.execute(_FALLBACK_IDENTITY_SQL).scalar_one())
+    """The queues of the database ``connection`` is on: named after the cluster's identity, or,
+    where the role may not call ``pg_control_system()`` (an administrator revoked it), after the
+    server's address. The choice is asked, never inferred from an error: a passing failure to
+    read the control file (the data directory's parent made unreadable for a moment) would
+    otherwise name a queue no worker consumes, and the run would wait for ever. Such an error
+    is raised (a worker waits for its database and asks again)."""
+    may_read = connection.execute(_MAY_READ_CONTROL_SQL).scalar_one()
+    identity = str(
+        connection.execute(_IDENTITY_SQL if may_read else _FALLBACK_IDENTITY_SQL).scalar_one()
+    )
     return Queues(hashlib.sha256(identity.encode()).hexdigest()[:12])
 
 
