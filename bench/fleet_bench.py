@@ -183,11 +183,11 @@ def per_schema_sql(url: str, schemas: Sequence[str], sql: str, workers: int) -> 
 
 def versions(url: str, schemas: Sequence[str]) -> set[str | None]:
     """The revisions ``schemas`` are at, in ``url`` (those it does not hold left out)."""
-    from tenantfleet import alembic_runtime
+    from tenantfleet import versions
 
     engine = db.make_engine(url)
     with engine.connect() as connection:
-        found = set(alembic_runtime.read_versions(connection, schemas).values())
+        found = set(versions.read_versions(connection, schemas).values())
     engine.dispose()
     return found
 

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg2
 import sqlalchemy as sa
 
-from tenantfleet import alembic_runtime, db, fleet_setup
+from tenantfleet import db, fleet_setup, versions
 
 R2 = fleet_setup.R2
 R3 = "w2_r3"
@@ -77,7 +77,7 @@ def tenant_env(directory: Path) -> Path:
     target = directory / "w2_tenant_env"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(
-        Path(alembic_runtime.TENANT_INI).parent,
+        Path(versions.TENANT_INI).parent,
         target,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "20250415_*"),
     )

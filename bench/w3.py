@@ -90,7 +90,7 @@ def batched_env(directory: Path) -> Path:
     target = directory / "w3_tenant_env"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(
-        w2.alembic_runtime.TENANT_INI.parent,
+        w2.versions.TENANT_INI.parent,
         target,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "20250415_*"),
     )

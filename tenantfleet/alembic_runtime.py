@@ -7,12 +7,10 @@ its schema, locked and configured the same way whether it is migrated by ``alemb
 """
 
 import argparse
-import importlib.util
 import io
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from tenantfleet import backfill, db, ledger, locks, models, replay, sql
+from tenantfleet import backfill, db, ledger, locks, models, replay, sql, versions
 from tenantfleet import config as tf_config
 from tenantfleet.backfill import Backfill
 from tenantfleet.errors import (
@@ -37,27 +35,15 @@ from tenantfleet.errors import (
     UnsupportedRevision,
 )
 from tenantfleet.names import validate_schema_name
-
-
-def _packaged(name: str) -> Path:
-    """Where a subpackage of the distribution lies, found without importing it."""
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.submodule_search_locations
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-MIGRATIONS_DIR = _packaged("tenantfleet.migrations")
-"""The seed's environments: ``migrations/`` in the repository, ``tenantfleet/migrations`` once
-installed. tenantfleet's own tables live in ``public/``; ``tenant/`` is the seed's tenant env."""
-PUBLIC_INI = MIGRATIONS_DIR / "public" / "alembic.ini"
-TENANT_INI = MIGRATIONS_DIR / "tenant" / "alembic.ini"
-"""The default tenant environment (the seed's); ``TENANTFLEET_TENANT_ALEMBIC`` names another."""
-VERSION_TABLE = "alembic_version"
-"""The version table in each tenant schema (Alembic's default name)."""
-PUBLIC_VERSION_TABLE = "tenantfleet_version"
-"""tenantfleet's own version table in ``public``: an app's own public history keeps
-``public.alembic_version`` to itself."""
-VERSION_READ_CHUNK = 250
+from tenantfleet.versions import (
+    BASE,
+    LEGACY_PUBLIC_VERSION_TABLE,
+    PUBLIC_INI,
+    PUBLIC_VERSION_TABLE,
+    TENANT_INI,
+    VERSION_TABLE,
+    Step,
+)
 
 CONFINE = sql.query("confine")
 """Confine the transaction to a schema and lock it (binds: ``confine_params``)."""
@@ -65,19 +51,16 @@ CONFINE_SQL = sa.text(f"{CONFINE}; SELECT to_regclass('{VERSION_TABLE}') IS NOT 
 READ_VERSIONS = f"SELECT version_num FROM {VERSION_TABLE}"
 
 
-@dataclass(frozen=True)
-class Step:
-    """What one tenant run did: from which revision to which."""
-
-    schema: str
-    from_revision: str | None
-    to_revision: str | None
-
-
 def public_config(connection: Connection | None = None) -> Config:
     cfg = Config(str(PUBLIC_INI))
     cfg.attributes["connection"] = connection
     return cfg
+
+
+def upgrade_public(connection: Connection, revision: str) -> None:
+    """Upgrade tenantfleet's public schema to ``revision`` on ``connection``."""
+    resolve_revision(public_script(), revision)
+    command.upgrade(public_config(connection), revision)
 
 
 def tenant_ini() -> Path:
@@ -106,11 +89,6 @@ def as_one_tenant(cfg: Config, schema: str) -> Config:
 def tenant_script() -> ScriptDirectory:
     """The tenant revisions, parsed once per process."""
     return ScriptDirectory.from_config(Config(str(tenant_ini())))
-
-
-BASE = "base"
-"""The target of a tenant rolled back to before its first revision (a run row's
-``to_revision``, a task's target)."""
 
 
 def knows_revision(revision: str) -> bool:
@@ -325,12 +303,12 @@ def _only_tenantfleet_tables(name: str | None, type_: str, _parents: Any) -> boo
 def adopt_legacy_public_version(connection: Connection) -> None:
     """Move tenantfleet's revision out of ``public.alembic_version`` (where versions before
     0.2 kept it, sharing it with any app history) into ``public.tenantfleet_version``."""
-    if _regclass(connection, f"public.{PUBLIC_VERSION_TABLE}") or not _regclass(
-        connection, "public.alembic_version"
-    ):
+    legacy = f"public.{LEGACY_PUBLIC_VERSION_TABLE}"
+    has = versions.has_relation
+    if has(connection, f"public.{PUBLIC_VERSION_TABLE}") or not has(connection, legacy):
         return
-    ours = {r.revision for r in public_script().walk_revisions()}
-    rows = connection.execute(sa.text("SELECT version_num FROM public.alembic_version")).scalars()
+    ours = set(versions.public_history())
+    rows = connection.execute(sa.text(f"SELECT version_num FROM {legacy}")).scalars()
     found = list(rows)
     mine = [r for r in found if r in ours]
     if not mine:
@@ -346,27 +324,11 @@ def adopt_legacy_public_version(connection: Connection) -> None:
         {"m": mine},
     )
     if len(mine) == len(found):
-        connection.execute(sa.text("DROP TABLE public.alembic_version"))
+        connection.execute(sa.text(f"DROP TABLE {legacy}"))
     else:
         connection.execute(
-            sa.text("DELETE FROM public.alembic_version WHERE version_num = ANY(:m)"), {"m": mine}
+            sa.text(f"DELETE FROM {legacy} WHERE version_num = ANY(:m)"), {"m": mine}
         )
-
-
-def public_revision(connection: Connection) -> str | None:
-    """tenantfleet's public revision (in the legacy table too, before its first upgrade)."""
-    for table in (PUBLIC_VERSION_TABLE, "alembic_version"):
-        if _regclass(connection, f"public.{table}"):
-            rows = connection.execute(sa.text(f"SELECT version_num FROM public.{table}"))
-            ours = {r.revision for r in public_script().walk_revisions()}
-            found = [r for r in rows.scalars() if r in ours or table == PUBLIC_VERSION_TABLE]
-            if found:
-                return found[0]
-    return None
-
-
-def _regclass(connection: Connection, name: str) -> bool:
-    return connection.execute(sa.text("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None
 
 
 def confine_to_schema(
@@ -644,72 +606,3 @@ def _render_config(buffer: io.StringIO, schema: str) -> Config:
 @cache
 def _process_tenant_config() -> Config:
     return Config(str(tenant_ini()))
-
-
-HAS_VERSIONS_FUNCTION_SQL = sa.text(
-    "SELECT to_regprocedure('public.tenantfleet_versions(text[], text)') IS NOT NULL"
-)
-VERSIONS_FUNCTION_SQL = sa.text("SELECT * FROM public.tenantfleet_versions(:schemas, :table)")
-"""Public revision ``20251206_000000``: the server reads each schema's version table itself,
-one small query a schema; a UNION ALL of 250 version tables cost it more to parse and plan
-than this costs to run (the control database only: other databases need nothing installed)."""
-
-
-def _chunks(names: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(names), VERSION_READ_CHUNK):
-        yield names[start : start + VERSION_READ_CHUNK]
-
-
-def _in_savepoint(connection: Connection, statement: Any, binds: dict[str, Any]) -> list[Any]:
-    """``statement``'s rows, read in a savepoint rolled back at once: that releases the table
-    locks it took, so thousands of schemas never exhaust max_locks_per_transaction."""
-    savepoint = connection.begin_nested()
-    rows = connection.execute(statement, binds).all()
-    savepoint.rollback()
-    return list(rows)
-
-
-def _read_by_function(connection: Connection, wanted: list[str]) -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for chunk in _chunks(wanted):
-        binds = {"schemas": chunk, "table": VERSION_TABLE}
-        versions.update(_in_savepoint(connection, VERSIONS_FUNCTION_SQL, binds))
-    return versions
-
-
-def read_versions(connection: Connection, schemas: Iterable[str]) -> dict[str, str | None]:
-    """The revision of every schema given, in a few statements (not one query per schema).
-
-    Schemas without an ``alembic_version`` table map to None; schemas that do not exist are
-    left out of the result.
-    """
-    wanted = [validate_schema_name(s) for s in schemas]
-    if connection.execute(HAS_VERSIONS_FUNCTION_SQL).scalar_one():
-        return _read_by_function(connection, wanted)
-    # One catalog lookup per name (to_regclass): a join of pg_namespace and pg_class is planned
-    # as a nested loop over every schema and every version table (3 s at 10,000 schemas).
-    found = connection.execute(
-        sa.text(
-            "SELECT s, to_regclass(quote_ident(s) || '.' || :table) IS NOT NULL"
-            " FROM unnest(CAST(:schemas AS text[])) AS s"
-            " WHERE EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = s)"
-        ),
-        {"table": VERSION_TABLE, "schemas": wanted},
-    ).all()
-    versions: dict[str, str | None] = {name: None for name, _ in found}
-    versioned = [name for name, has_table in found if has_table]
-    quote = connection.dialect.identifier_preparer.quote_identifier
-    for chunk in _chunks(versioned):
-        parts = [
-            f"SELECT CAST(:s{i} AS text), version_num FROM {quote(name)}.{VERSION_TABLE}"
-            for i, name in enumerate(chunk)
-        ]
-        rows = _in_savepoint(
-            connection,
-            sa.text(" UNION ALL ".join(parts)),
-            {f"s{i}": name for i, name in enumerate(chunk)},
-        )
-        for name, version in rows:
-            previous = versions.get(name)
-            versions[name] = f"{previous},{version}" if previous else version
-    return versions

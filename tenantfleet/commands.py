@@ -4,22 +4,23 @@
 Every database session a command needs is opened below this layer or here, never in the CLI,
 and each command's exit code is decided here from the run's state (``states.RUN_OK``), not from
 status strings in the CLI.
+
+The Alembic layer (``alembic_runtime``, ``lint``, ``gate``) is imported by the functions
+that use it: importing this module loads no Alembic, which the read-only commands never need
+(docs/ARCHITECTURE.md).
 """
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenantfleet import (
-    alembic_runtime,
     db,
     dispatch,
     follow,
-    gate,
     guard,
-    lint,
     metrics,
     planning,
     producer,
@@ -27,12 +28,16 @@ from tenantfleet import (
     runs,
     states,
     survey,
+    versions,
     views,
 )
 from tenantfleet.errors import EXIT_OK, EXIT_TENANT_FAILURES, EXIT_TIMEOUT, RunActive
 from tenantfleet.follow import Say
 from tenantfleet.manager import MigrationManager
 from tenantfleet.planning import MigrateOptions, Plan
+
+if TYPE_CHECKING:
+    from tenantfleet import lint
 
 
 def run_exit_code(status: str) -> int:
@@ -85,9 +90,9 @@ def dry_run(manager: MigrationManager, options: MigrateOptions, *, sql: bool) ->
         statement = planning.dry_run_sql(schema, from_revision, chosen.target)
     replay = planning.replay_paths(chosen)
     refused_by = None
-    head = alembic_runtime.public_script().get_current_head()
     with db.begin(manager.engine) as connection:
-        if alembic_runtime.public_revision(connection) == head:  # the run tables are there
+        at_head = versions.public_revision(connection) == versions.public_head()
+        if at_head:  # the run tables are there
             try:
                 guard.refuse_if_active(connection, manager.settings.stale_run_after)
             except RunActive as exc:
@@ -97,9 +102,11 @@ def dry_run(manager: MigrationManager, options: MigrateOptions, *, sql: bool) ->
 
 def lint_revisions(
     manager: MigrationManager, options: MigrateOptions, allow: Sequence[str]
-) -> tuple[lint.Findings, int]:
+) -> tuple["lint.Findings", int]:
     """The lint gate's findings for what ``migrate`` would run, and the exit code (2 when a
     finding blocks)."""
+    from tenantfleet import gate
+
     chosen = planning.plan(manager, options, dry_run=True)
     found = gate.lint_plan(manager, chosen, allow)
     return found, 2 if found.blocking else EXIT_OK

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from tenantfleet import alembic_runtime, config, db
+from tenantfleet import config, db, versions
 from tenantfleet.config import CONTROL_DATABASE, DATABASE_KEY, Settings
 from tenantfleet.errors import ConfigError
 from tenantfleet.names import validate_schema_name
@@ -168,13 +168,11 @@ four backends share that out over the server's cores."""
 def read_versions(
     engine_for: EngineFor, placed: Sequence[Placed], meanwhile: Callable[[], None] | None = None
 ) -> Versions:
-    """``alembic_runtime.read_versions`` in every database that holds some of ``placed``, all at
+    """``versions.read_versions`` in every database that holds some of ``placed``, all at
     once, ``VERSIONS_PER_CONNECTION`` schemas a connection (``meanwhile`` as in ``in_each``). A
     database that cannot be reached is noted, not raised."""
     return Versions(
-        *in_each(
-            engine_for, placed, alembic_runtime.read_versions, VERSIONS_PER_CONNECTION, meanwhile
-        )
+        *in_each(engine_for, placed, versions.read_versions, VERSIONS_PER_CONNECTION, meanwhile)
     )
 
 

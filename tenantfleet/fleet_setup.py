@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from tenantfleet import alembic_runtime, db, registry
+from tenantfleet import db, registry
 from tenantfleet.config import Settings
 
 R1 = "20250102_000001"
@@ -59,6 +59,8 @@ def provision(
 
     A schema that exists already is dropped and created again, so a second demo starts afresh.
     """
+    from tenantfleet import alembic_runtime
+
     for done, schema in enumerate(schemas, start=1):
         with db.begin(engine) as connection, _registrar(connection, control) as registrar:
             connection.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))

@@ -10,13 +10,16 @@ commits there first, and is idempotent, so one done twice changes nothing.
 
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tenantfleet.backfill import Backfill
 from tenantfleet.public_tables import migration_backfills as ledger
 from tenantfleet.states import BACKFILL_OPEN, BackfillState
+
+if TYPE_CHECKING:  # the views read the ledger without parsing SQL (pglast)
+    from tenantfleet.backfill import Backfill
 
 REASON_MAX = 2000
 
@@ -91,7 +94,7 @@ def start(
     return get(connection, run_id, schema, name)
 
 
-def entry_with_ddl_sql(revision: str, bf: Backfill) -> str:
+def entry_with_ddl_sql(revision: str, bf: "Backfill") -> str:
     """For the DDL transaction of a tenant of the control database: the backfill's entry, made
     with the DDL. When the table is small (``Backfill.at_once_sql``) it is filled right there
     and the entry is ``done``; else the entry is ``pending`` (its batches come after, in a

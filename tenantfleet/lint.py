@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from tenantfleet import alembic_runtime, databases, sqltree
+from tenantfleet import alembic_runtime, databases, sqltree, versions
 from tenantfleet.databases import Placed
 from tenantfleet.errors import ConfigError
 
@@ -254,7 +254,7 @@ def statements_of(sql: str) -> list[_Statement]:
 def _bookkeeping(tree: dict[str, Any]) -> bool:
     """Alembic's version table and tenantfleet's confinement: not the revision's own."""
     relations = [n.get("relname") for n in sqltree.walk(tree) if n.get("@") == "RangeVar"]
-    if alembic_runtime.VERSION_TABLE in relations:
+    if versions.VERSION_TABLE in relations:
         return True
     calls = [
         sqltree.names(n.get("funcname")) for n in sqltree.walk(tree) if n.get("@") == "FuncCall"

@@ -1,7 +1,9 @@
 """MigrationManager: the public and tenant migration operations, one schema at a time.
 
 The seed's script (``migrations/migrate.py``) and its import path
-(``from migrations.migrate import MigrationManager``) re-export it from here.
+(``from migrations.migrate import MigrationManager``) re-export it from here. Its methods that
+run Alembic import the Alembic layer (``alembic_runtime``) themselves: the read-only commands
+hold a manager for its engines and never load Alembic (a third of a command's start).
 """
 
 from collections.abc import Iterator
@@ -9,12 +11,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from alembic import command
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from tenantfleet import alembic_runtime as runtime
-from tenantfleet import config, databases, db, registry, tenants
+from tenantfleet import config, databases, db, registry, tenants, versions
 from tenantfleet.errors import (
     ConfigError,
     DuplicateTenant,
@@ -23,6 +23,7 @@ from tenantfleet.errors import (
     UsageError,
 )
 from tenantfleet.names import validate_schema_name
+from tenantfleet.versions import Step
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,18 @@ class MigrationManager:
         return self.upgrade_public()
 
     def upgrade_public(self, revision: str = "head") -> Status:
-        runtime.resolve_revision(runtime.public_script(), revision)
+        from tenantfleet import alembic_runtime as runtime
+
         with db.begin(self.engine) as connection:
-            command.upgrade(runtime.public_config(connection), revision)
+            runtime.upgrade_public(connection, revision)
         return self.status_public()
 
     def status_public(self) -> Status:
+        from tenantfleet import alembic_runtime as runtime
+
         script = runtime.public_script()
         with db.connect(self.engine) as connection:
-            current = runtime.public_revision(connection)
+            current = versions.public_revision(connection)
         head = script.get_current_head()
         return Status("public", current, head, runtime.pending(script, current, head))
 
@@ -109,6 +113,8 @@ class MigrationManager:
         register the tenant and migrate it, as one transaction. In another database there are
         two: the schema's commits first, then the registration's (were that one lost, the
         schema would stand unregistered, and ``tenant create`` would say it exists)."""
+        from tenantfleet import alembic_runtime as runtime
+
         validate_schema_name(schema)
         database = databases.normalize(database)
         target = runtime.resolve_revision(runtime.tenant_script(), revision)
@@ -130,15 +136,21 @@ class MigrationManager:
                 registry.record_revision(control, schema, target)
         return self.status_tenant(schema)
 
-    def upgrade_tenant(self, schema: str, revision: str = "head") -> runtime.Step:
+    def upgrade_tenant(self, schema: str, revision: str = "head") -> Step:
+        from tenantfleet import alembic_runtime as runtime
+
         target = runtime.resolve_revision(runtime.tenant_script(), revision)
         return self._move(schema, target, downgrade=False)
 
-    def downgrade_tenant(self, schema: str, revision: str) -> runtime.Step:
+    def downgrade_tenant(self, schema: str, revision: str) -> Step:
+        from tenantfleet import alembic_runtime as runtime
+
         target = runtime.resolve_revision(runtime.tenant_script(), revision)
         return self._move(schema, target, downgrade=True)
 
     def status_tenant(self, schema: str) -> Status:
+        from tenantfleet import alembic_runtime as runtime
+
         validate_schema_name(schema)
         script = runtime.tenant_script()
         head = script.get_current_head()
@@ -193,7 +205,7 @@ class MigrationManager:
         (found,) = tenants.select(control, self.settings, include=[schema], elsewhere=elsewhere)
         return found.database
 
-    def _move(self, schema: str, target: str | None, *, downgrade: bool) -> runtime.Step:
+    def _move(self, schema: str, target: str | None, *, downgrade: bool) -> Step:
         validate_schema_name(schema)
         with db.begin(self.engine) as control:
             self.require_public(control)
@@ -218,7 +230,9 @@ class MigrationManager:
 
     def _migrate(
         self, connection: Connection, schema: str, target: str | None, *, downgrade: bool
-    ) -> runtime.Step:
+    ) -> Step:
+        from tenantfleet import alembic_runtime as runtime
+
         runtime.confine_to_schema(connection, schema, self.settings)
         try:
             return runtime.migrate_tenant(connection, schema, target, downgrade=downgrade)
@@ -230,8 +244,8 @@ class MigrationManager:
 
     def require_public(self, connection: Connection) -> None:
         """Refuse to work on a database whose public schema is not at head."""
-        current = runtime.public_revision(connection)
-        head = runtime.public_script().get_current_head()
+        current = versions.public_revision(connection)
+        head = versions.public_head()
         if current != head:
             raise ConfigError(
                 f"the public schema is at {current or 'no revision'}, not at {head}: "
@@ -248,7 +262,7 @@ def _schema_exists(connection: Connection, schema: str) -> bool:
 
 
 def _tenant_revision(connection: Connection, schema: str) -> str | None:
-    versions = runtime.read_versions(connection, [schema])
-    if schema not in versions:
+    found = versions.read_versions(connection, [schema])
+    if schema not in found:
         raise TenantStateError(f"tenant {schema!r} is registered but its schema does not exist")
-    return versions[schema]
+    return found[schema]

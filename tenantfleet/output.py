@@ -4,10 +4,8 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tenantfleet import lint
-from tenantfleet.alembic_runtime import Step
 from tenantfleet.config import CONTROL_DATABASE
 from tenantfleet.databases import shown
 from tenantfleet.manager import Status
@@ -19,6 +17,10 @@ from tenantfleet.runs import Counts, Run
 from tenantfleet.states import TENANT_STATES as STATES
 from tenantfleet.states import RunState, TenantState, held_hint
 from tenantfleet.survey import Survey
+from tenantfleet.versions import Step
+
+if TYPE_CHECKING:
+    from tenantfleet import lint
 
 
 def _json_value(value: Any) -> Any:
@@ -572,7 +574,7 @@ def fleet_text(report: Survey) -> str:
     return "\n".join(lines)
 
 
-def lint_text(report: lint.Findings) -> str:
+def lint_text(report: "lint.Findings") -> str:
     """The lint report: one line per finding, then the verdict."""
     if not report.revisions:
         return "lint: no revision pending for the selected tenants"

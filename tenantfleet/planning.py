@@ -4,6 +4,10 @@ and in what order and waves they go; nothing is written here.
 ``validate`` checks a request before anything is touched; ``plan`` reads every schema's
 revision (one pass per database, every database at once); ``choose_waves`` cuts the behind
 tenants into waves (``--wave``, ``--canary``).
+
+The Alembic layer (``alembic_runtime``, ``lint``, ``gate``) is imported by the functions
+that use it: importing this module loads no Alembic, which the read-only commands never need
+(docs/ARCHITECTURE.md).
 """
 
 import functools
@@ -14,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from tenantfleet import alembic_runtime, databases, db, lint, registry, tenants
+from tenantfleet import databases, db, registry, tenants
 from tenantfleet.config import Settings
 from tenantfleet.databases import Placed
 from tenantfleet.errors import TenantStateError, UsageError
@@ -79,6 +83,8 @@ class Plan:
 
 def validate(options: MigrateOptions) -> str:
     """Check the request before anything is touched; the resolved target revision."""
+    from tenantfleet import alembic_runtime
+
     for name in [*options.include, *options.canary_tenants]:  # any name may be excluded
         validate_schema_name(name)
     if options.canary < 0 or (options.max_failures is not None and options.max_failures < 1):
@@ -116,6 +122,8 @@ def plan(
 ) -> Plan:
     """Select the active tenants and read every schema's revision: one pass per database, every
     database at once."""
+    from tenantfleet import alembic_runtime
+
     script = alembic_runtime.tenant_script()
     target = validate(options)
     with db.connect(manager.engine) as connection:
@@ -256,6 +264,8 @@ def choose_waves(chosen: Plan, options: MigrateOptions) -> list[list[str]]:
 def dry_run_sql(schema: str, from_revision: str | None, target: str) -> str:
     """The SQL one tenant's upgrade would run (Alembic offline mode); nothing is touched. A
     revision that reads the database cannot be rendered: the SQL stops there, saying so."""
+    from tenantfleet import alembic_runtime
+
     try:
         return alembic_runtime.render_sql(schema, from_revision, target)
     except alembic_runtime.NotRendered as exc:
@@ -270,6 +280,8 @@ def replay_paths(chosen: Plan) -> dict[str, list[str]]:
     they run online, as ``alembic upgrade`` does (``alembic_runtime.replays``; rendered here as
     the workers will): ``{"replayed": [...], "online": [...]}``. A revision pending from
     several revisions is listed under each path its spans take."""
+    from tenantfleet import alembic_runtime, lint
+
     script = alembic_runtime.tenant_script()
     paths: dict[str, set[str]] = {"replayed": set(), "online": set()}
     for start in sorted({rev or "" for _, rev in chosen.behind}):

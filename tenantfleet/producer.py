@@ -2,6 +2,10 @@
 ``continue``, ``cancel`` and ``rollback``. Each checks what the run's state allows
 (``states.refusal``), then plans (``planning``), gates (``gate``), records and sends
 (``dispatch``) through the layers below; the run tables are written by ``runs`` alone.
+
+The Alembic layer (``alembic_runtime``, ``lint``, ``gate``) is imported by the functions
+that use it: importing this module loads no Alembic, which the read-only commands never need
+(docs/ARCHITECTURE.md).
 """
 
 import contextlib
@@ -10,24 +14,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
-
 from tenantfleet import (
-    alembic_runtime,
     databases,
     db,
     dispatch,
     follow,
-    gate,
     guard,
     ledger,
-    lint,
     locks,
     planning,
     runs,
-    sqltree,
     states,
+    versions,
 )
 from tenantfleet.databases import Placed
 from tenantfleet.dispatch import Rollback
@@ -51,6 +49,8 @@ def start(
     dispatch lock, so a run whose producer died before sending everything is seen abandoned
     at once (``guard``) instead of blocking every deploy until it goes stale.
     """
+    from tenantfleet import gate
+
     planning.validate(options)
     watch = watch or follow.Watch()
     while True:
@@ -223,7 +223,7 @@ def plan_rollback(manager: MigrationManager, run_id: int, options: MigrateOption
             moved.append((schema, now, runs.MOVED_SINCE, reason))
         else:
             behind.append((schema, now))
-    targets = {t.schema_name: t.from_revision or alembic_runtime.BASE for t in done}
+    targets = {t.schema_name: t.from_revision or versions.BASE for t in done}
     common = sorted(set(targets.values()))
     chosen = Plan(
         common[0] if len(common) == 1 else "(each its own)",
@@ -238,6 +238,8 @@ def plan_rollback(manager: MigrationManager, run_id: int, options: MigrateOption
 def _dropped_tables(spans: set[tuple[str, str]]) -> list[str]:
     """The tables the downgrades of ``spans`` (from, to) drop, read from their SQL (Alembic's
     offline mode, PostgreSQL's parser); a span that cannot be rendered is said so."""
+    from tenantfleet import alembic_runtime, lint, sqltree
+
     dropped: set[str] = set()
     for current, target in sorted(spans):
         try:
@@ -273,6 +275,11 @@ def rollback(
 
 def _refuse_without_downgrades(run_id: int, spans: set[tuple[str | None, str]]) -> None:
     """``UsageError`` naming the revisions to undo whose ``downgrade()`` is missing or empty."""
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    from tenantfleet import alembic_runtime, lint
+
     script = alembic_runtime.tenant_script()
     lacking: set[str] = set()
     for start, end in spans:

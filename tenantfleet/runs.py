@@ -24,6 +24,7 @@ from tenantfleet.public_tables import migration_attempts as attempts_table
 from tenantfleet.public_tables import migration_run_tenants as run_tenants
 from tenantfleet.public_tables import migration_runs as runs
 from tenantfleet.states import RunState, TenantState
+from tenantfleet.versions import BASE
 
 FINAL = states.TENANT_FINAL
 PENDING = states.TENANT_PENDING
@@ -99,10 +100,6 @@ class RunTenant(NamedTuple):
     @property
     def label(self) -> str:
         return databases.label(self.database, self.schema_name)
-
-
-BASE = "base"
-"""How a message names the state before a tenant's first revision (a row's NULL)."""
 
 
 def planned_in_message(from_revision: str | None) -> str:

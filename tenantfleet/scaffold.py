@@ -8,7 +8,7 @@ import shutil
 import tomllib
 from pathlib import Path
 
-from tenantfleet import alembic_runtime
+from tenantfleet import versions
 from tenantfleet.errors import ConfigError
 
 SECTION = """
@@ -104,7 +104,7 @@ def _tenant_env(folder: Path, shown_ini: str) -> list[Path]:
     }
     for path, text in files.items():
         path.write_text(text)
-    template = alembic_runtime.TENANT_INI.parent / "alembic" / "script.py.mako"
+    template = versions.TENANT_INI.parent / "alembic" / "script.py.mako"
     shutil.copyfile(template, folder / "script.py.mako")
     (folder / "versions" / ".keep").write_text("")
     return [*files, folder / "script.py.mako", folder / "versions"]

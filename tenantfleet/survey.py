@@ -1,11 +1,16 @@
-"""Where the whole fleet stands: how many tenants at each revision, who is behind, who drifted."""
+"""Where the whole fleet stands: how many tenants at each revision, who is behind, who drifted.
+
+The Alembic layer (``alembic_runtime``, ``lint``, ``gate``) is imported by the functions
+that use it: importing this module loads no Alembic, which the read-only commands never need
+(docs/ARCHITECTURE.md).
+"""
 
 from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection
 
-from tenantfleet import alembic_runtime, databases, db, registry, tenants
+from tenantfleet import databases, db, registry, tenants
 from tenantfleet.config import Settings
 from tenantfleet.databases import EngineFor, Placed
 
@@ -61,6 +66,8 @@ def survey(
     source, from the revisions it records (the schemas without one read, every schema's
     existence checked); with ``verify``, or another source, from every schema's version
     table, one pass per database and every database at once."""
+    from tenantfleet import alembic_runtime
+
     script = alembic_runtime.tenant_script()
     head = script.get_current_head()
     known = {r.revision for r in script.walk_revisions()}

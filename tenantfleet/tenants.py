@@ -23,12 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from tenantfleet import databases, db, registry, sqltree
-from tenantfleet.alembic_runtime import VERSION_TABLE
+from tenantfleet import databases, db, registry
 from tenantfleet.config import Settings
 from tenantfleet.databases import Placed
 from tenantfleet.errors import ConfigError, UnknownTenant
 from tenantfleet.names import refusal, shorten
+from tenantfleet.versions import VERSION_TABLE
 
 _DISCOVER = sa.text(
     "SELECT nspname FROM pg_namespace"
@@ -121,6 +121,8 @@ def listed_by_query(connection: Connection, settings: Settings) -> list[Placed]:
 def _one_select(query: str) -> None:
     """``ConfigError`` unless ``query`` is exactly one ``SELECT`` that writes nothing: the
     read-only transaction it runs in must be one it cannot end."""
+    from tenantfleet import sqltree  # pglast: only when a tenants_query is checked
+
     try:
         statements = sqltree.parse(query)
     except sqltree.ParseError as exc:

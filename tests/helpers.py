@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from tenantfleet import alembic_runtime, db
+from tenantfleet import db, versions
 
 T = TypeVar("T")
 
@@ -161,7 +161,7 @@ def snapshot(engine: Engine, schemas: Iterable[str]) -> set[tuple[str, ...]]:
 
 def revision_of(engine: Engine, schema: str) -> str | None:
     with engine.connect() as connection:
-        return alembic_runtime.read_versions(connection, [schema])[schema]
+        return versions.read_versions(connection, [schema])[schema]
 
 
 def schema_names(engine: Engine) -> set[str]:
@@ -177,7 +177,7 @@ def tenant_env(directory: Path, revisions: Sequence[tuple[str, str]]) -> Path:
     body after the header) chained after the seed's head; its ``alembic.ini``."""
     target = directory / "tenant_env"
     shutil.copytree(
-        Path(alembic_runtime.TENANT_INI).parent,
+        Path(versions.TENANT_INI).parent,
         target,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )

@@ -14,7 +14,7 @@ import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, db, embedded, fleet_setup, processes
+from tenantfleet import alembic_runtime, db, embedded, fleet_setup, processes, versions
 from tests import helpers
 
 R1, R2 = fleet_setup.R1, fleet_setup.R2
@@ -162,14 +162,14 @@ def check_all_or_nothing(
     """(a) Each tenant is exactly at r2 with the whole r2 structure, or exactly at r1 with no
     trace of r2. Returns schema -> "r1" / "r2"; fails on anything half-way."""
     with engine.connect() as connection:
-        versions = alembic_runtime.read_versions(connection, schemas)
+        found = versions.read_versions(connection, schemas)
     outcome: dict[str, str] = {}
     half_way = []
     for schema in schemas:
         picture = _anonymous(helpers.snapshot(engine, [schema]))
-        if versions[schema] == R2 and picture == references[STRUCTURE_R2]:
+        if found[schema] == R2 and picture == references[STRUCTURE_R2]:
             outcome[schema] = STRUCTURE_R2
-        elif versions[schema] == R1 and picture == references[STRUCTURE_R1]:
+        elif found[schema] == R1 and picture == references[STRUCTURE_R1]:
             outcome[schema] = STRUCTURE_R1
         else:
             half_way.append(schema)

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, config, db, fleet_setup, follow, processes, runs
+from tenantfleet import config, db, fleet_setup, follow, processes, runs, versions
 from tenantfleet.queues import Queues, of_database
 from tests import helpers
 
@@ -122,7 +122,7 @@ class Stack:
 
     def revisions(self, schemas: list[str]) -> dict[str, str | None]:
         with self.engine.connect() as connection:
-            return alembic_runtime.read_versions(connection, schemas)
+            return versions.read_versions(connection, schemas)
 
     def deactivate_all(self) -> None:
         with self.engine.begin() as connection:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, db, fleet_setup
+from tenantfleet import alembic_runtime, db, fleet_setup, versions
 
 
 def test_a_session_is_replaced_after_its_uses_and_the_next_checkout_just_works(
@@ -56,7 +56,7 @@ def test_alembic_online_never_asks_every_schema_for_its_version_table(engine: En
     assert any("alembic_version" in statement for statement in seen)
     assert not [s for s in seen if "pg_table_is_visible" in s]  # a lookup confined to no schema
     with engine.connect() as connection:
-        assert alembic_runtime.read_versions(connection, ["lf00001"]) == {"lf00001": fleet_setup.R2}
+        assert versions.read_versions(connection, ["lf00001"]) == {"lf00001": fleet_setup.R2}
 
 
 def test_the_producer_does_not_keep_the_sessions_that_read_every_schema(engine: Engine) -> None:

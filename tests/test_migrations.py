@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, db, models, sql, states
+from tenantfleet import alembic_runtime, db, models, sql, states, versions
 from tenantfleet.manager import MigrationManager
 from tenantfleet.migrations.tenant.models import TenantBase
 
@@ -319,9 +319,9 @@ def test_the_versions_function_reads_what_the_union_reads(
         )
     names = ["two_rows", "empty_table", "no_table", "missing", *(f"n{i}" for i in range(300))]
     with db.connect(engine) as connection:
-        assert connection.execute(alembic_runtime.HAS_VERSIONS_FUNCTION_SQL).scalar_one()
-        by_function = alembic_runtime.read_versions(connection, names)
-    monkeypatch.setattr(alembic_runtime, "HAS_VERSIONS_FUNCTION_SQL", sa.text("SELECT false"))
+        assert connection.execute(versions.HAS_VERSIONS_FUNCTION_SQL).scalar_one()
+        by_function = versions.read_versions(connection, names)
+    monkeypatch.setattr(versions, "HAS_VERSIONS_FUNCTION_SQL", sa.text("SELECT false"))
     with db.connect(engine) as connection:
-        by_union = alembic_runtime.read_versions(connection, names)
+        by_union = versions.read_versions(connection, names)
     assert by_function == by_union == {"two_rows": "a1,b'2", "empty_table": None, "no_table": None}

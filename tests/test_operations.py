@@ -1,6 +1,7 @@
 """Operating the fleet: status, runs, fleet, retry, resume, canary, max-failures, dry-run, guard."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -87,6 +88,41 @@ def test_status_runs_and_fleet_show_where_things_stand(stack: Stack) -> None:
     text = stack.cli("fleet", "--verify").out
     assert "drift, at a revision the scripts do not know (1): st00006=dead1" in text
     assert f"st00006 at dead1, recorded {R2}" in text
+
+
+SAYS_WHAT_LOADED = (
+    "import sys\n"
+    "from tenantfleet.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('loaded alembic:', 'alembic' in sys.modules, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_the_read_only_commands_never_load_alembic(stack: Stack, tmp_path: Path) -> None:
+    """Alembic is a third of a command's start: the views that need none of it import none of
+    it (``tenantfleet.versions``), and ``fleet``, which reads the tenant scripts, does."""
+    stack.provision("ro", 2)
+    run = json.loads(migrate(stack, "--wait", "--json", "--revision", R2).out)
+    run_id = str(run["run_id"])
+    page = str(tmp_path / "report.html")
+    for args, loads in [
+        (["status", run_id], False),
+        (["status", run_id, "--json"], False),
+        (["runs"], False),
+        (["report", run_id, "--html", page], False),
+        (["metrics"], False),
+        (["fleet"], True),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-c", SAYS_WHAT_LOADED, *args],
+            env={**os.environ, "TENANTFLEET_DATABASE_URL": stack.database_url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert proc.stderr.splitlines()[-1] == f"loaded alembic: {loads}", args
 
 
 def test_canary_failure_stops_the_rollout_before_the_rest_is_touched(stack: Stack) -> None:

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tenantfleet import alembic_runtime, databases, db, embedded, fleet_setup, processes, runs
+from tenantfleet import databases, db, embedded, fleet_setup, processes, runs, versions
 from tenantfleet.errors import InvalidSchemaName
 from tests import helpers
 from tests.helpers import wait_for
@@ -175,7 +175,7 @@ def revisions(shards: Shards, placed: dict[str, list[str]]) -> dict[str, str | N
     for key, names in placed.items():
         engine = shards.engine(None if key == "default" else key)
         with engine.connect() as connection:
-            found.update(alembic_runtime.read_versions(connection, names))
+            found.update(versions.read_versions(connection, names))
         engine.dispose()
     return found
 

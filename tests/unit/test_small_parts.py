@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tenantfleet import alembic_runtime, config, databases, db, locks, names, retries, runs, sql
+from tenantfleet import config, databases, db, locks, names, retries, runs, sql, versions
 from tenantfleet.config import Settings
 from tenantfleet.errors import ConnectionFailed, UsageError
 
@@ -73,7 +73,16 @@ def test_the_statements_use_the_lock_key_and_version_table_the_code_uses() -> No
     assert locks.key_sql(":schema") in sql.query("confine")
     assert locks.key_sql(":label") in sql.query("take_mark_lock")
     for name in ("read_under_lock", "expect_planned", "expect_planned_and_pending"):
-        assert f" {alembic_runtime.VERSION_TABLE}" in sql.query(name)
+        assert f" {versions.VERSION_TABLE}" in sql.query(name)
+
+
+def test_the_public_history_read_without_alembic_is_alembics() -> None:
+    from tenantfleet import alembic_runtime
+
+    script = alembic_runtime.public_script()
+    alembics = tuple(r.revision for r in script.walk_revisions())[::-1]
+    assert versions.public_history() == alembics
+    assert versions.public_head() == script.get_current_head() == alembics[-1]
 
 
 @pytest.mark.parametrize(

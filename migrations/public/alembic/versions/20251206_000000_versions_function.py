@@ -3,7 +3,7 @@
 Planning reads the version table of every tenant. Sent as a UNION ALL of 250 version tables
 a statement, PostgreSQL spent more time parsing and planning the union than reading the tables
 (docs/performance-history.md); this function runs one small query per schema instead, with the names
-quoted by ``format('%I')``. ``tenantfleet.alembic_runtime.read_versions`` calls it where it
+quoted by ``format('%I')``. ``tenantfleet.versions.read_versions`` calls it where it
 exists (the control database at this revision or later) and sends the union elsewhere (other
 databases need nothing installed).
 
