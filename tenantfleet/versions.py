@@ -82,7 +82,7 @@ def public_history() -> tuple[str, ...]:
     ``down_revision`` (the history is one line; tests/test_migrations.py checks this against
     Alembic's own reading)."""
     below: dict[str | None, str] = {}
-    for path in PUBLIC_REVISIONS_DIR.glob("*.py"):
+    for path in PUBLIC_REVISIONS_DIR.glob("[!_]*.py"):  # not an __init__.py
         tree = ast.parse(path.read_text(encoding="utf-8"))
         revision = _assigned(tree, "revision")
         assert revision is not None
