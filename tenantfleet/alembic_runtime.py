@@ -479,8 +479,7 @@ def _raised_in(exc: BaseException, function: str) -> bool:
 def version_rows(connection: Connection, has_table: bool | None = None) -> tuple[bool, list[str]]:
     """Whether the confined schema has a version table (asked unless known), and its rows."""
     if has_table is None:
-        found = connection.execute(sa.text("SELECT to_regclass(:t)"), {"t": VERSION_TABLE})
-        has_table = found.scalar() is not None
+        has_table = versions.has_relation(connection, VERSION_TABLE)
     if not has_table:
         return False, []
     rows = connection.execute(sa.text(READ_VERSIONS)).scalars()

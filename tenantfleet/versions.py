@@ -1,9 +1,10 @@
 """Where schemas stand: the version tables read, and tenantfleet's own public history known,
 without importing Alembic.
 
-The read-only commands (``status``, ``runs``, ``fleet``, ``report``, ``metrics``) need the
-revision of schemas and whether the public schema is at tenantfleet's head, nothing of Alembic's
-machinery; importing Alembic costs a command about a third of its start (docs/PERFORMANCE.md).
+The read-only commands (``status``, ``runs``, ``report``, ``metrics``) need the revision of
+schemas and whether the public schema is at tenantfleet's head, nothing of Alembic's machinery
+(``fleet`` also needs the tenant scripts' head, so it loads Alembic); importing Alembic costs
+a command about a third of its start (docs/PERFORMANCE.md).
 ``alembic_runtime`` is the layer that runs Alembic; it reads versions through here too.
 """
 
