@@ -127,7 +127,9 @@ def in_each(
     """``read(connection, schemas)`` in every database that holds some of ``placed``, all at
     once, with at most ``per_connection`` schemas on one connection (None: one connection a
     database); (the results merged, the databases that could not be reached and why).
-    ``meanwhile`` runs in the calling thread while the reads wait on their servers."""
+    ``meanwhile`` runs in the calling thread while the reads wait on their servers (at once when
+    there is nothing to read); if it raises, the reads not begun are dropped and it is raised
+    once those under way end."""
     by_database: dict[str | None, list[str]] = {}
     for tenant in placed:
         by_database.setdefault(tenant.database, []).append(tenant.schema)
@@ -144,11 +146,17 @@ def in_each(
     found: dict[str, T] = {}
     unreachable: dict[str | None, str] = {}
     if not parts:
+        if meanwhile is not None:
+            meanwhile()
         return found, unreachable
     with ThreadPoolExecutor(max_workers=min(PLAN_THREADS, len(parts))) as pool:
         futures = [(database, pool.submit(one, database, schemas)) for database, schemas in parts]
         if meanwhile is not None:
-            meanwhile()
+            try:
+                meanwhile()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
     for database, future in futures:
         try:
             found.update(future.result())

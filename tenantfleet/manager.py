@@ -88,6 +88,15 @@ class MigrationManager:
             runtime.upgrade_public(connection, revision)
         return self.status_public()
 
+    def public_at_head(self) -> bool:
+        """Whether ``upgrade_public`` has nothing to do: the public schema at tenantfleet's
+        head, recorded in its own version table (read without Alembic)."""
+        with db.connect(self.engine) as connection:
+            return (
+                versions.has_relation(connection, f"public.{versions.PUBLIC_VERSION_TABLE}")
+                and versions.public_revision(connection) == versions.public_head()
+            )
+
     def status_public(self) -> Status:
         from tenantfleet import alembic_runtime as runtime
 

@@ -49,18 +49,22 @@ def start(
     dispatch lock, so a run whose producer died before sending everything is seen abandoned
     at once (``guard``) instead of blocking every deploy until it goes stale.
     """
-    from tenantfleet import gate
-
-    planning.validate(options)
+    planning.check(options)
+    if options.wait_for_active:
+        planning.validate(options)  # a bad revision is refused before the wait, not after it
     watch = watch or follow.Watch()
     while True:
         if options.wait_for_active:
             wait_for_no_active_run(manager, say, watch)
-        if options.upgrade_public:
+        if options.upgrade_public and not manager.public_at_head():
+            planning.validate(options)  # before anything is written
             manager.upgrade_public()
+        # the target is resolved while the plan reads the fleet (Alembic's import under it)
         chosen = planning.plan(manager, options, warm_up=dispatch.prepare_sending)
         manager.close_sessions()  # they read every schema: not kept while the run goes
         if chosen.behind:
+            from tenantfleet import gate
+
             gate.gate(manager, chosen, options.allow)
         try:
             return dispatch.launch(manager, chosen, options, say, watch)

@@ -281,6 +281,29 @@ def test_the_plan_prepares_sending_while_it_reads_unless_the_registry_says_nothi
         assert not registry.any_active_not_at(connection, R3)
 
 
+def test_a_revision_the_scripts_do_not_know_is_refused_by_the_plan_that_reads_under_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan resolves the target while the servers read the tenants' revisions: a bad one is
+    refused whether there is much to read (several connections), or nothing at all."""
+    from tenantfleet import databases
+
+    manager = MigrationManager()
+    for schema in ("acme", "bolt", "coda"):
+        manager.init_tenant(schema, revision=R1)
+    monkeypatch.setattr(databases, "VERSIONS_PER_CONNECTION", 1)
+    with pytest.raises(UnknownRevision, match="unknown revision 'nope'"):
+        planning.plan(manager, planning.MigrateOptions(revision="nope"))
+    nobody = planning.MigrateOptions(revision="nope", exclude=["acme", "bolt", "coda"])
+    with pytest.raises(UnknownRevision, match="unknown revision 'nope'"):
+        planning.plan(manager, nobody)
+    assert planning.plan(manager, planning.MigrateOptions(revision=R3)).behind == [
+        ("acme", R1),
+        ("bolt", R1),
+        ("coda", R1),
+    ]
+
+
 def test_preparing_to_send_imports_modules_only() -> None:
     """The warm-up imports the transport and Celery's sending modules, never the app (which may
     start the embedded Redis)."""
