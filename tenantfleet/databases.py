@@ -11,6 +11,7 @@ schema lock: the same key either way): the control database alone can then tell 
 are being migrated right now, wherever they live (``locks.held`` of the labels).
 """
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -128,8 +129,8 @@ def in_each(
     once, with at most ``per_connection`` schemas on one connection (None: one connection a
     database); (the results merged, the databases that could not be reached and why).
     ``meanwhile`` runs in the calling thread while the reads wait on their servers (at once when
-    there is nothing to read); if it raises, the reads not begun are dropped and it is raised
-    once those under way end."""
+    there is nothing to read); if it raises, the reads not begun are dropped, those under way
+    are cancelled on their servers, and it is raised."""
     by_database: dict[str | None, list[str]] = {}
     for tenant in placed:
         by_database.setdefault(tenant.database, []).append(tenant.schema)
@@ -139,9 +140,19 @@ def in_each(
         for start in range(0, len(schemas), per_connection or len(schemas))
     ]
 
+    reading: set[Any] = set()  # the driver connections of the reads under way
+    lock = threading.Lock()
+
     def one(database: str | None, schemas: list[str]) -> dict[str, T]:
         with db.connect(engine_for(database)) as connection:
-            return read(connection, schemas)
+            driver = connection.connection.dbapi_connection
+            with lock:
+                reading.add(driver)
+            try:
+                return read(connection, schemas)
+            finally:
+                with lock:
+                    reading.discard(driver)
 
     found: dict[str, T] = {}
     unreachable: dict[str | None, str] = {}
@@ -155,7 +166,10 @@ def in_each(
             try:
                 meanwhile()
             except BaseException:
-                pool.shutdown(cancel_futures=True)
+                pool.shutdown(wait=False, cancel_futures=True)
+                with lock:
+                    for driver in reading:
+                        driver.cancel()  # psycopg2 takes it from any thread
                 raise
     for database, future in futures:
         try:

@@ -132,7 +132,8 @@ def plan(
     """Select the active tenants and read every schema's revision: one pass per database, every
     database at once. While the servers read, the target is resolved (Alembic's import and the
     tenant scripts, 0.2-0.3 s) and, when tenants are likely to be sent, ``warm_up`` runs; a
-    revision that cannot be resolved is refused once the reads under way end."""
+    revision that cannot be resolved is refused at once (``databases.in_each`` cancels the
+    reads)."""
     check(options)
     with db.connect(manager.engine) as connection:
         # a run writes the public tables; a dry run reads the registry's columns, if at all

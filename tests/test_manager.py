@@ -304,6 +304,45 @@ def test_a_revision_the_scripts_do_not_know_is_refused_by_the_plan_that_reads_un
     ]
 
 
+def test_a_failing_meanwhile_cancels_the_reads_under_way(engine: Engine) -> None:
+    """A bad revision found while the plan reads is refused at once: the reads under way are
+    cancelled on the server, not waited for (a read here would take ten minutes)."""
+    from psycopg2 import errors
+
+    from tenantfleet import databases
+
+    cancelled: list[str] = []
+
+    def read(connection: sa.Connection, schemas: list[str]) -> dict[str, None]:
+        try:
+            connection.execute(sa.text("SELECT pg_sleep(600), 'tf_long_read'"))
+        except sa.exc.DBAPIError as exc:
+            cancelled.extend(schemas if isinstance(exc.orig, errors.QueryCanceled) else [])
+            raise
+        return {}
+
+    def running() -> bool:
+        with engine.connect() as connection:
+            return bool(
+                connection.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE state = 'active' AND query LIKE '%''tf_long_read''%'"
+                        " AND pid <> pg_backend_pid()"
+                    )
+                ).scalar()
+            )
+
+    def meanwhile() -> None:
+        helpers.wait_for(running, "the read running on the server")
+        raise UnknownRevision("unknown revision 'nope'")
+
+    placed = [databases.Placed("acme")]
+    with pytest.raises(UnknownRevision):
+        databases.in_each(lambda _: engine, placed, read, meanwhile=meanwhile)
+    assert cancelled == ["acme"] and not running()
+
+
 def test_preparing_to_send_imports_modules_only() -> None:
     """The warm-up imports the transport and Celery's sending modules, never the app (which may
     start the embedded Redis)."""
